@@ -1,0 +1,238 @@
+"""The checked model: what `check` (and the Python DSL) produce and every later stage reads.
+
+Everything is resolved here: roles, shapes (plain tuples of ints), types, the canonical Pyro
+name of every distribution argument, the networks with their input and output sizes, and the
+constraint each network output is mapped onto. Spans never take part in comparisons, so the
+IR built from a `.dgm` file equals the IR built by the same model in Python.
+
+Conventions the lowering relies on (see docs/internals.md):
+
+* A value of an expression is a tensor shaped ``(*batch, *shape)``: `shape` (the event shape)
+  is known here, batch dimensions (data plate, particles, enumeration) are on the left and
+  broadcast. Per-data-point values carry the plate dimension; globals, params and consts do
+  not. Every operation acts on the rightmost `len(shape)` dimensions.
+* `NetCall.shape` is the shape of the value it produces; its input is every argument
+  flattened over its own event dimensions and concatenated.
+
+>>> Ref("z", (16,)) == Ref("z", (16,), span=None)
+True
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from dgmlang.source import Span
+
+Shape = tuple[int, ...]
+
+
+def _span():
+    return field(default=None, compare=False, repr=False)
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Lit:
+    """A literal number or array (nested tuples of floats/ints), `is_int` when all ints."""
+
+    value: float | int | tuple
+    shape: Shape
+    is_int: bool = False
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a variable (any role), a `let` or a `const` by name."""
+
+    name: str
+    shape: Shape
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # "-"
+    operand: "IRExpr"
+    shape: Shape
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # "+", "-", "*", "/", "**" (element-wise, broadcasting event shapes numpy-style)
+    left: "IRExpr"
+    right: "IRExpr"
+    shape: Shape
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A list expression whose items are not all literals: stacked on a new first event dim."""
+
+    items: tuple["IRExpr", ...]
+    shape: Shape
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class SliceItem:
+    """A resolved `start:stop:step` on one event dimension (Python semantics)."""
+
+    start: int | None
+    stop: int | None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class IndexExpr:
+    """`value[i, j:k]`: the items index the leading event dimensions of `value`.
+
+    An item is a `SliceItem` or an integer-valued expression (a literal, or a per-data-point
+    int/discrete variable such as `mu[c]`).
+    """
+
+    value: "IRExpr"
+    items: tuple["IRExpr | SliceItem", ...]
+    shape: Shape
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class BuiltinCall:
+    """A built-in function (`exp`, `dot`, `onehot`, ...). Integer options such as onehot's K
+    or zeros' n are `Lit` arguments."""
+
+    func: str
+    args: tuple["IRExpr", ...]
+    shape: Shape
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class NetCall:
+    """A call of network `net` on `args`; its output, reshaped to `shape`, is mapped onto
+    `constraint` (a `distributions.CONSTRAINTS` name: "real" = identity, "positive" =
+    softplus, "unit" = sigmoid, "simplex" = softmax over the last dim, ...)."""
+
+    net: str
+    args: tuple["IRExpr", ...]
+    shape: Shape
+    constraint: str = "real"
+    span: Span | None = _span()
+
+
+IRExpr = Union[Lit, Ref, Unary, Binary, Stack, IndexExpr, BuiltinCall, NetCall]
+
+
+# ---------------------------------------------------------------- model parts
+
+
+@dataclass(frozen=True)
+class GuideOptions:
+    """`guide(hidden = [...], family = ...)` on a latent or global declaration.
+
+    `hidden` None means the default (mirror the network the latent feeds in the model).
+    """
+
+    hidden: tuple[int, ...] | None = None
+    family: str = "normal"  # "normal" | "mvn" | "flow" | "delta"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A declared name. `value` (nested tuples) is set for `const` only."""
+
+    name: str
+    role: str  # data | input | latent | global | param | const
+    shape: Shape
+    type: str = "real"  # real | int | positive | unit | simplex
+    guide: GuideOptions | None = None
+    value: float | int | tuple | None = None
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Net:
+    """A network. `input_sizes` are the flattened sizes of the arguments of its calls (every
+    call of a named net agrees); `output_size` is the flat size it must produce."""
+
+    name: str
+    kind: str  # "mlp" | "deconv"
+    input_sizes: tuple[int, ...]
+    output_size: int
+    output_shape: Shape
+    hidden: tuple[int, ...] = ()
+    activation: str = "relu"
+    channels: tuple[int, ...] = ()
+    anonymous: bool = False
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class PackedParam:
+    """One distribution parameter carved out of a network that feeds all of them."""
+
+    name: str
+    shape: Shape
+    constraint: str
+
+
+@dataclass(frozen=True)
+class Draw:
+    """`target ~ dist(...)` with every argument under its canonical Pyro name.
+
+    Either `params` holds the arguments the user gave (defaults are not filled in here: the
+    Pyro class supplies them), or `packed` is one network call whose flat output is split, in
+    order, into `packed_params`, each mapped onto its constraint.
+    """
+
+    target: str
+    dist: str
+    params: tuple[tuple[str, IRExpr], ...] = ()
+    packed: NetCall | None = None
+    packed_params: tuple[PackedParam, ...] = ()
+    span: Span | None = _span()
+
+    def param(self, name: str) -> IRExpr | None:
+        return dict(self.params).get(name)
+
+
+@dataclass(frozen=True)
+class LetDef:
+    name: str
+    value: IRExpr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class ModelIR:
+    """A checked model. `variables` in declaration order; `draws` and `lets` in source order."""
+
+    name: str
+    variables: tuple[Variable, ...]
+    draws: tuple[Draw, ...]
+    lets: tuple[LetDef, ...] = ()
+    nets: tuple[Net, ...] = ()
+    span: Span | None = _span()
+
+    def variable(self, name: str) -> Variable:
+        return next(v for v in self.variables if v.name == name)
+
+    def draw(self, name: str) -> Draw:
+        return next(d for d in self.draws if d.target == name)
+
+    def net(self, name: str) -> Net:
+        return next(n for n in self.nets if n.name == name)
+
+    def names(self, *roles: str) -> list[str]:
+        """Names of the variables with any of `roles`, in declaration order."""
+        return [v.name for v in self.variables if v.role in roles]
+
+
+LOCAL_ROLES = ("data", "input", "latent")
+RANDOM_ROLES = ("data", "latent", "global")
