@@ -1,0 +1,123 @@
+"""The one driver of the pipeline: text -> AST -> checked IR -> graph -> guide plan -> compiled model.
+
+Everything up to the guide plan runs without torch, so `dgm check` starts fast; the
+compiled model (torch, Pyro) is imported only when a user asks for one.
+
+>>> models = check_source('''
+... model ppca {
+...     const W = [[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]]
+...     data   x[3]
+...     latent z[2]
+...     z ~ Normal(0, 1)
+...     x ~ Normal(matmul(W, z), 0.1)
+... }''')
+>>> [m.ir.name for m in models]
+['ppca']
+>>> models[0].plan.as_list()
+[('z', ['x'])]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import networkx as nx
+
+from dgmlang.errors import DGMError, DGMErrors, DGMUsageError, did_you_mean
+from dgmlang.ir import ModelIR
+from dgmlang.inverse import GuidePlan
+
+if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (torch)
+    from dgmlang.infer import CompiledModel
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedModel:
+    """A model that passed every front-end stage: its IR, its graph and its guide plan."""
+
+    ir: ModelIR
+    graph: nx.DiGraph
+    plan: GuidePlan
+
+
+def check_source(text: str, filename: str = "<string>") -> tuple[CheckedModel, ...]:
+    """Parse and check `text`; every model's graph and guide plan. Raises a DGMError."""
+    from dgmlang.check import check
+    from dgmlang.parse import parse
+
+    return check_irs(check(parse(text, filename)))
+
+
+def check_irs(irs) -> tuple[CheckedModel, ...]:
+    """Graph and guide plan for already-checked IRs (the Python DSL enters here)."""
+    from dgmlang.graph import build_graph
+    from dgmlang.inverse import invert
+
+    checked, errors = [], []
+    for ir in irs:
+        try:
+            graph = build_graph(ir)
+            checked.append(CheckedModel(ir, graph, invert(graph)))
+        except DGMErrors as err:
+            errors.extend(err.errors)
+        except DGMError as err:
+            errors.append(err)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DGMErrors(errors)
+    return tuple(checked)
+
+
+def read_source(path: str | Path) -> str:
+    """The text of a model file, or a DGMUsageError saying why it cannot be read."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DGMUsageError(f"no such model file: {path}", hint="check the path") from None
+    except IsADirectoryError:
+        raise DGMUsageError(f"{path} is a directory, not a model file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DGMUsageError(f"cannot read model file {path}: {err}") from None
+
+
+def select(models: tuple[CheckedModel, ...], name: str | None, where: str) -> CheckedModel:
+    """The model called `name`, or the only model when `name` is None."""
+    names = [m.ir.name for m in models]
+    if name is None:
+        if len(models) == 1:
+            return models[0]
+        raise DGMUsageError(
+            f"{where} holds {len(models)} models: {', '.join(names)}",
+            hint="pick one with model=NAME (--model NAME on the command line)",
+        )
+    for m in models:
+        if m.ir.name == name:
+            return m
+    raise DGMUsageError(
+        f"{where} has no model '{name}'; it holds: {', '.join(names)}",
+        hint=did_you_mean(name, names),
+    )
+
+
+def compile_checked(checked: CheckedModel, *, source: str, filename: str) -> "CompiledModel":
+    """A compiled model (Pyro model + derived guide) from a checked one."""
+    from dgmlang.infer import CompiledModel
+
+    return CompiledModel(checked.ir, checked.plan, source=source, filename=filename)
+
+
+def compile_source(text: str, *, model: str | None = None, filename: str = "<string>") -> "CompiledModel":
+    """Compile one model of `text` (see `select` for `model`)."""
+    checked = select(check_source(text, filename), model, filename)
+    return compile_checked(checked, source=text, filename=filename)
+
+
+def compile(text: str, model: str | None = None) -> "CompiledModel":  # noqa: A001 - the public name
+    """Compile a model from `.dgm` text: ``dgmlang.compile(text).fit(data)``."""
+    return compile_source(text, model=model, filename="<string>")
+
+
+def load(path: str | Path, model: str | None = None) -> "CompiledModel":
+    """Compile a model from a `.dgm` file: ``dgmlang.load("vae.dgm").fit(data)``."""
+    return compile_source(read_source(path), model=model, filename=str(path))
