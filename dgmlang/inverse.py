@@ -1,0 +1,339 @@
+"""The guide's structure, derived from the model graph by faithful inversion.
+
+`invert(graph)` runs NaMI (Webb et al., NeurIPS 2018, "Faithful Inversion of Generative
+Models for Effective Amortized Inference") on a graph from `dgmlang.graph.build_graph` and
+says, for every latent, which values its guide conditions on and in what order the guide
+samples. `naive_inverse(graph)` gives the naive reversal (each latent sees its children),
+which is not faithful in general; it exists for comparison.
+
+The rules (docs/guides.md has the worked examples):
+
+* ``global``s come first, in declaration order, with kind "global" and no inputs. The
+  per-data-point latents are then inverted with globals, data and inputs treated as given.
+* The moral graph is eliminated latent by latent. The frontier holds the latents whose latent
+  parents are all eliminated, starting from the latent roots; the next latent eliminated is
+  the frontier latent adding the fewest fill-in edges (ties: continuous before discrete, then
+  declaration order), its remaining neighbours are connected pairwise and become its guide
+  inputs. The guide samples in reverse order of elimination.
+* A fill-in edge between two given nodes is not added or counted: both are always known, so
+  such an edge never changes any guide (and would cost quadratic work on wide data).
+* A finite discrete latent (Bernoulli, Categorical, Binomial) is summed out in the model
+  ("enumerated_in_model", no inputs, listed after every sampled latent, in declaration
+  order) unless a continuous latent's guide needs its value, directly or through discrete
+  latents that are themselves enumerated in the guide; then it gets an amortized
+  q(y | inputs) that the guide enumerates ("enumerated_in_guide").
+
+"Declaration order" is the order of the graph's nodes; each step's inputs are listed in it.
+
+>>> import networkx as nx
+>>> g = nx.DiGraph()
+>>> g.add_nodes_from(["a", "b", "c"], role="latent")
+>>> g.add_nodes_from(["d", "e"], role="data")
+>>> g.add_edges_from([("a", "b"), ("a", "c"), ("b", "d"), ("c", "e")])
+>>> invert(g).as_list()
+[('c', ['d', 'e']), ('b', ['c', 'd']), ('a', ['b', 'c'])]
+>>> naive_inverse(g).as_list()
+[('b', ['d']), ('c', ['e']), ('a', ['b', 'c'])]
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Iterable
+
+import networkx as nx
+
+from dgmlang.errors import DGMGuideError, DGMUsageError
+from dgmlang.graph import topological_order
+
+GLOBAL = "global"
+AMORTIZED = "amortized"
+ENUMERATED_IN_GUIDE = "enumerated_in_guide"
+ENUMERATED_IN_MODEL = "enumerated_in_model"
+KINDS = (GLOBAL, AMORTIZED, ENUMERATED_IN_GUIDE, ENUMERATED_IN_MODEL)
+
+_GIVEN_ROLES = ("data", "input", "global")
+_ROLES = ("latent", *_GIVEN_ROLES)
+
+
+@dataclass(frozen=True)
+class GuideStep:
+    """One latent of the guide: what it conditions on (`inputs`) and how it is handled (`kind`).
+
+    >>> GuideStep("z", ("x",), "amortized")
+    GuideStep(latent='z', inputs=('x',), kind='amortized')
+    """
+
+    latent: str
+    inputs: tuple[str, ...]
+    kind: str
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown guide step kind {self.kind!r}; expected one of {KINDS}")
+
+
+@dataclass(frozen=True)
+class GuidePlan:
+    """The guide's steps in sampling order: globals, sampled local latents, then the latents
+    summed out in the model.
+
+    >>> plan = GuidePlan((GuideStep("w", (), "global"), GuideStep("c", (), "enumerated_in_model")))
+    >>> plan.as_list()
+    [('w', []), ('c', 'enumerated in model')]
+    >>> plan.step("c").kind
+    'enumerated_in_model'
+    """
+
+    steps: tuple[GuideStep, ...]
+
+    def as_list(self) -> list[tuple[str, list[str] | str]]:
+        """`(latent, [inputs])` per step; `(name, "enumerated in model")` for summed-out ones."""
+        return [
+            (s.latent, "enumerated in model")
+            if s.kind == ENUMERATED_IN_MODEL
+            else (s.latent, list(s.inputs))
+            for s in self.steps
+        ]
+
+    def step(self, latent: str) -> GuideStep:
+        """The step of `latent` (a KeyError names it when the plan has none)."""
+        for s in self.steps:
+            if s.latent == latent:
+                return s
+        raise KeyError(f"no guide step for {latent!r}")
+
+
+def invert(graph: nx.DiGraph) -> GuidePlan:
+    """The faithful inverse (NaMI) of a model graph, as the guide's plan.
+
+    Every node needs a `role` (data, input, latent or global); `discrete` and `finite`
+    default to False, `dist` and `span` are used in error messages.
+
+    >>> import networkx as nx
+    >>> g = nx.DiGraph()
+    >>> g.add_node("z", role="latent")
+    >>> g.add_node("x", role="data")
+    >>> g.add_node("y", role="latent", discrete=True, finite=True)
+    >>> g.add_edges_from([("z", "x"), ("y", "x")])
+    >>> invert(g).as_list()
+    [('y', ['x']), ('z', ['x', 'y'])]
+    """
+    nodes = _Nodes(graph)
+    topological_order(graph)  # raises DGMModelError naming a cycle, if there is one
+    elimination = _eliminate(graph, nodes)
+    sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
+    return _plan(nodes, sampled)
+
+
+def naive_inverse(graph: nx.DiGraph) -> GuidePlan:
+    """The naive reversal: each latent's guide sees the latent's children in the model, and
+    the guide samples children before parents (ties in declaration order). Not faithful in
+    general; see `invert`.
+
+    >>> import networkx as nx
+    >>> g = nx.DiGraph([("z2", "z1"), ("z1", "x")])
+    >>> nx.set_node_attributes(g, {"z2": "latent", "z1": "latent", "x": "data"}, "role")
+    >>> naive_inverse(g).as_list()
+    [('z1', ['x']), ('z2', ['z1'])]
+    """
+    nodes = _Nodes(graph)
+    topological_order(graph)  # raises DGMModelError naming a cycle, if there is one
+    order = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=nodes.index.get)
+    sampled = [
+        (n, tuple(sorted(graph.successors(n), key=nodes.index.get)))
+        for n in order
+        if nodes.role[n] == "latent"
+    ]
+    return _plan(nodes, sampled)
+
+
+# ---------------------------------------------------------------- internals
+
+
+class _Nodes:
+    """Per-node facts read once from the graph's attributes."""
+
+    def __init__(self, graph: nx.DiGraph):
+        self.index: dict[str, int] = {}
+        self.role: dict[str, str] = {}
+        self.discrete: dict[str, bool] = {}
+        self.finite: dict[str, bool] = {}
+        self.attrs = graph.nodes
+        for i, (name, attrs) in enumerate(graph.nodes(data=True)):
+            role = attrs.get("role")
+            if role not in _ROLES:
+                raise DGMUsageError(
+                    f"graph node {name!r} has role {role!r}; expected one of {', '.join(_ROLES)}"
+                )
+            self.index[name] = i
+            self.role[name] = role
+            self.discrete[name] = bool(attrs.get("discrete", False))
+            self.finite[name] = bool(attrs.get("finite", False))
+        self.globals = [n for n in self.index if self.role[n] == "global"]
+        self.latents = [n for n in self.index if self.role[n] == "latent"]
+
+
+def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
+    """NaMI's elimination on the moral graph: `(latent, its inverse parents)` in the order
+    eliminated, the parents in declaration order.
+
+    Neighbourhoods are bitsets (Python ints indexed by declaration order), so set algebra
+    and counting run in C. The frontier is a heap keyed by (fill-in, discrete, index) with
+    versioned entries; after an elimination only the frontier latents whose fill-in changed
+    are re-keyed, and their new fill-in is derived from the change rather than recounted:
+    a neighbour s of the eliminated latent now sees the clique N (no missing pairs there),
+    so only pairs touching its private neighbours B = adj(s) - N can be missing; a frontier
+    latent outside N loses exactly the fill edges added among its neighbours in N. Dense
+    inverses (a tree's frontier is one big clique) thus cost O(|N|) bitset operations per
+    step instead of O(|N|^2)."""
+    names = list(nodes.index)
+    latent = [nodes.role[name] == "latent" for name in names]
+    position = nodes.index
+    latent_mask = 0
+    for i, is_latent in enumerate(latent):
+        if is_latent:
+            latent_mask |= 1 << i
+    adj = [0] * len(names)
+    for a, b in nx.moral_graph(graph).edges():
+        i, j = position[a], position[b]
+        if i != j and (latent[i] or latent[j]):  # an edge between two given nodes never matters
+            adj[i] |= 1 << j
+            adj[j] |= 1 << i
+
+    def partners(b: int, others: int) -> int:
+        """How many nodes of `others` (not holding b) form a relevant pair with b."""
+        return others.bit_count() if latent[b] else (others & latent_mask).bit_count()
+
+    def missing_within(group: int) -> int:
+        """Relevant pairs inside `group` that are not edges."""
+        total = 0
+        for b in _bits(group):
+            rest = group & ~(1 << b)
+            total += partners(b, rest) - (adj[b] & rest).bit_count()
+        return total // 2
+
+    def missing_between(group: int, others: int) -> int:
+        """Relevant non-adjacent pairs with one end in `group`, the other in `others`."""
+        return sum(partners(b, others) - (adj[b] & others).bit_count() for b in _bits(group))
+
+    fill: dict[int, int] = {}
+    version: dict[int, int] = {}
+    heap: list[tuple[int, bool, int, int]] = []
+    frontier_mask = 0
+
+    def push(i: int) -> None:
+        version[i] = version.get(i, 0) + 1
+        heapq.heappush(heap, (fill[i], nodes.discrete[names[i]], i, version[i]))
+
+    latent_parents_left = {
+        position[n]: sum(1 for p in graph.predecessors(n) if nodes.role[p] == "latent")
+        for n in nodes.latents
+    }
+    for i, left in latent_parents_left.items():
+        if left == 0:
+            frontier_mask |= 1 << i
+            fill[i] = missing_within(adj[i])
+            push(i)
+
+    elimination: list[tuple[str, list[str]]] = []
+    while heap:
+        *_, v, entry_version = heapq.heappop(heap)
+        if entry_version != version[v] or not frontier_mask >> v & 1:
+            continue
+        v_bit = 1 << v
+        clique = adj[v]
+        # Frontier latents outside the clique: fill edges among their clique neighbours
+        # become real edges, counted on the adjacency before the clique is filled in.
+        reach = 0
+        for u in _bits(clique):
+            reach |= adj[u]
+        drops = {}
+        for s in _bits(reach & frontier_mask & ~clique & ~v_bit):
+            seen = adj[s] & clique
+            if seen & (seen - 1):
+                drops[s] = missing_within(seen)
+        for u in _bits(clique):
+            adj[u] &= ~v_bit
+        adj[v] = 0
+        latent_mask &= ~v_bit
+        frontier_mask &= ~v_bit
+        for u in _bits(clique):
+            new = clique & ~(1 << u)
+            adj[u] |= new if latent[u] else new & latent_mask
+        elimination.append((names[v], [names[u] for u in _bits(clique)]))
+
+        for s in _bits(clique & frontier_mask):
+            rest = clique & ~(1 << s)
+            private = adj[s] & ~clique
+            fill[s] = missing_within(private) + missing_between(private, rest)
+            push(s)
+        for s, drop in drops.items():
+            if drop:
+                fill[s] -= drop
+                push(s)
+        for child in graph.successors(names[v]):
+            c = position[child]
+            if latent[c]:
+                latent_parents_left[c] -= 1
+                if latent_parents_left[c] == 0:
+                    frontier_mask |= 1 << c
+                    fill[c] = missing_within(adj[c])
+                    push(c)
+    return elimination
+
+
+def _bits(mask: int):
+    """The positions of the set bits of `mask`, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
+
+
+def _plan(nodes: _Nodes, sampled: Iterable[tuple[str, tuple[str, ...]]]) -> GuidePlan:
+    """Globals, then `sampled` (latent, inputs) with each discrete latent's kind decided."""
+    sampled = list(sampled)
+    for latent, _ in sampled:
+        if nodes.discrete[latent] and not nodes.finite[latent]:
+            dist = nodes.attrs[latent].get("dist") or "its distribution"
+            raise DGMGuideError(
+                f"latent '{latent}' is discrete with unbounded support ({dist}); "
+                "a derived guide can only sum out Bernoulli, Categorical and Binomial latents",
+                nodes.attrs[latent].get("span"),
+                hint="make it 'data', or give it a finite distribution",
+            )
+    inputs_of = dict(sampled)
+    in_guide = _enumerated_in_guide(nodes, inputs_of)
+    steps = [GuideStep(g, (), GLOBAL) for g in nodes.globals]
+    summed_out = []
+    for latent, inputs in sampled:
+        if not nodes.discrete[latent]:
+            steps.append(GuideStep(latent, inputs, AMORTIZED))
+        elif latent in in_guide:
+            steps.append(GuideStep(latent, inputs, ENUMERATED_IN_GUIDE))
+        else:
+            summed_out.append(latent)
+    summed_out.sort(key=nodes.index.get)
+    steps.extend(GuideStep(latent, (), ENUMERATED_IN_MODEL) for latent in summed_out)
+    return GuidePlan(tuple(steps))
+
+
+def _enumerated_in_guide(nodes: _Nodes, inputs_of: dict[str, tuple[str, ...]]) -> set[str]:
+    """The discrete latents some continuous latent's guide needs, closed under "a discrete
+    latent enumerated in the guide needs the discrete latents among its own inputs"."""
+    needed: set[str] = set()
+    work = [
+        u
+        for latent, inputs in inputs_of.items()
+        if not nodes.discrete[latent]
+        for u in inputs
+        if nodes.role[u] == "latent" and nodes.discrete[u]
+    ]
+    while work:
+        u = work.pop()
+        if u in needed:
+            continue
+        needed.add(u)
+        work.extend(w for w in inputs_of[u] if nodes.role[w] == "latent" and nodes.discrete[w])
+    return needed
