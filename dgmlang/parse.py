@@ -13,10 +13,14 @@ tree, no recursion over the depth of the input. Spans come from lark's tokens.
 Draw(target='z', dist=Call(func='Normal', args=(Num(value=0), Num(value=1)), kwargs=()))
 >>> print(program.models[0].body[1].span)
 m.dgm:4:5
->>> parse("model m {\\n    let h = (1 + \\n}")
-Traceback (most recent call last):
-  ...
-dgmlang.errors.DGMSyntaxError: unexpected '}'
+>>> try:
+...     parse("model m {\\n    let h = (1 +\\n}", "m.dgm")
+... except DGMSyntaxError as err:
+...     print(err)
+m.dgm:3:1: unexpected '}'
+    }
+    ^
+    hint: expected one of: a name, a number, '(', '-', '['
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import hashlib
 import importlib.resources
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, NamedTuple
@@ -448,6 +453,9 @@ def _describe_terminal(name: str) -> str:
 
 
 def _expected(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    if "MODEL" in names:  # between models a line break is allowed but never what is missing
+        names -= {"_NEWLINE", "_SEMICOLON"}
     words = {_describe_terminal(name) for name in names}
     return sorted(words, key=lambda word: (_WORD_ORDER.get(word, 2), word))
 
@@ -459,6 +467,9 @@ def _expected_hint(names: Iterable[str] | None) -> str | None:
     if len(words) == 1:
         return f"expected {words[0]}"
     return "expected one of: " + ", ".join(words)
+
+
+_BLANK = re.compile(r"(\s|#[^\n]*)*")
 
 
 def _end_of_file_span(source: Source) -> Span:
@@ -495,6 +506,12 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> DGMSyntaxError:
     expected = err.accepts or err.expected
     hint = _expected_hint(expected)
     if token.type == "$END":
+        if _BLANK.fullmatch(source.text):
+            return DGMSyntaxError(
+                "the file holds no model",
+                _end_of_file_span(source),
+                hint="a model file holds one or more blocks 'model NAME { ... }'",
+            )
         return DGMSyntaxError("unexpected end of file", _end_of_file_span(source), hint=hint)
     if token.type == "_NEWLINE":
         span = Span(source.name, token.line, token.column, token.line, token.column + 1, source=source)
