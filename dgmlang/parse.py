@@ -40,7 +40,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lark import PostLex
 
-from dgmlang import ast
+import dgmlang.ast as ast
 from dgmlang.errors import DGMSyntaxError, did_you_mean
 from dgmlang.source import Source, Span
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from dgmlang import ast
+import dgmlang.ast as ast
 
 __all__ = ["format_program", "format_model", "format_statement", "format_expr"]
 
