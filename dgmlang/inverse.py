@@ -120,7 +120,8 @@ def invert(graph: nx.DiGraph) -> GuidePlan:
     [('y', ['x']), ('z', ['x', 'y'])]
     """
     nodes = _Nodes(graph)
-    topological_order(graph)  # raises DGMModelError naming a cycle, if there is one
+    if not nx.is_directed_acyclic_graph(graph):
+        topological_order(graph)  # raises the DGMModelError that names the cycle
     elimination = _eliminate(graph, nodes)
     sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
     return _plan(nodes, sampled)
@@ -138,7 +139,8 @@ def naive_inverse(graph: nx.DiGraph) -> GuidePlan:
     [('z1', ['x']), ('z2', ['z1'])]
     """
     nodes = _Nodes(graph)
-    topological_order(graph)  # raises DGMModelError naming a cycle, if there is one
+    if not nx.is_directed_acyclic_graph(graph):
+        topological_order(graph)  # raises the DGMModelError that names the cycle
     order = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=nodes.index.get)
     sampled = [
         (n, tuple(sorted(graph.successors(n), key=nodes.index.get)))
@@ -183,7 +185,8 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
     versioned entries; after an elimination only the frontier latents whose fill-in changed
     are re-keyed, and their new fill-in is derived from the change rather than recounted:
     a neighbour s of the eliminated latent now sees the clique N (no missing pairs there),
-    so only pairs touching its private neighbours B = adj(s) - N can be missing; a frontier
+    so only pairs touching its private neighbours B = adj(s) - N can be missing (and when
+    its count is unchanged, its heap entry stays); a frontier
     latent outside N loses exactly the fill edges added among its neighbours in N. Dense
     inverses (a tree's frontier is one big clique) thus cost O(|N|) bitset operations per
     step instead of O(|N|^2)."""
@@ -195,7 +198,9 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
         if is_latent:
             latent_mask |= 1 << i
     adj = [0] * len(names)
-    for a, b in nx.moral_graph(graph).edges():
+    skeleton = nx.DiGraph(graph.edges)  # moral_graph deep-copies attributes; none needed
+    skeleton.add_nodes_from(graph)
+    for a, b in nx.moral_graph(skeleton).edges():
         i, j = position[a], position[b]
         if i != j and (latent[i] or latent[j]):  # an edge between two given nodes never matters
             adj[i] |= 1 << j
@@ -213,9 +218,11 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
             total += partners(b, rest) - (adj[b] & rest).bit_count()
         return total // 2
 
-    def missing_between(group: int, others: int) -> int:
-        """Relevant non-adjacent pairs with one end in `group`, the other in `others`."""
-        return sum(partners(b, others) - (adj[b] & others).bit_count() for b in _bits(group))
+    def missing_beside(private: int, clique: int) -> int:
+        """Relevant non-adjacent pairs between `private` and `clique` minus s, for a latent s
+        in `clique` adjacent to all of `private`: s would be counted once on each side of
+        the subtraction, so it needs no removing."""
+        return sum(partners(b, clique) - (adj[b] & clique).bit_count() for b in _bits(private))
 
     fill: dict[int, int] = {}
     version: dict[int, int] = {}
@@ -243,31 +250,32 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
             continue
         v_bit = 1 << v
         clique = adj[v]
-        # Frontier latents outside the clique: fill edges among their clique neighbours
-        # become real edges, counted on the adjacency before the clique is filled in.
+        members = _bits(clique)
         reach = 0
-        for u in _bits(clique):
+        for u in members:
             reach |= adj[u]
-        drops = {}
-        for s in _bits(reach & frontier_mask & ~clique & ~v_bit):
-            seen = adj[s] & clique
-            if seen & (seen - 1):
-                drops[s] = missing_within(seen)
-        for u in _bits(clique):
             adj[u] &= ~v_bit
         adj[v] = 0
         latent_mask &= ~v_bit
         frontier_mask &= ~v_bit
-        for u in _bits(clique):
+        # A frontier latent outside the clique loses the fill edges that are about to be
+        # added among its clique neighbours: count them before the clique is filled in.
+        drops = {}
+        for s in _bits(reach & frontier_mask & ~clique):
+            seen = adj[s] & clique
+            if seen & (seen - 1):
+                drops[s] = missing_within(seen)
+        for u in members:
             new = clique & ~(1 << u)
             adj[u] |= new if latent[u] else new & latent_mask
-        elimination.append((names[v], [names[u] for u in _bits(clique)]))
+        elimination.append((names[v], [names[u] for u in members]))
 
         for s in _bits(clique & frontier_mask):
-            rest = clique & ~(1 << s)
             private = adj[s] & ~clique
-            fill[s] = missing_within(private) + missing_between(private, rest)
-            push(s)
+            value = missing_within(private) + missing_beside(private, clique) if private else 0
+            if value != fill[s]:
+                fill[s] = value
+                push(s)
         for s, drop in drops.items():
             if drop:
                 fill[s] -= drop
@@ -283,12 +291,27 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
     return elimination
 
 
-def _bits(mask: int):
-    """The positions of the set bits of `mask`, lowest first."""
-    while mask:
-        low = mask & -mask
-        yield low.bit_length() - 1
-        mask ^= low
+def _bits(mask: int) -> list[int]:
+    """The positions of the set bits of `mask`, lowest first.
+
+    >>> _bits(0b10110)
+    [1, 2, 4]
+    """
+    if mask.bit_count() < 16:
+        positions = []
+        while mask:
+            low = mask & -mask
+            positions.append(low.bit_length() - 1)
+            mask ^= low
+        return positions
+    # Many bits: one pass over the binary text (lowest bit first) beats peeling them off.
+    text = bin(mask)[:1:-1]
+    positions = []
+    i = text.find("1")
+    while i >= 0:
+        positions.append(i)
+        i = text.find("1", i + 1)
+    return positions
 
 
 def _plan(nodes: _Nodes, sampled: Iterable[tuple[str, tuple[str, ...]]]) -> GuidePlan:
