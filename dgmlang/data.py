@@ -1,0 +1,430 @@
+"""User data in, checked tensors out: every array is validated against the model before use.
+
+`prepare_data` takes what a user hands to `fit`, `log_prob` or `invert` — a dict of tensors,
+numpy arrays or nested lists keyed by variable name (or one bare array when the model has a
+single `data` variable and no inputs) — and returns a `Dataset` of tensors shaped
+``(n, *shape)``: floats in torch's default dtype, class labels and `int` inputs as int64.
+Anything that does not fit the model is a `DGMDataError` naming the variable, the first bad
+row (and column) and what was expected, raised before any training starts:
+
+* unknown names (with "did you mean"), missing names, a bare array where a dict is needed;
+* shapes other than ``(n, *shape)``, row counts that differ between variables, no rows;
+* dtypes: complex, string or object arrays; a floating array of class labels for a
+  `Categorical` or an `input ... : int` (convert with ``.long()`` / ``.astype(int)``);
+* values outside the support of the variable's distribution (a count above a literal
+  `total_count`, negative or fractional counts, a class >= K, a Bernoulli value other than
+  0 or 1, a negative value where the support is positive, a row off the simplex, ...) or
+  outside an input's declared type;
+* NaN and infinite values. In `invert` (``allow_missing=True``) NaN marks a missing entry of
+  a `data` variable (as does False in `mask`); infinities are never valid.
+
+>>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
+>>> ir = ModelIR("counts", (Variable("x", "data", (2,)),),
+...              (Draw("x", "Binomial", (("total_count", Lit(16, (), True)),
+...                                      ("logits", Lit(0.0, ())))),))
+>>> prepare_data(ir, [[3, 16], [0, 5]]).values["x"]
+tensor([[ 3., 16.],
+        [ 0.,  5.]])
+>>> prepare_data(ir, {"x": [[3, 17], [0, 5]]})
+Traceback (most recent call last):
+...
+dgmlang.errors.DGMDataError: data variable 'x' (Binomial): row 0, column 1 holds 17, outside its support
+    hint: expected a whole number in 0..16
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.distributions import constraints
+
+import pyro.distributions as pyro_dist
+
+from dgmlang.errors import DGMDataError, did_you_mean
+from dgmlang.ir import Lit, ModelIR, Variable
+
+
+@dataclass(frozen=True)
+class Support:
+    """What values a variable may take: a torch constraint (checked element-wise, or per
+    last-dim row when `event_rank` is 1), the dtype family it is stored in, a placeholder
+    inside the support (written into missing entries), and a description for messages."""
+
+    constraint: constraints.Constraint
+    description: str
+    integer_dtype: bool = False  # stored as int64 (class labels, int inputs)
+    event_rank: int = 0
+    placeholder: float = 0.0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Checked data: `values[name]` shaped ``(n, *shape)`` for every data and input variable
+    given; `observed[name]` (bool, same shape) for each data variable with missing entries,
+    whose missing entries hold a placeholder inside the support."""
+
+    values: Mapping[str, torch.Tensor]
+    observed: Mapping[str, torch.Tensor]
+    n: int
+
+    @property
+    def has_missing(self) -> bool:
+        return bool(self.observed)
+
+    def rows(self, index: torch.Tensor | slice) -> "Dataset":
+        """The same data restricted to `index` (a slice or a tensor of row numbers)."""
+        values = {k: v[index] for k, v in self.values.items()}
+        observed = {k: v[index] for k, v in self.observed.items()}
+        n = next(iter(values.values())).shape[0] if values else 0
+        return Dataset(values, observed, n)
+
+
+_REAL = Support(constraints.real, "a finite real number")
+_DESCRIPTIONS = {
+    "Real": "a finite real number",
+    "GreaterThan": "a number > {lower_bound}",
+    "GreaterThanEq": "a number >= {lower_bound}",
+    "IntegerGreaterThan": "a whole number >= {lower_bound}",
+    "Interval": "a number in [{lower_bound}, {upper_bound}]",
+    "HalfOpenInterval": "a number in [{lower_bound}, {upper_bound})",
+    "IntegerInterval": "a whole number in {lower_bound}..{upper_bound}",
+    "Boolean": "0 or 1",
+    "Integer": "a whole number",
+    "Simplex": "a row of non-negative numbers summing to 1",
+}
+_PLACEHOLDERS = {"GreaterThan": 1.0, "Interval": 0.5, "HalfOpenInterval": 0.5}
+
+
+def _support_of_constraint(constraint, *, integer_dtype: bool = False, event_rank: int = 0,
+                           placeholder: float | None = None) -> Support:
+    kind = type(constraint).__name__.lstrip("_")
+    fields = {k: _number(v) for k, v in vars(constraint).items()}
+    description = _DESCRIPTIONS.get(kind, "a value in the distribution's support").format(**fields)
+    if placeholder is None:
+        placeholder = _PLACEHOLDERS.get(kind, 0.0)
+        if kind in ("GreaterThan", "GreaterThanEq", "IntegerGreaterThan"):
+            # not on the boundary: some densities are infinite or undefined there (Gamma at 0)
+            placeholder = float(fields["lower_bound"]) + (kind != "IntegerGreaterThan")
+        elif kind in ("Interval", "HalfOpenInterval", "IntegerInterval"):
+            lo, hi = float(fields["lower_bound"]), float(fields["upper_bound"])
+            placeholder = lo if kind == "IntegerInterval" else (lo + hi) / 2
+    return Support(constraint, description, integer_dtype, event_rank, placeholder)
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _literal(expr) -> float | int | None:
+    """The number a scalar literal argument holds, None for anything else."""
+    if isinstance(expr, Lit) and isinstance(expr.value, (int, float)):
+        return expr.value
+    return None
+
+
+def support_of(ir: ModelIR, var: Variable) -> Support:
+    """The support a value of `var` must lie in: from its distribution for `data`, from its
+    declared type for an `input`.
+
+    >>> from dgmlang.ir import Draw, Ref, ModelIR, Variable
+    >>> ir = ModelIR("m", (Variable("c", "data", ()),),
+    ...              (Draw("c", "Categorical", (("logits", Ref("l", (3,))),)),))
+    >>> support_of(ir, ir.variable("c")).description
+    'a whole number in 0..2'
+    """
+    if var.role == "input":
+        return _input_support(var)
+    draw = ir.draw(var.name)
+    params = dict(draw.params)
+    packed = {p.name: p.shape for p in draw.packed_params}
+    if draw.dist == "Categorical":
+        expr = params.get("probs", params.get("logits"))
+        shape = expr.shape if expr is not None else packed.get("logits", packed.get("probs"))
+        classes = shape[-1]
+        return _support_of_constraint(constraints.integer_interval(0, classes - 1),
+                                      integer_dtype=True)
+    if draw.dist == "Binomial":
+        total = _literal(params["total_count"]) if "total_count" in params else 1
+        if total is None:
+            return _support_of_constraint(constraints.nonnegative_integer)
+        return _support_of_constraint(constraints.integer_interval(0, int(total)))
+    if draw.dist == "Uniform":
+        low, high = _literal(params.get("low")), _literal(params.get("high"))
+        if low is None or high is None:
+            return _REAL
+        return _support_of_constraint(constraints.half_open_interval(low, high))
+    support = getattr(pyro_dist, draw.dist).support
+    if isinstance(support, constraints.Constraint) and not constraints.is_dependent(support):
+        event_rank = support.event_dim
+        placeholder = None
+        if isinstance(support, type(constraints.simplex)):
+            placeholder = 1.0 / var.shape[-1] if var.shape else 1.0
+        return _support_of_constraint(support, event_rank=event_rank, placeholder=placeholder)
+    return _REAL
+
+
+def _input_support(var: Variable) -> Support:
+    if var.type == "int":
+        return _support_of_constraint(pyro_dist.constraints.integer, integer_dtype=True)
+    if var.type == "positive":
+        return _support_of_constraint(constraints.positive)
+    if var.type == "unit":
+        return _support_of_constraint(constraints.unit_interval)
+    if var.type == "simplex":
+        placeholder = 1.0 / var.shape[-1] if var.shape else 1.0
+        return _support_of_constraint(constraints.simplex, event_rank=1, placeholder=placeholder)
+    return _REAL
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _describe(var: Variable, ir: ModelIR) -> str:
+    if var.role == "data":
+        return f"data variable '{var.name}' ({ir.draw(var.name).dist})"
+    return f"input '{var.name}'" + (f" ({var.type})" if var.type != "real" else "")
+
+
+def _to_tensor(name: str, what: str, value: Any) -> torch.Tensor:
+    """A tensor from a tensor, numpy array, number or nested list; strings/objects refused."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError) as err:
+            raise DGMDataError(f"{what} cannot be read as an array: {err}",
+                               hint="give a tensor, a numpy array or a nested list of numbers") from None
+        if array.dtype.kind not in "biuf":
+            raise DGMDataError(
+                f"{what} holds values of dtype {array.dtype}, not numbers",
+                hint="give a numeric tensor or numpy array (ragged lists are not arrays)",
+            )
+        tensor = torch.tensor(array)
+    if tensor.is_complex():
+        raise DGMDataError(f"{what} has complex dtype {tensor.dtype}", hint="give real numbers")
+    return tensor.cpu()
+
+
+def _position(index: tuple[int, ...]) -> str:
+    row, rest = index[0], index[1:]
+    if not rest:
+        return f"row {row}"
+    if len(rest) == 1:
+        return f"row {row}, column {rest[0]}"
+    return f"row {row}, index {rest}"
+
+
+def _first(bad: torch.Tensor) -> tuple[int, ...]:
+    flat = int(bad.reshape(-1).nonzero()[0, 0])
+    return tuple(int(i) for i in np.unravel_index(flat, tuple(bad.shape)))
+
+
+def _shown(x: torch.Tensor) -> str:
+    value = x.item()
+    if isinstance(value, float) and value.is_integer() and not math.isinf(value):
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
+             observed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Check one variable; its tensor and (for data with missing entries) its observed mask."""
+    what = _describe(var, ir)
+    support = support_of(ir, var)
+    tensor = _to_tensor(var.name, what, value)
+    expected = "(n" + "".join(f", {d}" for d in var.shape) + ")"
+    if tensor.dim() != len(var.shape) + 1 or tuple(tensor.shape[1:]) != var.shape:
+        hint = f"one row per data point, each of shape {var.shape}"
+        if tensor.dim() == len(var.shape) + 2 and tensor.shape[-1] == 1 and tuple(tensor.shape[1:-1]) == var.shape:
+            hint = "drop the trailing dimension of size 1 (e.g. x.squeeze(-1))"
+        raise DGMDataError(f"{what} has shape {tuple(tensor.shape)}; expected {expected}", hint=hint)
+    if tensor.shape[0] == 0:
+        raise DGMDataError(f"{what} has no rows", hint="give at least one data point")
+
+    is_float = tensor.is_floating_point()
+    if support.integer_dtype and is_float:
+        kind = "class labels" if var.role == "data" else "whole numbers"
+        raise DGMDataError(
+            f"{what} holds {kind} but has floating dtype {tensor.dtype}",
+            hint="give an integer array (convert with .long() or .astype(int))",
+        )
+    if var.role == "data" and allow_missing:
+        missing = torch.isnan(tensor) if is_float else torch.zeros(tensor.shape, dtype=torch.bool)
+    else:
+        missing = torch.zeros(tensor.shape, dtype=torch.bool)
+        if is_float and torch.isnan(tensor).any():
+            hint = ("NaN marks a missing entry only in invert" if var.role == "data"
+                    else "an input is never missing; give every value")
+            raise DGMDataError(f"{what}: {_position(_first(torch.isnan(tensor)))} is NaN", hint=hint)
+    if is_float and torch.isinf(tensor).any():
+        raise DGMDataError(f"{what}: {_position(_first(torch.isinf(tensor)))} is infinite",
+                           hint=f"expected {support.description}")
+    if observed is not None:
+        missing = missing | ~observed
+
+    tensor = tensor.long() if support.integer_dtype else tensor.to(torch.get_default_dtype())
+    checkable = torch.where(missing, torch.full_like(tensor, support.placeholder), tensor)
+    ok = support.constraint.check(checkable)
+    if not bool(ok.all()):
+        index = _first(~ok)
+        if support.event_rank:
+            where, shown = _position(index), f"{checkable[index].tolist()}"
+        else:
+            where, shown = _position(index), _shown(checkable[index])
+        raise DGMDataError(f"{what}: {where} holds {shown}, outside its support",
+                           hint=f"expected {support.description}")
+    if support.event_rank and missing.any():
+        partial = missing.any(-1) & ~missing.all(-1)
+        if bool(partial.any()):
+            raise DGMDataError(
+                f"{what}: {_position(_first(partial))} is partly missing, but a "
+                f"{ir.draw(var.name).dist} row is one value",
+                hint="mark a whole row missing or none of it",
+            )
+    return checkable, (~missing if bool(missing.any()) else None)
+
+
+def _as_dict(ir: ModelIR, data: Any, purpose: str) -> dict[str, Any]:
+    data_names, input_names = ir.names("data"), ir.names("input")
+    if isinstance(data, Mapping):
+        return dict(data)
+    if len(data_names) == 1 and not input_names:
+        return {data_names[0]: data}
+    names = ", ".join(repr(n) for n in data_names + input_names)
+    raise DGMDataError(
+        f"{purpose} needs a dict of arrays keyed by variable name ({names}), not a bare array",
+        hint="a bare array is accepted only for a model with one data variable and no inputs",
+    )
+
+
+def _check_names(given, allowed: list[str], purpose: str, kind: str = "variable") -> None:
+    for name in given:
+        if not isinstance(name, str) or name not in allowed:
+            raise DGMDataError(
+                f"{purpose}: the model has no {kind} {name!r}; it has {', '.join(map(repr, allowed))}",
+                hint=did_you_mean(str(name), allowed),
+            )
+
+
+def _row_count(converted: dict[str, torch.Tensor]) -> int:
+    counts = {name: t.shape[0] for name, t in converted.items()}
+    first = next(iter(counts))
+    for name, count in counts.items():
+        if count != counts[first]:
+            raise DGMDataError(
+                f"'{name}' has {count} rows but '{first}' has {counts[first]}",
+                hint="every variable needs one row per data point",
+            )
+    return counts[first]
+
+
+def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing: bool = False,
+                 mask: Mapping[str, Any] | None = None) -> Dataset:
+    """Check and convert `data` (every `data` and `input` variable) for `purpose`.
+
+    With `allow_missing` (invert), NaN entries and False entries of `mask` are missing, and a
+    `data` variable left out entirely is missing everywhere.
+
+    >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
+    >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
+    ...              (Draw("x", "Normal", (("loc", Lit(0.0, ())), ("scale", Lit(1.0, ())))),))
+    >>> d = prepare_data(ir, {"x": [[0.5, float("nan")]]}, allow_missing=True)
+    >>> d.values["x"], d.observed["x"]
+    (tensor([[0.5000, 0.0000]]), tensor([[ True, False]]))
+    """
+    given = _as_dict(ir, data, purpose)
+    data_names, input_names = ir.names("data"), ir.names("input")
+    _check_names(given, data_names + input_names, purpose)
+    absent = [n for n in data_names + input_names if n not in given]
+    absent_inputs = [n for n in absent if n in input_names]
+    if absent_inputs or (absent and not allow_missing):
+        raise DGMDataError(
+            f"{purpose}: no values for {', '.join(map(repr, absent))}",
+            hint="give every data and input variable, each shaped (n, *shape)",
+        )
+    masks = {}
+    if mask is not None:
+        if not allow_missing:
+            raise DGMDataError(f"{purpose} takes no mask", hint="only invert handles missing entries")
+        if not isinstance(mask, Mapping):
+            raise DGMDataError("mask must be a dict of boolean arrays keyed by data variable")
+        _check_names(mask, data_names, "mask", kind="data variable")
+        masks = {name: _mask_tensor(ir.variable(name), m) for name, m in mask.items()}
+
+    values: dict[str, torch.Tensor] = {}
+    observed: dict[str, torch.Tensor] = {}
+    for name in data_names + input_names:
+        if name not in given:
+            continue
+        var = ir.variable(name)
+        m = masks.get(name)
+        if m is not None:
+            tensor = _to_tensor(name, _describe(var, ir), given[name])
+            if tuple(m.shape) != tuple(tensor.shape):
+                raise DGMDataError(
+                    f"mask for '{name}' has shape {tuple(m.shape)} but the data has {tuple(tensor.shape)}",
+                    hint="the mask is shaped like the data, True where observed",
+                )
+        values[name], obs = _convert(ir, var, given[name], allow_missing=allow_missing, observed=m)
+        if obs is not None:
+            observed[name] = obs
+    n = _row_count(values)
+    for name in data_names:
+        if name not in values:  # missing everywhere: a placeholder row per data point
+            var = ir.variable(name)
+            support = support_of(ir, var)
+            dtype = torch.long if support.integer_dtype else torch.get_default_dtype()
+            values[name] = torch.full((n, *var.shape), support.placeholder, dtype=dtype)
+            observed[name] = torch.zeros((n, *var.shape), dtype=torch.bool)
+    return Dataset(values, observed, n)
+
+
+def _mask_tensor(var: Variable, mask: Any) -> torch.Tensor:
+    tensor = _to_tensor(var.name, f"mask for '{var.name}'", mask)
+    if tensor.dtype != torch.bool:
+        raise DGMDataError(
+            f"mask for '{var.name}' has dtype {tensor.dtype}; expected booleans (True = observed)",
+            hint="build it with a comparison, e.g. ~np.isnan(x) or x != 0",
+        )
+    return tensor
+
+
+def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int) -> dict[str, torch.Tensor]:
+    """Check the `input` variables for drawing `n` samples; a value shaped like one data
+    point (a scalar for a scalar input) is repeated for all n.
+
+    >>> from dgmlang.ir import ModelIR, Variable
+    >>> ir = ModelIR("m", (Variable("y", "input", (), type="int"),), ())
+    >>> prepare_inputs(ir, {"y": 3}, 2)
+    {'y': tensor([3, 3])}
+    """
+    input_names = ir.names("input")
+    given = dict(inputs or {})
+    if inputs is not None and not isinstance(inputs, Mapping):
+        raise DGMDataError("inputs must be a dict of arrays keyed by input name")
+    _check_names(given, input_names, "sample", kind="input")
+    absent = [name for name in input_names if name not in given]
+    if absent:
+        raise DGMDataError(
+            f"sample: no values for the input(s) {', '.join(map(repr, absent))}",
+            hint="pass inputs={name: array shaped (n, *shape) or one value for all}",
+        )
+    values = {}
+    for name in input_names:
+        var = ir.variable(name)
+        tensor = _to_tensor(name, _describe(var, ir), given[name])
+        if tensor.dim() == len(var.shape) and tuple(tensor.shape) == var.shape:
+            tensor = tensor.expand(n, *var.shape)
+        elif tensor.dim() >= 1 and tensor.shape[0] != n and tuple(tensor.shape[1:]) == var.shape:
+            raise DGMDataError(f"input '{name}' has {tensor.shape[0]} rows but {n} samples were asked for",
+                               hint="give one row per sample, or one value for all")
+        values[name], _ = _convert(ir, var, tensor, allow_missing=False, observed=None)
+    return values
