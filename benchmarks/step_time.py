@@ -1,0 +1,223 @@
+"""Time per training step: dgmlang's `fit` against the same models written by hand (issue 7).
+
+Everything runs in one process on one thread, seeded. For each model, every implementation is
+warmed up (JIT tracing, lazy guide construction), then timed in ``--repeats`` rounds of
+``--steps`` steps; the implementations take turns within a round (in a rotating order), so a
+slow spell of the machine hits them all alike. A round's time per step is its total time over
+``--steps``; the table shows the median over rounds, the spread (min-max), and the ratio of
+medians to plain PyTorch and to hand-written Pyro.
+
+* plain PyTorch and hand-written Pyro: ``benchmarks/baselines.py`` (the same networks, the same
+  estimator: the single-sample ELBO of a random minibatch of 128, per data point; Adam 1e-3);
+* dgmlang: ``m = dgmlang.compile(TEXT)`` once, then ``m.fit(data, steps=N, batch_size=128,
+  progress=False)`` per round, as a user calls it, so data checks and batching are included.
+
+The last column is the mean loss per data point over the last round: the implementations train
+for the same number of steps, so their losses should be alike (they are different random runs).
+
+Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae]``
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # baselines.py sits beside this file
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # dgmlang, when not installed
+
+import baselines as hand  # noqa: E402
+
+VAE_TEXT = """
+model digits_vae_bench {
+    data   x[64]
+    latent z[16] guide(hidden = [256, 256])
+
+    z ~ Normal(0, 1)
+    x ~ Binomial(16, logits = mlp(z, hidden = [256, 256]))
+}
+"""
+
+HVAE_TEXT = """
+model digits_hvae {
+    data   x[64]
+    latent z2[8]
+    latent z1[16]
+
+    z2 ~ Normal(0, 1)
+    z1 ~ Normal(mlp(z2, hidden = [128]))
+    x  ~ Binomial(16, logits = mlp(z1, hidden = [256, 256]))
+}
+"""
+
+GMM_TEXT = """
+model gmm {
+    param  mu[3, 2]
+    data   x[2]
+    latent c
+
+    c ~ Categorical(logits = zeros(3))
+    x ~ Normal(mu[c], 0.5)
+}
+"""
+
+GMM_POINTS = 1000
+
+# Runs `steps` training steps and returns their losses per data point.
+Runner = Callable[[int], list]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    run: Runner
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    model: str
+    text: str
+    data: torch.Tensor
+    reference_pyro: str  # the hand-written Pyro row the "vs Pyro" column divides by
+    implementations: tuple[Implementation, ...]
+
+
+def _repeat(step: hand.Step) -> Runner:
+    return lambda steps: [step() for _ in range(steps)]
+
+
+def _benchmarks(selected: list[str], seed: int) -> list[Benchmark]:
+    from dgmlang.datasets import digits
+
+    train_x = digits().train_x
+    gmm_x = hand.gmm_data(GMM_POINTS, seed=seed)
+    mu0 = hand.gmm_initial_means(seed=seed)
+    builders = {
+        "vae": lambda: Benchmark("vae", VAE_TEXT, train_x, "Pyro Trace_ELBO", (
+            Implementation("plain PyTorch", _repeat(hand.plain_vae_step(hand.VAENetworks(seed=seed), train_x))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_vae_step(hand.VAENetworks(seed=seed), train_x))),
+            Implementation("Pyro JitTrace_ELBO",
+                           _repeat(hand.pyro_vae_step(hand.VAENetworks(seed=seed), train_x, jit=True))),
+        )),
+        "gmm": lambda: Benchmark("gmm", GMM_TEXT, gmm_x, "Pyro TraceEnum_ELBO", (
+            Implementation("plain PyTorch", _repeat(hand.plain_gmm_step(mu0, gmm_x))),
+            Implementation("Pyro TraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0, gmm_x))),
+            Implementation("Pyro JitTraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0, gmm_x, jit=True))),
+        )),
+        "hvae": lambda: Benchmark("hvae", HVAE_TEXT, train_x, "Pyro Trace_ELBO", (
+            Implementation("plain PyTorch", _repeat(hand.plain_hvae_step(hand.HVAENetworks(seed=seed), train_x))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_hvae_step(hand.HVAENetworks(seed=seed), train_x))),
+            Implementation("Pyro JitTrace_ELBO",
+                           _repeat(hand.pyro_hvae_step(hand.HVAENetworks(seed=seed), train_x, jit=True))),
+        )),
+    }
+    return [builders[name]() for name in selected]
+
+
+def _dgmlang_runner(text: str, data: torch.Tensor) -> tuple[Runner | None, str]:
+    """A runner calling dgmlang's `fit`, or None and the reason dgmlang cannot run yet."""
+    try:
+        from dgmlang import compile as dgm_compile
+    except Exception as error:  # the package is being built; the baselines still print
+        return None, f"not available ({type(error).__name__}: {error})"
+    try:
+        model = dgm_compile(text)
+    except Exception as error:
+        return None, f"not available (compile failed: {type(error).__name__}: {error})"
+
+    def run(steps: int) -> list:
+        return model.fit({"x": data}, steps=steps, batch_size=hand.BATCH_SIZE, progress=False)
+
+    return run, ""
+
+
+def _warm_up(implementations: list[Implementation], steps: int) -> list[Implementation]:
+    """Run each implementation ``steps`` steps; drop (and say so) a dgmlang run that fails."""
+    ready = []
+    for impl in implementations:
+        try:
+            impl.run(steps)
+        except Exception as error:
+            if impl.name != "dgmlang fit":
+                raise
+            print(f"  dgmlang: not available (fit failed: {type(error).__name__}: {error})")
+            continue
+        ready.append(impl)
+    return ready
+
+
+def _time_rounds(implementations: list[Implementation], steps: int, repeats: int):
+    per_step = {impl.name: [] for impl in implementations}
+    last_loss = {}
+    for round_index in range(repeats):
+        shift = round_index % len(implementations)
+        for impl in implementations[shift:] + implementations[:shift]:
+            start = time.perf_counter()
+            losses = impl.run(steps)
+            per_step[impl.name].append((time.perf_counter() - start) / steps)
+            last_loss[impl.name] = sum(float(v) for v in losses) / len(losses)
+    return per_step, last_loss
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import pyro
+
+    return (f"{cpu}; torch {torch.__version__}, pyro {pyro.__version__}, python {platform.python_version()}; "
+            f"torch threads {torch.get_num_threads()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=200, help="training steps per timed round")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (JIT, lazy building)")
+    parser.add_argument("--models", default="vae,gmm,hvae", help="comma-separated: vae, gmm, hvae")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    selected = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = sorted(set(selected) - {"vae", "gmm", "hvae"})
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from vae, gmm, hvae")
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    print(f"machine: {_machine()}")
+    print(f"{args.repeats} rounds of {args.steps} steps after {args.warmup} warm-up steps; "
+          f"batch {hand.BATCH_SIZE}, Adam {hand.LEARNING_RATE}")
+    header = f"{'model':6s} {'implementation':24s} {'ms/step':>8s} {'min-max':>13s} {'vs torch':>9s} {'vs Pyro':>8s} {'loss/pt':>9s}"
+    for bench in _benchmarks(selected, args.seed):
+        print(f"\n{header}\n{'-' * len(header)}")
+        implementations = list(bench.implementations)
+        dgm_run, why_not = _dgmlang_runner(bench.text, bench.data)
+        if dgm_run is None:
+            print(f"  dgmlang: {why_not}")
+        else:
+            implementations.append(Implementation("dgmlang fit", dgm_run))
+        implementations = _warm_up(implementations, args.warmup)
+        per_step, last_loss = _time_rounds(implementations, args.steps, args.repeats)
+        median = {name: statistics.median(times) for name, times in per_step.items()}
+        for name, times in per_step.items():
+            print(f"{bench.model:6s} {name:24s} {1e3 * median[name]:8.2f} "
+                  f"{1e3 * min(times):6.2f}-{1e3 * max(times):<6.2f} "
+                  f"{median[name] / median['plain PyTorch']:8.2f}x "
+                  f"{median[name] / median[bench.reference_pyro]:7.2f}x "
+                  f"{last_loss[name]:9.3f}")
+
+
+if __name__ == "__main__":
+    main()
