@@ -1,0 +1,515 @@
+"""The Python DSL: the acceptance corpus written in Python gives the parser's syntax tree and
+the checker's IR exactly; every mistake is a DGMError pointing at the line of this file."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import dgmlang as dg
+from dgmlang import dsl
+from dgmlang.distributions import BUILTINS, DISTRIBUTIONS, NETWORKS
+from dgmlang.errors import (
+    DGMError, DGMErrors, DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError,
+)
+from dgmlang.parse import parse
+
+# ---------------------------------------------------------------- the acceptance corpus
+
+CORPUS = {
+    "digits_vae": """
+model digits_vae {
+    data   x[64]
+    latent z[16]
+
+    z ~ Normal(0, 1)
+    x ~ Binomial(16, logits = mlp(z, hidden = [256, 256]))
+}""",
+    "digits_cvae": """
+model digits_cvae {
+    input  y : int
+    data   x[64]
+    latent z[16]
+
+    z ~ Normal(0, 1)
+    x ~ Binomial(16, logits = mlp(z, onehot(y, 10), hidden = [256, 256]))
+}""",
+    "digits_hvae": """
+model digits_hvae {
+    data   x[64]
+    latent z2[8]
+    latent z1[16]
+
+    z2 ~ Normal(0, 1)
+    z1 ~ Normal(mlp(z2, hidden = [128]))
+    x  ~ Binomial(16, logits = mlp(z1, hidden = [256, 256]))
+}""",
+    "gmm": """
+model gmm {
+    param  mu[3, 2]
+    data   x[2]
+    latent c
+
+    c ~ Categorical(logits = zeros(3))
+    x ~ Normal(mu[c], 0.5)
+}""",
+    "linreg": """
+model linreg {
+    input  u[3]
+    data   y
+    global w[3]
+    global b
+
+    w ~ Normal(0, 1)
+    b ~ Normal(0, 10)
+    y ~ Normal(dot(w, u) + b, 0.5)
+}""",
+    "ppca": """
+model ppca {
+    const W = [[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]]
+    data   x[3]
+    latent z[2]
+
+    z ~ Normal(0, 1)
+    x ~ Normal(matmul(W, z), 0.1)
+}""",
+}
+
+
+def digits_vae() -> dg.Model:
+    m = dg.Model("digits_vae")
+    x = m.data("x", [64])
+    z = m.latent("z", [16])
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(x, dg.Binomial(16, logits=dg.mlp(z, hidden=[256, 256])))
+    return m
+
+
+def digits_cvae() -> dg.Model:
+    m = dg.Model("digits_cvae")
+    y = m.input("y", type="int")
+    x = m.data("x", shape=[64])
+    z = m.latent("z", shape=[16])
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(x, dg.Binomial(16, logits=dg.mlp(z, dg.onehot(y, 10), hidden=[256, 256])))
+    return m
+
+
+def digits_hvae() -> dg.Model:
+    m = dg.Model("digits_hvae")
+    x = m.data("x", [64])
+    z2 = m.latent("z2", [8])
+    z1 = m.latent("z1", [16])
+    m.draw(z2, dg.Normal(0, 1))
+    m.draw(z1, dg.Normal(dg.mlp(z2, hidden=[128])))
+    m.draw(x, dg.Binomial(16, logits=dg.mlp(z1, hidden=[256, 256])))
+    return m
+
+
+def gmm() -> dg.Model:
+    m = dg.Model("gmm")
+    mu = m.param("mu", [3, 2])
+    x = m.data("x", [2])
+    c = m.latent("c")
+    m.draw(c, dg.Categorical(logits=dg.zeros(3)))
+    m.draw(x, dg.Normal(mu[c], 0.5))
+    return m
+
+
+def linreg() -> dg.Model:
+    m = dg.Model("linreg")
+    u = m.input("u", [3])
+    y = m.data("y")
+    w = m.global_("w", [3])
+    b = m.global_("b")
+    m.draw(w, dg.Normal(0, 1))
+    m.draw(b, dg.Normal(0, 10))
+    m.draw(y, dg.Normal(dg.dot(w, u) + b, 0.5))
+    return m
+
+
+def ppca() -> dg.Model:
+    m = dg.Model("ppca")
+    W = m.const("W", [[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]])
+    x = m.data("x", [3])
+    z = m.latent("z", [2])
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(x, dg.Normal(W @ z, 0.1))  # `@` is matmul
+    return m
+
+
+BUILDERS = {f.__name__: f for f in (digits_vae, digits_cvae, digits_hvae, gmm, linreg, ppca)}
+
+
+def checked(text: str):
+    from dgmlang.check import check
+
+    return check(parse(text, "corpus.dgm"))
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_model_builds_the_parsers_syntax_tree(name):
+    assert BUILDERS[name]().program() == parse(CORPUS[name])
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_corpus_model_gives_the_checked_ir_of_its_dgm_text(name):
+    (expected,) = checked(CORPUS[name])
+    assert BUILDERS[name]().ir() == expected
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_to_dgm_round_trips(name):
+    m = BUILDERS[name]()
+    text = m.to_dgm()
+    assert parse(text) == m.program()
+    assert checked(text)[0] == m.ir()
+
+
+def test_ir_is_rechecked_after_more_statements():
+    m = dg.Model("m")
+    z = m.latent("z", [2])
+    m.draw(z, dg.Normal(0, 1))
+    assert m.ir().names("latent") == ["z"]
+    x = m.data("x", [2])
+    m.draw(x, dg.Normal(z, 1))
+    assert m.ir().names("latent", "data") == ["z", "x"]
+
+
+# ---------------------------------------------------------------- expressions
+
+
+def test_every_operator_builds_what_the_parser_reads():
+    m = dg.Model("ops")
+    z = m.latent("z", [4])
+    W = m.const("W", [[1, 0, 0, 0], [0, 1, 0, 0]])
+    m.let("h", (1 - z) / 2 + 2 ** -z * z[0:4:2][1] - abs(W @ z)[:1] ** 0.5)
+    m.let("k", -dg.tanh(z) * 3.5 + z[1:, ] / z[::2] - dg.concat(z[:2], [1, -2]))
+    expected = parse("""
+model ops {
+    latent z[4]
+    const W = [[1, 0, 0, 0], [0, 1, 0, 0]]
+    let h = (1 - z) / 2 + 2 ** -z * z[0:4:2][1] - abs(matmul(W, z))[:1] ** 0.5
+    let k = -tanh(z) * 3.5 + z[1:] / z[::2] - concat(z[:2], [1, -2])
+}""")
+    assert m.program() == expected
+
+
+def test_named_networks_and_options_as_in_the_text():
+    m = dg.Model("nets")
+    y = m.input("y", type="int")
+    x = m.data("x", [4])
+    z = m.latent("z", [2], guide=dict(hidden=[512, 512], family="mvn"))
+    dec = m.net("dec", dg.mlp(hidden=[8], activation=dg.tanh))
+    h = m.let("h", dec(z, dg.onehot(y, 3)))
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(x, dg.Normal(h + dec(z, dg.onehot(y, 3)), dg.softplus(dg.mlp(z, activation="relu"))))
+    expected = parse("""
+model nets {
+    input y : int
+    data x[4]
+    latent z[2] guide(hidden = [512, 512], family = mvn)
+    net dec = mlp(hidden = [8], activation = tanh)
+    let h = dec(z, onehot(y, 3))
+    z ~ Normal(0, 1)
+    x ~ Normal(h + dec(z, onehot(y, 3)), softplus(mlp(z, activation = relu)))
+}""")
+    assert m.program() == expected
+
+
+def test_python_values_become_literals_as_the_parser_reads_them():
+    m = dg.Model("lits")
+    K = m.const("K", 3)
+    m.const("A", np.array([[1.5, -2.0], [0.0, 4.0]]))
+    m.const("B", (np.int64(2), -0.0, 1e-3), shape=[K])
+    m.param("mu", [K, np.int64(2)], type="positive")
+    expected = parse("""
+model lits {
+    const K = 3
+    const A = [[1.5, -2.0], [0.0, 4.0]]
+    const B[K] = [2, -0.0, 0.001]
+    param mu[K, 2] : positive
+}""")
+    assert m.program() == expected
+    assert isinstance(m.program().models[0].body[0].value.value, int)
+
+
+def test_a_model_built_in_a_loop():
+    m = dg.Model("chain")
+    sizes = [8, 4, 2]
+    z = [m.latent(f"z{i}", [size]) for i, size in enumerate(sizes)]
+    x = m.data("x", [16])
+    m.draw(z[0], dg.Normal(0, 1))
+    for parent, child in zip(z, z[1:]):
+        m.draw(child, dg.Normal(dg.mlp(parent, hidden=[32])))
+    m.draw(x, dg.Bernoulli(logits=dg.mlp(z[-1])))
+    text = """
+model chain {
+    latent z0[8]
+    latent z1[4]
+    latent z2[2]
+    data x[16]
+    z0 ~ Normal(0, 1)
+    z1 ~ Normal(mlp(z0, hidden = [32]))
+    z2 ~ Normal(mlp(z1, hidden = [32]))
+    x ~ Bernoulli(logits = mlp(z2))
+}"""
+    assert m.program() == parse(text)
+    assert m.ir() == checked(text)[0]
+
+
+def test_every_distribution_function_and_network_has_a_wrapper():
+    for name in DISTRIBUTIONS:
+        made = getattr(dg, name)(1, scale=2)
+        assert isinstance(made, dsl.Distribution)
+        assert made.call.func == name and made.call.kwargs[0].name == "scale"
+        assert name in dsl.__all__ and getattr(dg, name).__doc__.startswith("The distribution")
+    for name in (*BUILTINS, *NETWORKS):
+        made = getattr(dg, name)(1, 2)
+        assert isinstance(made, dsl.Expr) and made.node.func == name
+        assert name in dsl.__all__
+
+
+def test_repr_shows_dgm_syntax():
+    m = dg.Model("m")
+    z = m.latent("z", [3])
+    assert repr(2 * z[0] - 1) == "Expr(2 * z[0] - 1)"
+    assert repr(dg.Normal(z, scale=1)) == "Distribution(Normal(z, scale = 1))"
+    assert repr(m) == "Model('m', 1 statements)"
+
+
+# ---------------------------------------------------------------- spans point at this file
+
+
+def line_of(text: str, start: int = 1) -> tuple[int, str]:
+    """The first line of this file at or after `start` holding `text`, and that line."""
+    with open(__file__, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if number >= start and text in line:
+                return number, line.rstrip("\n")
+    raise AssertionError(f"{text!r} is not in {__file__}")
+
+
+def test_spans_point_at_the_python_call():
+    m = dg.Model("m")
+    z = m.latent("z", [2])
+    m.draw(z, dg.Normal(0, 1))  # the call under test
+    line, text = line_of("m.draw(z, dg.Normal(0, 1))  # the call under test")
+    draw = m.program().models[0].body[-1]
+    assert draw.span.file == __file__
+    assert (draw.span.line, draw.span.col) == (line, text.index("m.draw") + 1)
+    assert (draw.dist.span.line, draw.dist.span.col) == (line, text.index("dg.Normal") + 1)
+    assert draw.dist.span.end_col == text.index(")  # the call") + 1  # exclusive
+    assert draw.span.source.line(line) == text
+
+
+def test_span_of_a_call_over_several_lines():
+    m = dg.Model("m")
+    z = m.latent("z", [2])
+    m.draw(z, dg.Normal(  # several lines
+        0, 1))
+    line, _ = line_of("m.draw(z, dg.Normal(  # several lines")
+    span = m.program().models[0].body[-1].span
+    assert (span.line, span.end_line) == (line, line + 1)
+
+
+def test_a_handle_used_again_points_at_its_use():
+    m = dg.Model("m")
+    z = m.latent("z", [2])
+    h = dg.exp(z)  # the use
+    line, text = line_of("h = dg.exp(z)  # the use")
+    assert (h.node.args[0].span.line, h.node.args[0].span.col) == (line, text.index("dg.exp") + 1)
+
+
+def test_unknown_name_points_at_the_python_line_with_a_suggestion():
+    m = dg.Model("m")
+    x = m.data("x", [2])
+    z = m.latent("z", [2])
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(x, dg.Normal("zz", 1))  # unknown name
+    line, text = line_of('m.draw(x, dg.Normal("zz", 1))  # unknown name')
+    with pytest.raises(DGMNameError) as caught:
+        m.ir()
+    err = caught.value
+    assert (err.span.file, err.span.line) == (__file__, line)
+    assert err.hint == "did you mean 'z'?"
+    assert f"{__file__}:{line}:" in str(err) and text in str(err)
+
+
+def test_a_handle_of_another_model_is_an_unknown_name_at_its_use():
+    other = dg.Model("other")
+    q = other.latent("q", [2])
+    m = dg.Model("m")
+    x = m.data("x", [2])
+    m.draw(x, dg.Normal(q, 1))  # q is not declared in m
+    line, _ = line_of("m.draw(x, dg.Normal(q, 1))  # q is not declared in m")
+    with pytest.raises(DGMNameError) as caught:
+        m.ir()
+    assert caught.value.span.line == line
+
+
+def test_independent_mistakes_are_reported_together_at_their_lines():
+    m = dg.Model("m")
+    u = m.input("u", [2])
+    z = m.latent("z", [2])
+    m.latent("z", [2])  # declared twice
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(u, dg.Normal(0, 1))  # a distribution on an input
+    with pytest.raises(DGMError) as caught:
+        m.ir()
+    errors = _errors(caught.value)
+    lines = {err.span.line for err in errors}
+    assert line_of('m.latent("z", [2])  # declared twice')[0] in lines
+    assert line_of("m.draw(u, dg.Normal(0, 1))  # a distribution on an input")[0] in lines
+    assert all(err.span.file == __file__ for err in errors)
+
+
+def _shape_mismatch(m: dg.Model) -> None:
+    z = m.latent("z", [3])
+    x = m.data("x", [2])
+    m.draw(z, dg.Normal(0, 1))
+    m.draw(x, dg.Normal(z, 1))  # z[3] where x[2] is needed
+
+
+# name: the .dgm text, the same model in Python, a text on the line the error points at
+BAD_MODELS = {
+    "missing_argument": (
+        "model m {\n latent z\n z ~ Normal(0)\n}",
+        lambda m: m.draw(m.latent("z"), dg.Normal(0)),
+        'lambda m: m.draw(m.latent("z"), dg.Normal(0)),',
+    ),
+    "shape_mismatch": (
+        "model m {\n latent z[3]\n data x[2]\n z ~ Normal(0, 1)\n x ~ Normal(z, 1)\n}",
+        _shape_mismatch,
+        "# z[3] where x[2] is needed",
+    ),
+    "unknown_distribution_keyword": (
+        "model m {\n latent z\n z ~ Normal(0, sigma = 1)\n}",
+        lambda m: m.draw(m.latent("z"), dg.Normal(0, sigma=1)),
+        "dg.Normal(0, sigma=1)),",
+    ),
+    "no_distribution": (
+        "model m {\n latent z\n}",
+        lambda m: m.latent("z"),
+        'lambda m: m.latent("z"),',
+    ),
+    "unknown_guide_family": (
+        "model m {\n latent z guide(family = mvm)\n z ~ Normal(0, 1)\n}",
+        lambda m: m.draw(m.latent("z", guide={"family": "mvm"}), dg.Normal(0, 1)),
+        '{"family": "mvm"}',
+    ),
+    "reserved_distribution_name": (
+        "model m {\n latent Normal\n Normal ~ Normal(0, 1)\n}",
+        lambda m: m.draw(m.latent("Normal"), dg.Normal(0, 1)),
+        'm.latent("Normal")',
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MODELS))
+def test_a_mistake_gives_the_same_error_as_in_a_dgm_file(name):
+    text, build, marker = BAD_MODELS[name]
+    with pytest.raises(DGMError) as from_text:
+        checked(text)
+    m = dg.Model("m")
+    build(m)
+    with pytest.raises(DGMError) as from_python:
+        m.ir()
+    assert _reported(from_python.value) == _reported(from_text.value)
+    line = line_of(marker)[0]
+    for err in _errors(from_python.value):
+        assert (err.span.file, err.span.line) == (__file__, line)
+
+
+def _errors(err: DGMError) -> list[DGMError]:
+    return err.errors if isinstance(err, DGMErrors) else [err]
+
+
+def _reported(err: DGMError) -> list[tuple[str, str, str | None]]:
+    """What a user reads, less the position (several errors on one Python line have one
+    column, so they may come in another order than in the text)."""
+    return sorted((type(e).__name__, e.message, e.hint or "") for e in _errors(err))
+
+
+# ---------------------------------------------------------------- Python mistakes are DGMErrors
+
+# Each case is a lambda on its own line: the error must point at that line.
+PYTHON_MISTAKES = [
+    (DGMTypeError, lambda m, z: z + {"a": 1}),
+    (DGMTypeError, lambda m, z: dg.Normal({1, 2}, 1)),
+    (DGMTypeError, lambda m, z: dg.Normal(None, 1)),
+    (DGMTypeError, lambda m, z: dg.exp(True)),
+    (DGMTypeError, lambda m, z: dg.exp(float("nan"))),
+    (DGMTypeError, lambda m, z: dg.Normal(0, 1) + 1),
+    (DGMTypeError, lambda m, z: 2 * dg.Normal(0, 1)),
+    (DGMTypeError, lambda m, z: dg.exp(dg.Normal(0, 1))),
+    (DGMTypeError, lambda m, z: m.net("dec", dg.mlp(hidden=[2])) * 2),
+    (DGMTypeError, lambda m, z: dg.exp(m.net("dec", dg.mlp(hidden=[2])))),
+    (DGMTypeError, lambda m, z: list(z)),
+    (DGMTypeError, lambda m, z: z if z else 0),
+    (DGMTypeError, lambda m, z: z < 1),
+    (DGMTypeError, lambda m, z: z // 2),
+    (DGMTypeError, lambda m, z: z[...]),
+    (DGMTypeError, lambda m, z: z(1)),
+    (DGMTypeError, lambda m, z: m.draw(z, 3)),
+    (DGMTypeError, lambda m, z: m.draw(z, dg.exp(z))),
+    (DGMTypeError, lambda m, z: m.draw(z + 1, dg.Normal(0, 1))),
+    (DGMTypeError, lambda m, z: m.net("dec", dg.exp(z))),
+    (DGMTypeError, lambda m, z: m.latent("w", guide="mvn")),
+    (DGMTypeError, lambda m, z: m.latent(3)),
+    (DGMTypeError, lambda m, z: m.data("x", type=int)),
+    (DGMNameError, lambda m, z: m.latent("2z")),
+    (DGMNameError, lambda m, z: dg.exp("not a name")),
+    (DGMNameError, lambda m, z: dg.Model("my model")),
+    (DGMSyntaxError, lambda m, z: m.latent("data")),
+    (DGMSyntaxError, lambda m, z: dg.mlp(z, guide=1)),
+    (DGMSyntaxError, lambda m, z: m.input("y", type="integer")),
+    (DGMShapeError, lambda m, z: m.data("x", {"a": 1})),
+    (DGMShapeError, lambda m, z: m.data("x", [2, -1])),
+]
+
+
+@pytest.mark.parametrize(
+    "error, mistake", PYTHON_MISTAKES,
+    ids=[f"line{mistake.__code__.co_firstlineno}" for _, mistake in PYTHON_MISTAKES],
+)
+def test_a_python_mistake_is_a_dgm_error_at_its_line(error, mistake):
+    m = dg.Model("m")
+    z = m.latent("z", [2])
+    with pytest.raises(error) as caught:
+        mistake(m, z)
+    span = caught.value.span
+    assert (span.file, span.line) == (__file__, mistake.__code__.co_firstlineno)
+    assert str(caught.value).startswith(f"{__file__}:{span.line}:")
+
+
+def test_reserved_word_and_unknown_type_messages_are_the_parsers():
+    m = dg.Model("m")
+    for python, text in [
+        (lambda: m.latent("data"), "model m {\n latent data\n}"),
+        (lambda: m.input("y", type="integer"), "model m {\n input y : integer\n}"),
+    ]:
+        with pytest.raises(DGMSyntaxError) as from_python:
+            python()
+        with pytest.raises(DGMSyntaxError) as from_text:
+            parse(text)
+        assert from_python.value.message == from_text.value.message
+        assert from_python.value.hint == from_text.value.hint
+
+
+def test_deep_nesting_is_the_parsers_error_not_a_recursion_error():
+    from dgmlang.parse import MAX_NESTING
+
+    m = dg.Model("m")
+    z = m.latent("z")
+    h = z
+    with pytest.raises(DGMSyntaxError, match="nesting too deep") as caught:
+        for _ in range(10 * MAX_NESTING):
+            h = h + 1
+    assert caught.value.span.line == line_of("h = h + 1")[0]
+    nested: list = []
+    for _ in range(sys.getrecursionlimit() + 10):
+        nested = [nested]
+    with pytest.raises(DGMSyntaxError, match="nesting too deep"):
+        m.const("W", nested)
