@@ -37,7 +37,7 @@ from typing import Iterator
 
 import networkx as nx
 
-from dgmlang import ir as irm
+import dgmlang.ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMModelError, DGMNameError
 
