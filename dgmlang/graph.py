@@ -158,30 +158,28 @@ def _let_references(ir: irm.ModelIR, roles: dict[str, str]) -> dict[str, frozens
         if root in resolved:
             continue
         on_path = {root}
-        stack = [root]
+        stack = [(root, iter(direct[root]))]
         while stack:
-            name = stack[-1]
-            pending = [
-                r.name for r in direct[name] if r.name in lets and r.name not in resolved
-            ]
-            cyclic = [p for p in pending if p in on_path]
-            if cyclic:
-                raise DGMModelError(
-                    f"let '{name}' depends on itself through '{cyclic[0]}'", lets[name].span
-                )
-            if pending:
-                on_path.add(pending[0])
-                stack.append(pending[0])
-                continue
-            nodes: set[str] = set()
-            for r in direct[name]:
-                if r.name in lets:
-                    nodes |= resolved[r.name]
-                elif roles.get(r.name) in _NODE_ROLES:
-                    nodes.add(r.name)
-                elif r.name not in roles:
-                    raise DGMNameError(f"unknown name '{r.name}'", r.span)
-            resolved[name] = frozenset(nodes)
-            on_path.discard(name)
-            stack.pop()
+            name, refs = stack[-1]
+            for r in refs:  # resumes where it stopped: each reference is looked at once
+                if r.name in lets and r.name not in resolved:
+                    if r.name in on_path:
+                        raise DGMModelError(
+                            f"let '{name}' depends on itself through '{r.name}'", lets[name].span
+                        )
+                    on_path.add(r.name)
+                    stack.append((r.name, iter(direct[r.name])))
+                    break
+            else:
+                nodes: set[str] = set()
+                for r in direct[name]:
+                    if r.name in lets:
+                        nodes |= resolved[r.name]
+                    elif roles.get(r.name) in _NODE_ROLES:
+                        nodes.add(r.name)
+                    elif r.name not in roles:
+                        raise DGMNameError(f"unknown name '{r.name}'", r.span)
+                resolved[name] = frozenset(nodes)
+                on_path.discard(name)
+                stack.pop()
     return resolved

@@ -184,12 +184,14 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
     and counting run in C. The frontier is a heap keyed by (fill-in, discrete, index) with
     versioned entries; after an elimination only the frontier latents whose fill-in changed
     are re-keyed, and their new fill-in is derived from the change rather than recounted:
-    a neighbour s of the eliminated latent now sees the clique N (no missing pairs there),
-    so only pairs touching its private neighbours B = adj(s) - N can be missing (and when
-    its count is unchanged, its heap entry stays); a frontier
-    latent outside N loses exactly the fill edges added among its neighbours in N. Dense
-    inverses (a tree's frontier is one big clique) thus cost O(|N|) bitset operations per
-    step instead of O(|N|^2)."""
+
+    * a neighbour s of the eliminated latent now sees the clique N, where no pair is missing,
+      so only pairs touching its private neighbours B = adj(s) - N can be missing;
+    * a frontier latent outside N loses exactly the fill edges added among its neighbours
+      in N.
+
+    Dense inverses (a tree's frontier becomes one big clique) thus cost O(|N|) bitset
+    operations per step instead of O(|N|^2)."""
     names = list(nodes.index)
     latent = [nodes.role[name] == "latent" for name in names]
     position = nodes.index
