@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 # imports this module, so `from dgmlang import ...` here would import it again.
 import dgmlang.ast as ast
 from dgmlang.distributions import BUILTINS, DISTRIBUTIONS, NETWORKS
-from dgmlang.errors import DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError, did_you_mean
+from dgmlang.errors import DGMError, DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError, did_you_mean
 from dgmlang.parse import KEYWORDS, MAX_NESTING
 from dgmlang.source import Source, Span
 
@@ -91,20 +91,20 @@ def _positions(code) -> tuple:
 _sources: dict[str, tuple[list[str], Source | None]] = {}
 
 
-def _source_of(filename: str, module_globals: Mapping[str, Any]) -> Source | None:
-    """The text of a user's file for error messages, read once per file (linecache's copy)."""
+def _source_of(filename: str, module_globals: Mapping[str, Any]) -> tuple[list[str], Source | None]:
+    """The lines of a user's file, and its text for error messages, joined once per file
+    (linecache reads the file once and hands back the same list)."""
     lines = linecache.getlines(filename, module_globals)
     cached = _sources.get(filename)
     if cached is not None and cached[0] is lines:
-        return cached[1]
-    source = Source(filename, "".join(lines)) if lines else None
-    _sources[filename] = (lines, source)
-    return source
+        return cached
+    _sources[filename] = (lines, Source(filename, "".join(lines)) if lines else None)
+    return _sources[filename]
 
 
-def _char_col(source: Source | None, line: int, byte_col: int) -> int:
+def _char_col(lines: list[str], line: int, byte_col: int) -> int:
     """1-based character column of the 0-based UTF-8 byte offset `byte_col` on `line`."""
-    text = source.line(line) if source is not None else ""
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
     if text.isascii():
         return byte_col + 1
     return len(text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore")) + 1
@@ -120,7 +120,7 @@ def _caller_span() -> Span | None:
     if frame is None:
         return None
     filename = frame.f_code.co_filename
-    source = _source_of(filename, frame.f_globals)
+    lines, source = _source_of(filename, frame.f_globals)
     line = frame.f_lineno
     end_line, col, end_col = line, 1, 1
     if hasattr(frame.f_code, "co_positions") and frame.f_lasti >= 0:
@@ -128,8 +128,8 @@ def _caller_span() -> Span | None:
         unit = frame.f_lasti // 2
         if unit < len(positions) and None not in positions[unit]:
             line, end_line, byte_col, byte_end = positions[unit]
-            col = _char_col(source, line, byte_col)
-            end_col = _char_col(source, end_line, byte_end)
+            col = _char_col(lines, line, byte_col)
+            end_col = _char_col(lines, end_line, byte_end)
     return Span(filename, line, col, end_line, end_col, source=source)
 
 
@@ -169,12 +169,16 @@ def _nested(node: ast.Expr | ast.Keyword | ast.Slice, depths: Iterable[int]) -> 
     too deep is the parser's error, since later stages walk the tree recursively."""
     depth = max(depths, default=0) + 1
     if depth > MAX_NESTING:
-        raise DGMSyntaxError(
-            "nesting too deep", node.span,
-            hint=f"at most {MAX_NESTING} levels of brackets, calls and operators; "
-            "split the expression with 'let'",
-        )
+        raise _too_deep(node.span)
     return node, depth
+
+
+def _too_deep(span: Span | None) -> DGMSyntaxError:
+    return DGMSyntaxError(
+        "nesting too deep", span,
+        hint=f"at most {MAX_NESTING} levels of brackets, calls and operators; "
+        "split the expression with 'let'",
+    )
 
 
 def _number(value: int | float, span: Span | None) -> tuple[ast.Expr, int]:
@@ -229,7 +233,7 @@ def _list(items: Sequence[Any], span: Span | None, level: int) -> tuple[ast.List
     for item in items:
         if isinstance(item, (list, tuple)):
             if level >= MAX_NESTING:  # stop before Python's own recursion limit
-                _nested(ast.ListExpr((), span), (MAX_NESTING,))
+                raise _too_deep(span)
             converted.append(_list(item, span, level + 1))
         else:
             converted.append(_convert(item, span))
@@ -243,7 +247,8 @@ def _to_node(value: Any, span: Span | None) -> ast.Expr:
 
 def _keyword(name: Any, value: Any, span: Span | None) -> tuple[ast.Keyword, int]:
     if not isinstance(name, str):
-        raise DGMTypeError(f"an option name must be a string, not {type(name).__name__}", span)
+        raise DGMTypeError(f"an option name must be a string, not {type(name).__name__}", span,
+                           hint="e.g. guide=dict(family=\"mvn\")")
     node, depth = _convert(value, span)
     return _nested(ast.Keyword(_check_identifier(name, "option name", span), node, span), (depth,))
 
@@ -561,7 +566,12 @@ class Model:
         if self._checked is None or self._checked[0] != len(self._body):
             from dgmlang.check import check
 
-            self._checked = (len(self._body), check(self.program())[0])
+            try:
+                (checked,) = check(self.program())
+            except DGMError as err:
+                # The checker's own frames say nothing to the user; the message says where.
+                raise err.with_traceback(None) from None
+            self._checked = (len(self._body), checked)
         return self._checked[1]
 
     def to_dgm(self) -> str:

@@ -513,3 +513,21 @@ def test_deep_nesting_is_the_parsers_error_not_a_recursion_error():
         nested = [nested]
     with pytest.raises(DGMSyntaxError, match="nesting too deep"):
         m.const("W", nested)
+
+
+def test_compile_hands_the_checked_model_and_its_text_to_the_compiler(monkeypatch):
+    from dgmlang import frontend
+
+    handed = {}
+
+    def compile_checked(checked, *, source, filename):
+        handed.update(checked=checked, source=source, filename=filename)
+        return "the compiled model"
+
+    monkeypatch.setattr(frontend, "compile_checked", compile_checked)
+    m = digits_cvae()
+    assert m.compile() == "the compiled model"
+    (from_text,) = frontend.check_source(CORPUS["digits_cvae"])
+    assert handed["checked"].ir == from_text.ir == m.ir()
+    assert handed["checked"].plan == from_text.plan
+    assert handed["source"] == m.to_dgm() and "digits_cvae" in handed["filename"]
