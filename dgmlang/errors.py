@@ -5,12 +5,12 @@ Its text is ``FILE:LINE:COL: message``, the source line, a caret, then the hint.
 
 >>> from dgmlang.source import Source, Span
 >>> src = Source("m.dgm", "model m {\\n  latent z\\n}")
->>> err = DGMNameError("unknown name 'zz'", Span("m.dgm", 2, 10, 2, 12, source=src),
+>>> err = DGMNameError("unknown name 'zz'", Span("m.dgm", 2, 10, 2, 11, source=src),
 ...                    hint="did you mean 'z'?")
 >>> print(err)
 m.dgm:2:10: unknown name 'zz'
       latent z
-             ^^
+             ^
     hint: did you mean 'z'?
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dgmlang.errors import DGMUsageError
 
 ROLE_STYLE = {  # role -> (fill colour, label suffix)
     "data": ("#c8c8c8", "observed"),
-    "input": ("#ffffff", "input"),
+    "input": ("#fff2cc", "input"),
     "latent": ("#ffffff", "latent"),
     "global": ("#cfe2f3", "global"),
 }

@@ -1,11 +1,11 @@
 """Source positions and rendering a source line with a caret under a place.
 
->>> src = Source("m.dgm", "model m {\\n\\tdata x\\n}\\n")
->>> span = Span(src.name, 2, 7, 2, 8, source=src)
+>>> src = Source("m.dgm", "model m {\\n  data x\\n}\\n")
+>>> span = Span(src.name, 2, 8, 2, 9, source=src)
 >>> print(render_span(span))
-m.dgm:2:7
-    	data x
-    	     ^
+m.dgm:2:8
+      data x
+           ^
 """
 from __future__ import annotations
 
