@@ -155,8 +155,9 @@ def to_support(info: LatentShape, support) -> list:
 
 def family_distribution(info: LatentShape, support, raw: dict[str, torch.Tensor],
                         flow: nn.ModuleList | None) -> pdist.TorchDistribution:
-    """q for one continuous latent from its (possibly batched) parameters `raw`: "loc" and
-    "scale" (normal, flow), "loc" and "scale_tril" (mvn), or "loc" (delta)."""
+    """q for one continuous latent from its parameters `raw`, each over the flattened
+    unconstrained value, ``(*batch, info.size)``: "loc" and "scale" (normal, flow), "loc" and
+    "scale_tril" (mvn), or "loc" (delta)."""
     loc = raw["loc"]
     if info.family == "delta":
         value = loc.reshape(*loc.shape[:-1], *info.unconstrained)
@@ -177,19 +178,18 @@ def family_distribution(info: LatentShape, support, raw: dict[str, torch.Tensor]
 
 
 class GlobalFamily(PyroModule):
-    """The variational parameters of one global: `loc` (a standard Normal draw), then `scale`
-    (0.1) or `scale_tril` (0.1 I), all in the unconstrained space, and its flow."""
+    """The variational parameters of one global, all over its flattened unconstrained value:
+    `loc` (a standard Normal draw), then `scale` (0.1) or `scale_tril` (0.1 I), and its flow."""
 
     def __init__(self, info: LatentShape):
         super().__init__()
-        flat = info.family in ("mvn", "flow")
-        loc_shape = (info.size,) if flat else info.unconstrained
-        self.loc = PyroParam(torch.randn(loc_shape))
+        self.loc = PyroParam(torch.randn(info.size))
         if info.family == "mvn":
             self.scale_tril = PyroParam(GLOBAL_INIT_SCALE * torch.eye(info.size),
                                         constraints.lower_cholesky)
         elif info.family != "delta":
-            self.scale = PyroParam(torch.full(loc_shape, GLOBAL_INIT_SCALE), constraints.positive)
+            self.scale = PyroParam(torch.full((info.size,), GLOBAL_INIT_SCALE),
+                                   constraints.positive)
         self.flow = flow_transforms(info.size) if info.family == "flow" else None
 
     def parameters_of(self, info: LatentShape) -> dict[str, torch.Tensor]:
