@@ -404,8 +404,9 @@ class Distribution:
         return f"Distribution({_format(self.call)})"
 
     def _refusal(self) -> tuple[str, str]:
-        return (f"a distribution ({self.call.func}) is not a value",
-                "draw a variable from it with m.draw(variable, distribution)")
+        name = self.call.func
+        return (f"the distribution {name} cannot be used as a value",
+                f"draw a variable from it and use the variable, e.g. m.draw(v, dg.{name}(...))")
 
 
 @_refuse(f"{_ARITHMETIC} {_UNSUPPORTED} getitem iter")
@@ -427,7 +428,8 @@ class Network:
         return Expr(*_call(self.name, inputs, options, _caller_span()))
 
     def _refusal(self) -> tuple[str, str]:
-        return f"network '{self.name}' is not a value", f"call it on its inputs: {self.name}(...)"
+        return (f"network '{self.name}' is used without its inputs",
+                f"call it, e.g. {self.name}(z)")
 
 
 # ---------------------------------------------------------------- the model
@@ -529,9 +531,12 @@ class Model:
         span = _caller_span()
         name = _check_name(name, "network", span)
         node = network.node if isinstance(network, Expr) else None
-        if not isinstance(node, ast.Call) or node.func not in NETWORKS:
+        # Any call is recorded, as the grammar allows; the checker reports one that builds
+        # no network in the words it uses for a `.dgm` file.
+        if not isinstance(node, ast.Call):
             raise DGMTypeError(
-                f"network '{name}' must be defined by {' or '.join(NETWORKS)}(...)", span,
+                f"network '{name}' must be defined by {' or '.join(NETWORKS)}(...), not "
+                f"{_describe(network)}", span,
                 hint=f"e.g. m.net(\"{name}\", dg.mlp(hidden=[256, 256]))",
             )
         self._body.append(ast.NetDef(name, node, span))
@@ -547,12 +552,16 @@ class Model:
             raise DGMTypeError("only a declared variable can be drawn", span,
                                hint="pass the handle m.latent(...) returned, or its name")
         _check_identifier(target, "variable name", span)
-        if not isinstance(distribution, Distribution):
+        if isinstance(distribution, Distribution):
+            call = distribution.call
+        elif isinstance(distribution, Expr) and isinstance(distribution.node, ast.Call):
+            call = distribution.node  # `dg.exp(1)`: the checker says it is no distribution
+        else:
             raise DGMTypeError(
                 f"'{target}' must be drawn from a distribution, not "
                 f"{_describe(distribution)}", span, hint="e.g. m.draw(z, dg.Normal(0, 1))",
             )
-        self._body.append(ast.Draw(target, distribution.call, span))
+        self._body.append(ast.Draw(target, call, span))
 
     # -- results
 

@@ -2,13 +2,17 @@
 the checker's IR exactly; every mistake is a DGMError pointing at the line of this file."""
 from __future__ import annotations
 
+import inspect
+import operator
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dgmlang as dg
-from dgmlang import dsl
+from dgmlang import ast, dsl
 from dgmlang.distributions import BUILTINS, DISTRIBUTIONS, NETWORKS
 from dgmlang.errors import (
     DGMError, DGMErrors, DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError,
@@ -453,9 +457,10 @@ PYTHON_MISTAKES = [
     (DGMTypeError, lambda m, z: z[...]),
     (DGMTypeError, lambda m, z: z(1)),
     (DGMTypeError, lambda m, z: m.draw(z, 3)),
-    (DGMTypeError, lambda m, z: m.draw(z, dg.exp(z))),
+    (DGMTypeError, lambda m, z: m.draw(z, z * 2)),
     (DGMTypeError, lambda m, z: m.draw(z + 1, dg.Normal(0, 1))),
-    (DGMTypeError, lambda m, z: m.net("dec", dg.exp(z))),
+    (DGMTypeError, lambda m, z: m.net("dec", z)),
+    (DGMTypeError, lambda m, z: m.net("dec", dg.Normal(0, 1))),
     (DGMTypeError, lambda m, z: m.latent("w", guide="mvn")),
     (DGMTypeError, lambda m, z: m.latent(3)),
     (DGMTypeError, lambda m, z: m.data("x", type=int)),
@@ -515,6 +520,135 @@ def test_deep_nesting_is_the_parsers_error_not_a_recursion_error():
         m.const("W", nested)
 
 
+
+# ---------------------------------------------------------------- every test program, in Python
+
+PROGRAMS = Path(__file__).parent / "programs"
+OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+             "**": operator.pow}
+MODEL_VALUES = (dsl.Expr, dsl.Distribution)
+
+
+class NotExpressible(Exception):
+    """The program says something the Python DSL cannot: a guide on a `data` declaration,
+    or a misspelled function (in Python, an AttributeError of the module)."""
+
+
+def replay(model: ast.ModelDef) -> dg.Model:
+    """`model` rebuilt through the DSL's public calls, in its statement order, as a user
+    would write it in Python."""
+    m = dg.Model(model.name)
+    handles: dict[str, object] = {}
+    nets: dict[str, dsl.Network] = {}
+
+    def value(node):
+        if isinstance(node, ast.Num):
+            return node.value
+        if isinstance(node, ast.Name):
+            return handles.get(node.name, node.name)
+        if isinstance(node, ast.ListExpr):
+            return [value(item) for item in node.items]
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.operand, ast.Num):
+                return -node.operand.value
+            operand = value(node.operand)
+            return -operand if isinstance(operand, MODEL_VALUES) else dsl.Expr(node)
+        if isinstance(node, ast.BinOp):
+            left, right = value(node.left), value(node.right)
+            if not isinstance(left, MODEL_VALUES) and not isinstance(right, MODEL_VALUES):
+                return dsl.Expr(node)  # Python would compute the numbers (or join the lists)
+            return OPERATORS[node.op](left, right)
+        if isinstance(node, ast.Index):
+            indexed = value(node.value)
+            if not isinstance(indexed, MODEL_VALUES):
+                return dsl.Expr(node)  # Python would index the list
+            return indexed[tuple(index(item) for item in node.indices)]
+        assert isinstance(node, ast.Call), node
+        if node.func in nets:
+            func = nets[node.func]
+        elif node.func in dsl.__all__:
+            func = getattr(dg, node.func)
+        else:
+            raise NotExpressible(node.func)
+        return func(*map(value, node.args), **{kw.name: value(kw.value) for kw in node.kwargs})
+
+    def index(node):
+        if isinstance(node, ast.Slice):
+            parts = (node.start, node.stop, node.step)
+            return slice(*(None if part is None else value(part) for part in parts))
+        return value(node)
+
+    for stmt in model.body:
+        if isinstance(stmt, ast.Decl) and stmt.role == "const":
+            handles[stmt.name] = m.const(stmt.name, value(stmt.value), [value(d) for d in stmt.dims])
+        elif isinstance(stmt, ast.Decl):
+            options: dict[str, object] = {} if stmt.type is None else {"type": stmt.type}
+            if stmt.guide is not None:
+                if stmt.role not in ("latent", "global"):
+                    raise NotExpressible("guide options on a " + stmt.role)
+                options["guide"] = {kw.name: value(kw.value) for kw in stmt.guide}
+            declare = m.global_ if stmt.role == "global" else getattr(m, stmt.role)
+            handles[stmt.name] = declare(stmt.name, [value(d) for d in stmt.dims], **options)
+        elif isinstance(stmt, ast.Draw):
+            m.draw(handles.get(stmt.target, stmt.target), value(stmt.dist))
+        elif isinstance(stmt, ast.Let):
+            handles[stmt.name] = m.let(stmt.name, value(stmt.value))
+        else:
+            nets[stmt.name] = m.net(stmt.name, value(stmt.call))
+    return m
+
+
+def _as_read(err: DGMError, with_hint: bool = True) -> list[tuple[str, ...]]:
+    """What a user reads, less positions: line numbers in messages differ between files."""
+    def unplaced(text: str | None) -> str:
+        return re.sub(r"\bline \d+", "line N", text or "")
+
+    return sorted((type(e).__name__, unplaced(e.message)) + ((unplaced(e.hint),) if with_hint else ())
+                  for e in _errors(err))
+
+
+GOOD = sorted(PROGRAMS.glob("good/*.dgm"))
+BAD = sorted(PROGRAMS.glob("bad/*.dgm"))
+
+
+@pytest.mark.parametrize("path", GOOD, ids=[p.stem for p in GOOD])
+def test_every_good_program_written_in_python_gives_its_tree_and_ir(path):
+    program = parse(path.read_text(), str(path))
+    for model, ir in zip(program.models, checked(path.read_text())):
+        m = replay(model)
+        assert m.program().models[0] == model
+        assert m.ir() == ir
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_every_bad_program_written_in_python_gives_its_errors(path):
+    from dgmlang.frontend import check_irs, check_source
+
+    text = path.read_text()
+    try:
+        program = parse(text, str(path))
+    except DGMSyntaxError:
+        pytest.skip("a syntax error: the DSL builds no text")
+    if len(program.models) != 1:
+        pytest.skip("the DSL builds one model at a time")
+    with pytest.raises(DGMError) as from_text:
+        check_source(text, str(path))
+    try:
+        m = replay(program.models[0])
+    except NotExpressible as missing:
+        pytest.skip(f"not expressible in Python: {missing}")
+    except DGMError as err:  # raised while the model is built: its hint speaks Python
+        from_python, with_hint = err, False
+    else:
+        with pytest.raises(DGMError) as caught:
+            check_irs((m.ir(),))
+        from_python, with_hint = caught.value, True
+    assert _as_read(from_python, with_hint) == _as_read(from_text.value, with_hint)
+    lines, first = inspect.getsourcelines(replay)
+    for err in _errors(from_python):
+        assert err.span.file == __file__ and first <= err.span.line < first + len(lines)
+
+
 def test_compile_hands_the_checked_model_and_its_text_to_the_compiler(monkeypatch):
     from dgmlang import frontend
 
@@ -531,3 +665,16 @@ def test_compile_hands_the_checked_model_and_its_text_to_the_compiler(monkeypatc
     assert handed["checked"].ir == from_text.ir == m.ir()
     assert handed["checked"].plan == from_text.plan
     assert handed["source"] == m.to_dgm() and "digits_cvae" in handed["filename"]
+
+
+def test_compiled_model_is_the_one_dg_compile_gives_and_saves_its_text(tmp_path):
+    m = linreg()
+    fitted = m.compile()
+    from_text = dg.compile(CORPUS["linreg"])
+    assert fitted.ir == from_text.ir
+    assert fitted.guide_plan == from_text.guide_plan
+    drawn = fitted.sample(4, inputs={"u": np.zeros((4, 3))}, seed=0)
+    assert {name: tuple(value.shape) for name, value in drawn.items()} == {
+        "y": (4,), "w": (3,), "b": ()}
+    fitted.save(tmp_path / "linreg.pt")
+    assert dg.load_fitted(tmp_path / "linreg.pt").ir == m.ir()
