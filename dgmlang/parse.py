@@ -363,7 +363,7 @@ class _Builder(Transformer):
         )
 
     def slice(self, children):
-        start, first_colon, stop, second_colon, step = children
+        start, _colon, stop, _second_colon, step = children
         present = [c for c in children if c is not None]
         node = ast.Slice(start, stop, step, span=_span(present[0], present[-1]))
         return _nested(node, (start, stop, step))
