@@ -619,10 +619,10 @@ def _dims(shape: Any, span: Span | None) -> tuple[ast.Expr, ...]:
     """A declared shape: a sequence of positive ints or const names/handles (or one int)."""
     if shape is None:
         return ()
+    if hasattr(shape, "tolist") and not isinstance(shape, Expr):  # numpy arrays and ints
+        shape = shape.tolist()
     if isinstance(shape, (int, str, Expr)) and not isinstance(shape, bool):
         shape = (shape,)
-    if hasattr(shape, "tolist") and not isinstance(shape, Expr):
-        shape = shape.tolist()
     if not isinstance(shape, (list, tuple)):
         raise DGMShapeError(f"a shape is a list of dimensions, not a {type(shape).__name__}",
                             span, hint="e.g. shape=[3, 2], or shape=[] for a scalar")

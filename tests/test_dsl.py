@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dgmlang as dg
 from dgmlang import ast, dsl
@@ -18,6 +20,7 @@ from dgmlang.errors import (
     DGMError, DGMErrors, DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError,
 )
 from dgmlang.parse import parse
+from dgmlang.printer import format_program
 
 # ---------------------------------------------------------------- the acceptance corpus
 
@@ -228,12 +231,14 @@ def test_python_values_become_literals_as_the_parser_reads_them():
     m.const("A", np.array([[1.5, -2.0], [0.0, 4.0]]))
     m.const("B", (np.int64(2), -0.0, 1e-3), shape=[K])
     m.param("mu", [K, np.int64(2)], type="positive")
+    m.data("x", np.int64(4))
     expected = parse("""
 model lits {
     const K = 3
     const A = [[1.5, -2.0], [0.0, 4.0]]
     const B[K] = [2, -0.0, 0.001]
     param mu[K, 2] : positive
+    data x[4]
 }""")
     assert m.program() == expected
     assert isinstance(m.program().models[0].body[0].value.value, int)
@@ -549,8 +554,9 @@ def replay(model: ast.ModelDef) -> dg.Model:
         if isinstance(node, ast.ListExpr):
             return [value(item) for item in node.items]
         if isinstance(node, ast.UnaryOp):
-            if isinstance(node.operand, ast.Num):
-                return -node.operand.value
+            number = node.operand.value if isinstance(node.operand, ast.Num) else None
+            if isinstance(number, float) or number:  # Python's ints have no -0; its floats do
+                return -number
             operand = value(node.operand)
             return -operand if isinstance(operand, MODEL_VALUES) else dsl.Expr(node)
         if isinstance(node, ast.BinOp):
@@ -598,13 +604,15 @@ def replay(model: ast.ModelDef) -> dg.Model:
     return m
 
 
-def _as_read(err: DGMError, with_hint: bool = True) -> list[tuple[str, ...]]:
-    """What a user reads, less positions: line numbers in messages differ between files."""
+def _as_read(err: DGMError, with_hint: bool = True) -> set[tuple[str, ...]]:
+    """What a user reads, less positions: line numbers in messages differ between files.
+    A set, since the checker reports one mistake once per place, and one line of Python
+    (the replay's) may build several places of the text."""
     def unplaced(text: str | None) -> str:
         return re.sub(r"\bline \d+", "line N", text or "")
 
-    return sorted((type(e).__name__, unplaced(e.message)) + ((unplaced(e.hint),) if with_hint else ())
-                  for e in _errors(err))
+    return {(type(e).__name__, unplaced(e.message)) + ((unplaced(e.hint),) if with_hint else ())
+            for e in _errors(err)}
 
 
 GOOD = sorted(PROGRAMS.glob("good/*.dgm"))
@@ -647,6 +655,65 @@ def test_every_bad_program_written_in_python_gives_its_errors(path):
     lines, first = inspect.getsourcelines(replay)
     for err in _errors(from_python):
         assert err.span.file == __file__ and first <= err.span.line < first + len(lines)
+
+
+
+# Random expressions in a fixed model: the DSL gives the parser's tree, and the checker
+# gives both the same IR or the same errors.
+NAMES = ["z", "x", "y", "mu", "K", "h"]
+LEAVES = st.one_of(
+    st.integers(min_value=0, max_value=20).map(ast.Num),
+    st.sampled_from([0.5, 2.0, 1e-3]).map(ast.Num),
+    st.sampled_from(NAMES).map(ast.Name),
+)
+
+
+def _composites(inner):
+    index = st.one_of(inner, st.builds(ast.Slice, st.none() | inner, st.none() | inner,
+                                       st.none() | inner))
+    return st.one_of(
+        st.builds(ast.UnaryOp, st.just("-"), inner),
+        st.builds(ast.BinOp, st.sampled_from(sorted(OPERATORS)), inner, inner),
+        st.builds(ast.Index, inner, st.lists(index, min_size=1, max_size=2).map(tuple)),
+        st.builds(ast.ListExpr, st.lists(inner, min_size=1, max_size=3).map(tuple)),
+        st.builds(ast.Call, st.sampled_from(sorted(BUILTINS)),
+                  st.lists(inner, min_size=1, max_size=2).map(tuple)),
+        st.builds(ast.Call, st.just("mlp"), st.lists(inner, min_size=1, max_size=2).map(tuple),
+                  st.just((ast.Keyword("hidden", ast.ListExpr((ast.Num(4),))),))),
+    )
+
+
+EXPRESSIONS = st.recursive(LEAVES, _composites, max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(EXPRESSIONS, EXPRESSIONS)
+def test_random_expressions_written_in_python_match_the_text(let_value, loc):
+    from dgmlang.check import check
+
+    declarations = (
+        ast.Decl("const", "K", value=ast.Num(3)), ast.Decl("input", "y", type="int"),
+        ast.Decl("data", "x", (ast.Num(3),)), ast.Decl("latent", "z", (ast.Num(3),)),
+        ast.Decl("param", "mu", (ast.Num(3), ast.Num(2))),
+    )
+    body = declarations + (
+        ast.Let("h", let_value),
+        ast.Draw("z", ast.Call("Normal", (ast.Num(0), ast.Num(1)))),
+        ast.Draw("x", ast.Call("Normal", (loc, ast.Num(1)))),
+    )
+    # Through the text, so the tree is the one the parser gives (parentheses resolved).
+    program = parse(format_program(ast.Program((ast.ModelDef("m", body),))), "m.dgm")
+    m = replay(program.models[0])
+    assert m.program() == program
+    try:
+        expected = check(program)[0]
+    except DGMError as from_text:
+        with pytest.raises(DGMError) as from_python:
+            m.ir()
+        assert _as_read(from_python.value) == _as_read(from_text)
+    else:
+        assert m.ir() == expected
 
 
 def test_compile_hands_the_checked_model_and_its_text_to_the_compiler(monkeypatch):
