@@ -18,10 +18,14 @@ so one mistake gives one message.
 NetCall(net='mlp_1', args=(Ref(name='z', shape=(16,)),), shape=(64,), constraint='real')
 >>> vae.net("mlp_1").input_sizes, vae.net("mlp_1").output_size
 ((16,), 64)
->>> check(parse("model m {\\n  latent z\\n  z ~ Normal(0)\\n}", "m.dgm"))
-Traceback (most recent call last):
-  ...
-dgmlang.errors.DGMTypeError: Normal is missing its argument 'scale'
+>>> try:
+...     check(parse("model m {\\n  latent z\\n  z ~ Normal(0)\\n}", "m.dgm"))
+... except DGMError as err:
+...     print(err)
+m.dgm:3:7: Normal is missing its argument 'scale'
+      z ~ Normal(0)
+          ^^^^^^^^^
+    hint: write Normal(loc, scale); only a network call may stand alone for all the arguments, as in Normal(mlp(z))
 """
 from __future__ import annotations
 
@@ -124,6 +128,17 @@ def _model_declared_twice(model: ast.ModelDef, first: ast.ModelDef) -> DGMError:
 
 def _unknown_name(name: str, span: Span | None, candidates: Iterable[str]) -> DGMError:
     return DGMNameError(f"unknown name '{name}'", span, hint=did_you_mean(name, candidates))
+
+
+def _unknown_target(name: str, span: Span | None, undrawn: list[str]) -> DGMError:
+    hint = did_you_mean(name, undrawn)
+    if hint is None:
+        if undrawn:
+            names = ", ".join(f"'{n}'" for n in undrawn)
+            hint = f"declare it first; these have no distribution yet: {names}"
+        else:
+            hint = f"declare it first, e.g. `latent {name}` or `data {name}`"
+    return DGMNameError(f"unknown name '{name}'", span, hint=hint)
 
 
 def _declared_twice(name: str, span: Span | None, first: Span | None) -> DGMError:
@@ -270,11 +285,14 @@ def _too_many_args(spec: DistSpec, given: int, span: Span | None) -> DGMError:
     )
 
 
-def _unknown_argument(spec: DistSpec, name: str, span: Span | None) -> DGMError:
+def _unknown_argument(spec: DistSpec, name: str, span: Span | None, missing: list[str]) -> DGMError:
+    hint = did_you_mean(name, spec.param_names)
+    if hint is None and missing:
+        hint = f"did you mean '{missing[0]}'? {spec.name} takes {spec.signature()[len(spec.name):]}"
     return DGMTypeError(
         f"{spec.name} has no argument '{name}'",
         span,
-        hint=did_you_mean(name, spec.param_names) or f"write {spec.signature()}",
+        hint=hint or f"write {spec.signature()}",
     )
 
 
@@ -503,8 +521,8 @@ def _slice_step_zero(span: Span | None) -> DGMError:
     return DGMShapeError("a slice step cannot be zero", span)
 
 
-def _builtin_shapes(name: str, detail: str, span: Span | None) -> DGMError:
-    return DGMShapeError(f"{name}: {detail}", span, hint=_BUILTIN_USAGE[name])
+def _builtin_shapes(name: str, detail: str, span: Span | None, hint: str | None = None) -> DGMError:
+    return DGMShapeError(f"{name}: {detail}", span, hint=hint)
 
 
 def _onehot_not_int(detail: str, span: Span | None) -> DGMError:
@@ -907,6 +925,7 @@ class _NetInfo:
     input_sizes: tuple[int, ...] | None = None
     output_shape: Shape | None = None
     first_call: Span | None = None
+    called: bool = False
 
 
 # ====================================================================== the checker
@@ -925,6 +944,7 @@ class _ModelChecker:
         self.let_values: dict[str, _Value] = {}
         self.bad_lets: set[str] = set()
         self.free_lets: dict[str, bool] = {}
+        self.waiting_lets: set[str] = set()
         self.netinfo: dict[str, _NetInfo] = {}
         self.draws: dict[str, list[ast.Draw]] = {}
         self.consts_in_progress: set[str] = set()
@@ -934,6 +954,7 @@ class _ModelChecker:
         self.bounds: dict[str, int] = {}
         self.pending_bounds: list[tuple[str, int, str, Span | None]] = []
         self.draw_irs: dict[int, ir.Draw] = {}
+        self.unknown_targets = False
 
     def report(self, err: DGMError) -> None:
         self.errors.append(err)
@@ -968,15 +989,13 @@ class _ModelChecker:
             if isinstance(stmt, ast.NetDef) and self.declared.get(stmt.name) is stmt:
                 self.current = stmt.span
                 self.attempt(self.check_net_definition, stmt)
-        self.check_lets_eagerly()
+        ordered_lets = self.order_lets()
+        self.check_lets(ordered_lets, waiting=False)
         for stmt in body:
             if isinstance(stmt, ast.Draw):
                 self.current = stmt.span
                 self.attempt(self.check_draw, stmt)
-        for stmt in body:
-            if isinstance(stmt, ast.Let) and self.declared.get(stmt.name) is stmt:
-                self.current = stmt.span
-                self.attempt(self.let_value, stmt.name, _NONE)
+        self.check_lets(ordered_lets, waiting=True)
         self.check_completeness()
         if self.errors:
             return None
@@ -1011,16 +1030,8 @@ class _ModelChecker:
         if isinstance(stmt, ast.Draw):
             self.draws.setdefault(stmt.target, []).append(stmt)
             return
-        if isinstance(stmt, ast.Decl):
-            span = stmt.name_span or stmt.span
-        else:
-            span = _name_in(stmt.span, stmt.name)
         if stmt.name in self.declared:
-            first = self.declared[stmt.name]
-            first_span = first.name_span if isinstance(first, ast.Decl) else first.span
-            if first_span is None:
-                first_span = first.span
-            raise _declared_twice(stmt.name, span, first_span)
+            raise _declared_twice(stmt.name, _declared_span(stmt), _declared_span(self.declared[stmt.name]))
         self.declared[stmt.name] = stmt
         if isinstance(stmt, ast.Let):
             self.lets[stmt.name] = stmt
@@ -1030,7 +1041,7 @@ class _ModelChecker:
         else:
             self.vars[stmt.name] = _VarInfo(stmt, None, "real")
         if stmt.name in BUILTINS or stmt.name in DISTRIBUTIONS or stmt.name in NETWORKS:
-            raise _reserved_name(stmt.name, span)
+            raise _reserved_name(stmt.name, _declared_span(stmt))
 
     def name_anonymous_nets(self, body) -> None:
         """`mlp_1`, `mlp_2`, `deconv_1`, ... in source order, skipping names a named net
@@ -1172,8 +1183,14 @@ class _ModelChecker:
         """A const's value: a number, a (rectangular) nested list, or another const."""
         if isinstance(expr, ast.Num):
             return expr.value, ()
-        if isinstance(expr, ast.UnaryOp) and isinstance(expr.operand, ast.Num):
-            return -expr.operand.value, ()
+        if isinstance(expr, ast.UnaryOp):
+            value, shape = self.literal(expr.operand)
+            return _negate(value), shape
+        if isinstance(expr, ast.BinOp):
+            (left, lshape), (right, rshape) = self.literal(expr.left), self.literal(expr.right)
+            if lshape or rshape:
+                raise _bad_const("arithmetic in a const works on single numbers only", expr.span)
+            return _arithmetic(expr.op, left, right, expr.span), ()
         if isinstance(expr, ast.Name):
             info = self.vars.get(expr.name)
             if info is None:
@@ -1271,6 +1288,7 @@ class _ModelChecker:
         """An anonymous `mlp(...)`/`deconv(...)` or a call of a named network."""
         named = self.netinfo.get(call.func)
         if named is not None:
+            named.called = True
             if named.options is None:
                 raise _Skip
             if call.kwargs:
@@ -1344,14 +1362,12 @@ class _ModelChecker:
 
     # -------------------------------------------------------------- lets
 
-    def check_lets_eagerly(self) -> None:
-        """Lets whose shape does not wait on a network's use, in dependency order; a cycle
-        among lets is reported once, naming it."""
+    def order_lets(self) -> list[str]:
+        """The lets in dependency order; a cycle among lets is
+        reported once, naming it, and its lets are left out."""
         graph = nx.DiGraph()
         order = {name: i for i, name in enumerate(self.lets)}
         for name, let in self.lets.items():
-            if self.declared.get(name) is not let:
-                continue
             graph.add_node(name)
             for node in _walk(let.value):
                 if isinstance(node, ast.Name) and node.name in self.lets:
@@ -1362,9 +1378,22 @@ class _ModelChecker:
                 cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=first)]
                 self.report(_let_cycle(cycle, _name_in(self.lets[first].span, first)))
                 self.bad_lets |= component
-        acyclic = graph.subgraph(n for n in graph if n not in self.bad_lets)
-        for name in nx.lexicographical_topological_sort(acyclic, key=order.__getitem__):
-            if not self.is_free(self.lets[name].value):
+        graph.remove_nodes_from(self.bad_lets)
+        ordered = list(nx.topological_sort(graph))
+        # Whether each let waits on its use to fix a network's size, directly or through
+        # the lets it reads; computed in dependency order, so without deep recursion.
+        self.waiting_lets = set()
+        for name in ordered:
+            self.free_lets[name] = self.is_free(self.lets[name].value)
+            if self.free_lets[name] or any(p in self.waiting_lets for p in graph.predecessors(name)):
+                self.waiting_lets.add(name)
+        return ordered
+
+    def check_lets(self, ordered: list[str], waiting: bool) -> None:
+        """Check the lets that do not wait on a use (`waiting` False: before the draws, so
+        long chains of lets are checked without recursion), or all that are left."""
+        for name in ordered:
+            if name not in self.let_values and (waiting or name not in self.waiting_lets):
                 self.current = self.lets[name].span
                 self.attempt(self.let_value, name, _NONE)
 
@@ -1395,7 +1424,11 @@ class _ModelChecker:
                 return self.is_free(expr.args[0])
             return False
         if isinstance(expr, ast.BinOp):
-            return self.is_free(expr.left) and self.is_free(expr.right)
+            # A scalar on the other side broadcasts to anything, so it tells no size.
+            left, right = self.is_free(expr.left), self.is_free(expr.right)
+            return (left and (right or self.is_scalar(expr.right))) or (
+                right and self.is_scalar(expr.left)
+            )
         if isinstance(expr, ast.UnaryOp):
             return self.is_free(expr.operand)
         if isinstance(expr, ast.ListExpr):
@@ -1407,6 +1440,22 @@ class _ModelChecker:
                 self.free_lets[expr.name] = False  # guards against cycles (reported elsewhere)
                 self.free_lets[expr.name] = self.is_free(self.lets[expr.name].value)
             return self.free_lets[expr.name]
+        return False
+
+    def is_scalar(self, expr: ast.Expr) -> bool:
+        """Whether `expr` is known to be a scalar without checking it (numbers, scalar
+        variables and checked lets, and arithmetic of those)."""
+        if isinstance(expr, ast.Num):
+            return True
+        if isinstance(expr, ast.UnaryOp):
+            return self.is_scalar(expr.operand)
+        if isinstance(expr, ast.BinOp):
+            return self.is_scalar(expr.left) and self.is_scalar(expr.right)
+        if isinstance(expr, ast.Name):
+            if expr.name in self.vars:
+                return self.vars[expr.name].shape == ()
+            value = self.let_values.get(expr.name)
+            return value is not None and value.shape == ()
         return False
 
     # -------------------------------------------------------------- expressions
@@ -1464,7 +1513,7 @@ class _ModelChecker:
 
     def binop(self, e: ast.BinOp, want: _Want) -> _Value:
         inner = want.inner()
-        if want.shape is None and self.is_free(e.left) != self.is_free(e.right):
+        if want.shape is None and not self.is_free(e) and self.is_free(e.left) != self.is_free(e.right):
             if self.is_free(e.left):
                 right = self.expr(e.right, inner)
                 left = self.expr(e.left, _Want(right.shape))
@@ -1638,23 +1687,35 @@ class _ModelChecker:
         if rule == "matmul":
             a, b = shapes
             if not a or not b:
-                raise _builtin_shapes(name, f"needs arrays, got shapes {_fmt(a)} and {_fmt(b)}", e.span)
+                raise _builtin_shapes(
+                    name, f"needs arrays, got shapes {_fmt(a)} and {_fmt(b)}", e.span,
+                    "multiply by a scalar with *",
+                )
             inner_a = a[-1]
             inner_b = b[-2] if len(b) > 1 else b[0]
             batch = _broadcast(a[:-2], b[:-2])
             if inner_a != inner_b or batch is None:
-                raise _builtin_shapes(name, f"shapes {_fmt(a)} and {_fmt(b)} do not fit", e.span)
+                raise _builtin_shapes(
+                    name,
+                    f"shapes {_fmt(a)} and {_fmt(b)} do not fit",
+                    e.span,
+                    f"the first's last dimension ({inner_a}) must equal the second's "
+                    f"{'second-to-last dimension' if len(b) > 1 else 'length'} ({inner_b})",
+                )
             return batch + (a[-2:-1] if len(a) > 1 else ()) + (b[-1:] if len(b) > 1 else ())
         if rule == "concat":
             first = shapes[0]
             for arg, shape in zip(e.args, shapes):
                 if not shape:
-                    raise _builtin_shapes(name, "cannot join a scalar; write [x] for a vector of one", arg.span)
+                    raise _builtin_shapes(
+                    name, "cannot join a scalar", arg.span, "write [x] for a vector of one entry"
+                )
                 if len(shape) != len(first) or shape[:-1] != first[:-1]:
                     raise _builtin_shapes(
                         name,
                         f"shapes {_fmt(first)} and {_fmt(shape)} differ in more than their last dimension",
                         arg.span,
+                        "concat joins arrays along their last dimension; the others must agree",
                     )
             return first[:-1] + (sum(s[-1] for s in shapes),)
         raise AssertionError(rule)  # every rule is handled above
@@ -1672,7 +1733,8 @@ class _ModelChecker:
                 raise _not_a_variable(d.target, "a let", target_span)
             if d.target in self.netinfo:
                 raise _not_a_variable(d.target, "a network", target_span)
-            raise _unknown_name(d.target, target_span, self.symbol_names())
+            self.unknown_targets = True
+            raise _unknown_target(d.target, target_span, self.undrawn())
         role = info.decl.role
         if role not in ir.RANDOM_ROLES:
             raise _not_random(d.target, role, target_span)
@@ -1750,10 +1812,16 @@ class _ModelChecker:
                 failed = True
                 break
             given[names[i]] = (arg, arg.span)
+        unknown = [kw for kw in call.kwargs if kw.name not in names]
+        missing = [
+            p.name
+            for p in spec.params
+            if p.required and p.name not in given and p.name not in (k.name for k in call.kwargs)
+        ]
         for kw in call.kwargs:
             kspan = _head(kw.span, len(kw.name))
             if kw.name not in names:
-                self.report(_unknown_argument(spec, kw.name, kspan))
+                self.report(_unknown_argument(spec, kw.name, kspan, missing))
                 failed = True
                 continue
             if kw.name in given:
@@ -1766,12 +1834,12 @@ class _ModelChecker:
             if len(present) > 1:
                 self.report(_both_alternatives(spec, group, given[present[1]][1]))
                 failed = True
-            elif not present:
+            elif not present and not unknown:
                 self.report(_missing_alternative(spec, group, call.span))
                 failed = True
-        for param in spec.params:
-            if param.required and param.name not in given:
-                self.report(_missing_argument(spec, param.name, call.span))
+        if not unknown:  # a misspelled keyword is the missing argument: say it once
+            for name in missing:
+                self.report(_missing_argument(spec, name, call.span))
                 failed = True
         return given, failed
 
@@ -1859,13 +1927,21 @@ class _ModelChecker:
 
     # -------------------------------------------------------------- the end
 
+    def undrawn(self) -> list[str]:
+        """Random variables without a distribution, in declaration order."""
+        return [
+            name
+            for name, info in self.vars.items()
+            if info.decl.role in ir.RANDOM_ROLES and name not in self.draws
+        ]
+
     def check_completeness(self) -> None:
-        for stmt in self.model.body:
-            if isinstance(stmt, ast.Decl) and self.declared.get(stmt.name) is stmt:
-                if stmt.role in ir.RANDOM_ROLES and stmt.name not in self.draws:
-                    self.report(_no_distribution(stmt))
+        # A draw of an unknown name is most likely the missing draw, misspelled: one error.
+        if not self.unknown_targets:
+            for name in self.undrawn():
+                self.report(_no_distribution(self.vars[name].decl))
         for name, info in self.netinfo.items():
-            if info.options is not None and info.output_shape is None:
+            if info.options is not None and not info.called:
                 self.report(_unused_net(name, _name_in(info.definition.span, name)))
         for name, size, what, span in self.pending_bounds:
             bound = self.bounds.get(name)
@@ -1880,10 +1956,45 @@ class _BoundDraw:
     classes: int | None
 
 
+def _negate(value):
+    return tuple(_negate(v) for v in value) if isinstance(value, tuple) else -value
+
+
+def _arithmetic(op: str, left, right, span: Span | None):
+    """`left op right` on two numbers, as Python computes it (an int for + - * of ints)."""
+    try:
+        if op == "+":
+            result = left + right
+        elif op == "-":
+            result = left - right
+        elif op == "*":
+            result = left * right
+        elif op == "/":
+            result = left / right
+        else:
+            if isinstance(right, int) and abs(right) > 1024:
+                left, right = float(left), float(right)  # no thousand-digit integers
+            result = left**right
+            if isinstance(result, complex):
+                raise ValueError
+    except (ZeroDivisionError, OverflowError, ValueError):
+        raise _bad_const(f"{left} {op} {right} has no finite value", span) from None
+    if isinstance(result, float) and not math.isfinite(result):
+        raise _bad_const(f"{left} {op} {right} has no finite value", span)
+    return result
+
+
 def _to_float(value):
     if isinstance(value, tuple):
         return tuple(_to_float(v) for v in value)
     return float(value)
+
+
+def _declared_span(stmt) -> Span | None:
+    """Where a declaration, let or net statement names what it declares."""
+    if isinstance(stmt, ast.Decl):
+        return stmt.name_span or stmt.span
+    return _name_in(stmt.span, stmt.name)
 
 
 def _op_span(e: ast.BinOp) -> Span | None:
