@@ -225,7 +225,9 @@ def _compound(children):
             st.none() | children,
         ),
     )
-    keyword = st.builds(ast.Keyword, NAMES, children)
+    keywords = st.lists(st.builds(ast.Keyword, NAMES, children), max_size=2).map(
+        lambda kws: tuple({kw.name: kw for kw in reversed(kws)}.values())  # names unique
+    )
     return st.one_of(
         st.builds(ast.BinOp, st.sampled_from(["+", "-", "*", "/", "**"]), children, children),
         st.builds(ast.UnaryOp, st.just("-"), children),
@@ -235,7 +237,7 @@ def _compound(children):
             ast.Call,
             NAMES,
             st.lists(children, max_size=3).map(tuple),
-            st.lists(keyword, max_size=2, unique_by=lambda k: k.name).map(tuple),
+            keywords,
         ),
     )
 
