@@ -1,4 +1,5 @@
-"""Pictures (matplotlib, PNG/SVG): model and guide graphs, image grids, loss curves.
+"""Pictures (matplotlib, PNG/SVG): model and guide graphs, image grids, completions, sample
+scatter plots, score histograms, loss curves.
 
 matplotlib is imported inside each function, with the non-interactive Agg backend, so
 importing this module costs nothing.
@@ -113,26 +114,172 @@ def _draw_with_matplotlib(model_graph, guide, name, out: Path) -> None:
     plt.close(fig)
 
 
-def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | None = None,
-               titles: list[str] | None = None, vmax: float | None = None) -> Path:
-    """Write a grid of grey images (an array (n, H*W) or (n, H, W)) to a PNG."""
+def image_shape(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The (height, width) a data variable's values are drawn at, or None when they are not
+    images: an array (H, W) or (1, H, W) with H, W >= 4, or a vector whose length is a square
+    of at least 16 (the digits' 64 pixels are 8x8).
+
+    >>> image_shape((64,)), image_shape((1, 16, 16)), image_shape((3,)), image_shape((8, 2))
+    ((8, 8), (16, 16), None, None)
+    """
+    shape = tuple(shape)
+    if len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 2 and min(shape) >= 4:
+        return shape
+    if len(shape) == 1 and shape[0] >= 16 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        side = math.isqrt(shape[0])
+        return (side, side)
+    return None
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | None = None,
+               titles: list[str] | None = None, vmax: float | None = None, vmin: float | None = 0,
+               row_labels: list[str] | None = None, title: str | None = None) -> Path:
+    """Write a grid of grey images (an array (n, H*W) or (n, H, W)) to a PNG, dark = high.
+
+    `vmin`/`vmax` fix the grey scale (default 0 and the largest value; `vmin=None` uses the
+    smallest); `row_labels` name the rows (e.g. the class each row was drawn for).
+    """
     import numpy as np
 
+    plt = _pyplot()
     images = np.asarray(images, dtype=float).reshape(-1, *shape)
     n = len(images)
     ncols = ncols or min(n, 10)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.1 * nrows + (0.3 if titles else 0)), squeeze=False)
+    low = float(images.min()) if vmin is None else vmin
+    high = vmax if vmax is not None else (float(images.max()) if images.max() > low else low + 1)
+    extra = (0.3 if titles else 0) + (0.4 if title else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols + (0.6 if row_labels else 0), 1.1 * nrows + extra),
+                             squeeze=False)
     for i, ax in enumerate(axes.flat):
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         if i < n:
-            ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=vmax if vmax is not None else images.max() or 1)
+            ax.imshow(images[i], cmap="gray_r", vmin=low, vmax=high)
             if titles:
                 ax.set_title(titles[i], fontsize=7)
+    for r, label in enumerate(row_labels or ()):
+        if r < nrows:
+            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def completion_grid(observed, completed, out: str | Path, *, shape: tuple[int, int], mask=None, truth=None,
+                    vmin: float = 0, vmax: float | None = None, title: str | None = None,
+                    max_columns: int = 12) -> Path:
+    """Write inversion results as image rows: the observed image (missing pixels in red),
+    the completion (the posterior mean), and the truth when given; one column per data point.
+
+    `observed`, `completed` and `truth` are arrays (n, H*W) or (n, H, W); `mask` (same shape,
+    True = observed) defaults to the non-NaN entries of `observed`.
+    """
+    import numpy as np
+
+    plt = _pyplot()
+    observed = np.asarray(observed, dtype=float).reshape(-1, *shape)[:max_columns]
+    completed = np.asarray(completed, dtype=float).reshape(-1, *shape)[:max_columns]
+    mask = (~np.isnan(observed) if mask is None
+            else np.asarray(mask, dtype=bool).reshape(-1, *shape)[:max_columns])
+    rows = [("observed", np.ma.masked_array(np.nan_to_num(observed), mask=~mask)), ("completed", completed)]
+    if truth is not None:
+        rows.append(("truth", np.asarray(truth, dtype=float).reshape(-1, *shape)[:max_columns]))
+    high = vmax if vmax is not None else max(float(np.nanmax(r if not np.ma.isMA(r) else r.filled(0))) for _, r in rows)
+    cmap = plt.get_cmap("gray_r").copy()
+    cmap.set_bad("#d62728")
+    n = len(observed)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.05 * n + 0.9, 1.1 * len(rows) + (0.4 if title else 0.1)),
+                             squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(images[c], cmap=cmap, vmin=vmin, vmax=high)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def scatter_samples(values, out: str | Path, *, name: str, reference=None, max_coordinates: int = 4) -> Path:
+    """Picture samples of a non-image variable (an array (n,) or (n, d)): a histogram for a
+    scalar, a scatter plot for two coordinates, pairwise scatter plots of the first
+    `max_coordinates` coordinates otherwise; `reference` (same layout, e.g. the training
+    data) is drawn underneath in grey."""
+    import numpy as np
+
+    plt = _pyplot()
+    values = np.asarray(values, dtype=float)
+    values = values.reshape(len(values), -1)
+    ref = None if reference is None else np.asarray(reference, dtype=float).reshape(len(reference), -1)
+    d = min(values.shape[1], max_coordinates)
+    label = (lambda i: name if values.shape[1] == 1 else f"{name}[{i}]")
+    if d == 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        if ref is not None:
+            ax.hist(ref[:, 0], bins=40, density=True, color="0.75", label="reference")
+        ax.hist(values[:, 0], bins=40, density=True, histtype="step", lw=1.5, color="C0", label="samples")
+        ax.set_xlabel(label(0))
+        ax.legend()
+    else:
+        pairs = [(i, j) for i in range(d) for j in range(i + 1, d)]
+        cols = min(len(pairs), 3)
+        fig, axes = plt.subplots(math.ceil(len(pairs) / cols), cols, figsize=(3.6 * cols, 3.3 * math.ceil(len(pairs) / cols)),
+                                 squeeze=False)
+        for ax, (i, j) in zip(axes.flat, pairs):
+            if ref is not None:
+                ax.scatter(ref[:, i], ref[:, j], s=4, color="0.7", label="reference")
+            ax.scatter(values[:, i], values[:, j], s=4, color="C0", alpha=0.7, label="samples")
+            ax.set_xlabel(label(i))
+            ax.set_ylabel(label(j))
+        for ax in list(axes.flat)[len(pairs):]:
+            ax.axis("off")
+        if ref is not None:
+            axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def score_histogram(groups: dict, out: str | Path, *, threshold: float | None = None,
+                    xlabel: str = "log-likelihood per data point (nats)") -> Path:
+    """Histograms of scores per named group (e.g. clean vs corrupted data), with an optional
+    threshold line."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    finite = np.concatenate([np.asarray(v, dtype=float)[np.isfinite(v)] for v in groups.values()])
+    bins = np.linspace(finite.min(), finite.max(), 50) if finite.size else 10
+    for label, scores in groups.items():
+        ax.hist(np.asarray(scores, dtype=float), bins=bins, alpha=0.55, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.1f}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -141,11 +288,7 @@ def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | 
 
 def loss_curve(losses, out: str | Path, *, validation=None, steps_per_epoch: int | None = None) -> Path:
     """Write the training loss (per step) and, when given, the validation loss (per epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(losses) + 1), losses, lw=0.8, label="training loss (per step)")
     if validation and steps_per_epoch:

@@ -1,0 +1,417 @@
+"""Data files for the `dgm` command: .npz, .npy, .csv and the built-in data set `digits`.
+
+`read_data(spec, ir)` turns what a user names on the command line into a dict of numpy
+arrays keyed by variable name, each shaped ``(n, *shape)``, ready for `fit`, `invert`,
+`log_prob` or `sample`'s inputs. Formats:
+
+* ``.npz`` — one array per variable, under the variable's name (``np.savez(f, x=x, y=y)``);
+* ``.npy`` — one array, for a model with a single variable to fill (one `data`, no `input`);
+* ``.csv`` — a header row, then one row per data point. A scalar variable ``y`` is the
+  column ``y``; a vector ``x[3]`` the columns ``x[0]``, ``x[1]``, ``x[2]``; an array
+  ``img[2, 2]`` the columns ``img[0,0]``, ``img[0,1]``, ``img[1,0]``, ``img[1,1]`` (row-major,
+  the indexing syntax of the language; spaces inside the brackets are ignored). An empty cell,
+  ``nan`` or ``NA`` is a missing value (allowed only where `invert` fills it in);
+* ``digits`` or ``digits:train`` / ``digits:test`` — `dgmlang.datasets.digits()`, with the
+  images as ``x`` (n, 64) and the labels as ``y``.
+
+Columns or arrays the model does not use are ignored (an id column, the labels of `digits`
+for a model without ``y``). A row of the right size in another layout is reshaped row-major
+(the digits' ``(n, 64)`` fills ``x[8, 8]``). Mask files (`read_mask`) take the same formats and
+hold booleans or 0/1, True where a value is observed. Anything that does not fit is a
+`DGMDataError` whose message starts with the file's name and says what was expected.
+
+>>> import numpy as np, tempfile, os
+>>> from dgmlang.ir import ModelIR, Variable
+>>> ir = ModelIR("m", (Variable("x", "data", (2,)), Variable("y", "input", (), type="int")), ())
+>>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
+>>> _ = Path(path).write_text("y,x[0],x[1]\\n3,0.5,1.5\\n4,2.5,\\n")
+>>> arrays = read_data(path, ir, allow_missing=True)
+>>> arrays["x"], arrays["y"]
+(array([[0.5, 1.5],
+       [2.5, nan]]), array([3, 4]))
+>>> read_data(path, ir, names=["x"]).keys()
+Traceback (most recent call last):
+...
+dgmlang.errors.DGMDataError: ...d.csv: row 1 (line 3), column 'x[1]' is empty (a missing value)
+    hint: missing values are allowed only in the data given to invert
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
+from dgmlang.ir import ModelIR, Variable
+
+#: Data set names `read_data` understands besides file paths, with their splits.
+BUILTIN_DATASETS = {"digits": ("train", "test")}
+FORMATS = (".npz", ".npy", ".csv")
+MISSING_CELLS = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "na"})
+
+
+@dataclass(frozen=True)
+class Table:
+    """What a data file holds before it is matched to a model: named arrays, where they
+    came from (`source`, shown in messages) and whether names are column-wise (CSV)."""
+
+    source: str
+    arrays: Mapping[str, np.ndarray]
+    columns: bool = False
+
+
+# ---------------------------------------------------------------- column names
+
+
+def column_names(name: str, shape: tuple[int, ...]) -> list[str]:
+    """The CSV columns of a variable, row-major.
+
+    >>> column_names("y", ())
+    ['y']
+    >>> column_names("x", (3,))
+    ['x[0]', 'x[1]', 'x[2]']
+    >>> column_names("img", (2, 2))
+    ['img[0,0]', 'img[0,1]', 'img[1,0]', 'img[1,1]']
+    """
+    if not shape:
+        return [name]
+    return [f"{name}[{','.join(map(str, index))}]" for index in np.ndindex(*shape)]
+
+
+_COLUMN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\[([0-9,\s]*)\])?\s*$")
+
+
+def _normal_column(header: str) -> str:
+    """A header with spaces inside brackets removed: ``x[0, 1]`` -> ``x[0,1]``."""
+    match = _COLUMN.match(header)
+    if not match:
+        return header.strip()
+    name, index = match.groups()
+    return name if index is None else f"{name}[{','.join(p.strip() for p in index.split(','))}]"
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_table(spec: str | Path) -> Table:
+    """The arrays of one file or built-in data set, not yet matched to a model."""
+    text = str(spec)
+    path = Path(text)
+    dataset, _, split = text.partition(":")
+    if not path.exists() and dataset in BUILTIN_DATASETS:
+        return _builtin(dataset, split or "train", text)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        if not path.exists():
+            raise DGMUsageError(
+                f"no such data file: {text}",
+                hint="give a .npz, .npy or .csv file, or a built-in data set: "
+                     + ", ".join(f"{d} ({', '.join(f'{d}:{s}' for s in splits)})"
+                                 for d, splits in BUILTIN_DATASETS.items()),
+            )
+        raise DGMUsageError(f"{text}: cannot read data from a '{suffix or path.name}' file",
+                            hint="use a .npz, .npy or .csv file")
+    if not path.is_file():
+        raise DGMUsageError(f"no such data file: {text}" if not path.exists() else f"{text} is not a file",
+                            hint="check the path")
+    try:
+        if suffix == ".csv":
+            return _read_csv(path)
+        if suffix == ".npy":
+            return Table(text, {"": np.load(path, allow_pickle=False)})
+        with np.load(path, allow_pickle=False) as archive:
+            return Table(text, {key: archive[key] for key in archive.files})
+    except DGMDataError:
+        raise
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+            raise DGMDataError(f"{text} holds Python objects, not numbers",
+                               hint="save plain numeric arrays (refusing to unpickle)") from None
+        raise DGMDataError(f"{text} is not a readable {suffix} file ({err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise DGMDataError(f"{text} is not a readable {suffix} file ({err})".splitlines()[0]) from None
+
+
+def _builtin(dataset: str, split: str, text: str) -> Table:
+    splits = BUILTIN_DATASETS[dataset]
+    if split not in splits:
+        raise DGMUsageError(f"{text}: the data set '{dataset}' has no split '{split}'",
+                            hint="splits: " + ", ".join(f"{dataset}:{s}" for s in splits))
+    from dgmlang.datasets import digits
+
+    arrays = {name: tensor.numpy() for name, tensor in digits().as_dict(split).items()}
+    return Table(text, arrays)
+
+
+def _read_csv(path: Path) -> Table:
+    with path.open(newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    while rows and not any(cell.strip() for cell in rows[-1]):
+        rows.pop()
+    if not rows:
+        raise DGMDataError(f"{path}: the file is empty", hint="the first row names the columns")
+    header = [_normal_column(h) for h in rows[0]]
+    seen: set[str] = set()
+    for h in header:
+        if h in seen:
+            raise DGMDataError(f"{path}: the column '{h}' appears twice in the header")
+        seen.add(h)
+    body = rows[1:]
+    if any(_is_number(h) for h in header if h):
+        raise DGMDataError(f"{path}: the first row holds numbers, not column names",
+                           hint="start the file with a header row naming the columns (x[0],x[1],... or y)")
+    values = np.empty((len(body), len(header)))
+    for r, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DGMDataError(f"{path}: line {r} has {len(row)} cells but the header has {len(header)}")
+        for c, cell in enumerate(row):
+            cell = cell.strip()
+            if cell in MISSING_CELLS:
+                values[r - 2, c] = math.nan
+                continue
+            try:
+                values[r - 2, c] = float(cell)
+            except ValueError:
+                raise DGMDataError(f"{path}: line {r}, column '{header[c]}' holds {cell!r}, not a number") from None
+    return Table(str(path), {h: values[:, i] for i, h in enumerate(header)}, columns=True)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- matching to a model
+
+
+def read_data(spec: str | Path, ir: ModelIR, *, names: Iterable[str] | None = None,
+              optional: Iterable[str] = (), allow_missing: bool = False) -> dict[str, np.ndarray]:
+    """The arrays `spec` holds for the model's variables `names` (default: every `data` and
+    `input` variable), each ``(n, *shape)``; variables in `optional` may be absent. NaN
+    (an empty CSV cell) is refused unless `allow_missing`, and then only in `data` variables.
+    """
+    table = read_table(spec)
+    wanted = list(names) if names is not None else ir.names("data", "input")
+    return _match(table, ir, wanted, set(optional), allow_missing=allow_missing)
+
+
+def _match(table: Table, ir: ModelIR, wanted: list[str], optional: set[str], *,
+           allow_missing: bool) -> dict[str, np.ndarray]:
+    if not table.columns and "" in table.arrays:  # a bare .npy array
+        required = [n for n in wanted if n not in optional]
+        target = required if len(required) == 1 else (wanted if len(wanted) == 1 else None)
+        if target is None:
+            raise DGMDataError(
+                f"{table.source}: a .npy file holds one array, but the model needs "
+                f"{', '.join(map(repr, required or wanted))}",
+                hint="save several variables with np.savez(file, name=array, ...) or a .csv file",
+            )
+        arrays = {target[0]: table.arrays[""]}
+    else:
+        arrays = dict(table.arrays)
+    found: dict[str, np.ndarray] = {}
+    for name in wanted:
+        var = ir.variable(name)
+        array = _gather(table, arrays, var, required=name not in optional)
+        if array is None:
+            continue
+        found[name] = _checked(table.source, var, array, allow_missing=allow_missing, csv_lines=table.columns)
+    rows = {name: a.shape[0] for name, a in found.items()}
+    if len(set(rows.values())) > 1:
+        raise DGMDataError(f"{table.source}: the variables have different numbers of rows: "
+                           + ", ".join(f"{n} {r}" for n, r in rows.items()))
+    return found
+
+
+def _gather(table: Table, arrays: dict[str, np.ndarray], var: Variable, *, required: bool) -> np.ndarray | None:
+    """The raw array of `var` (columns stacked for CSV), None when absent and optional."""
+    if not table.columns:
+        if var.name in arrays:
+            return arrays[var.name]
+        if not required:
+            return None
+        raise DGMDataError(
+            f"{table.source} has no array '{var.name}' ({_describe(var)}); it holds "
+            + (", ".join(repr(k) for k in arrays) or "nothing"),
+            hint=did_you_mean(var.name, list(arrays)) or f"save it under its name: np.savez(file, {var.name}=...)",
+        )
+    columns = column_names(var.name, var.shape)
+    present = [c for c in columns if c in arrays]
+    if not present and not required:
+        return None
+    absent = [c for c in columns if c not in arrays]
+    if absent:
+        others = [c for c in arrays if c not in columns]
+        guess = did_you_mean(absent[0], others)
+        if not var.shape and f"{var.name}[0]" in arrays:
+            guess = f"a scalar variable is one column named '{var.name}'"
+        elif var.shape and var.name in arrays:
+            guess = f"a {_shape_text(var.shape)} variable takes one column per entry: {_columns_text(columns)}"
+        raise DGMDataError(
+            f"{table.source} has no column '{absent[0]}' for {_describe(var)}"
+            + (f" ({len(absent)} of its {len(columns)} columns are missing)" if len(columns) > 1 else ""),
+            hint=guess or f"expected the columns {_columns_text(columns)}",
+        )
+    return np.stack([arrays[c] for c in columns], axis=-1).reshape(-1, *var.shape)
+
+
+def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bool,
+             csv_lines: bool = False) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise DGMDataError(f"{source}: '{var.name}' holds values of dtype {array.dtype}, not numbers")
+    expected = "(n" + "".join(f", {d}" for d in var.shape) + ")"
+    size = math.prod(var.shape)
+    if array.ndim == 0:
+        raise DGMDataError(f"{source}: '{var.name}' is a single number; expected an array {expected}",
+                           hint="one row per data point")
+    if tuple(array.shape[1:]) != var.shape:
+        if math.prod(array.shape[1:]) == size and array.ndim >= 1:
+            array = array.reshape(array.shape[0], *var.shape)
+        else:
+            raise DGMDataError(
+                f"{source}: '{var.name}' has shape {tuple(array.shape)}; expected {expected} "
+                f"for {_describe(var)}",
+                hint=f"one row per data point, each with {size} entr{'y' if size == 1 else 'ies'}",
+            )
+    if array.shape[0] == 0:
+        raise DGMDataError(f"{source}: '{var.name}' has no rows", hint="give at least one data point")
+    if array.dtype.kind == "f":
+        nan = np.isnan(array)
+        if nan.any() and not (allow_missing and var.role == "data"):
+            where = _position(np.argwhere(nan)[0], var, csv_lines=csv_lines)
+            hint = ("an input is never missing; give every value" if var.role == "input" and allow_missing
+                    else "missing values are allowed only in the data given to invert")
+            raise DGMDataError(f"{source}: {where} is empty (a missing value)", hint=hint)
+        if _is_integer_variable(var) and not nan.any() and np.all(array == np.rint(array)):
+            array = array.astype(np.int64)  # CSV has no dtypes: whole-number labels become ints
+    return array
+
+
+def _is_integer_variable(var: Variable) -> bool:
+    return var.role == "input" and var.type == "int"
+
+
+def _position(index: np.ndarray, var: Variable, *, csv_lines: bool) -> str:
+    """Where an entry is: its row counted from 0 (for CSV also its line in the file) and its
+    column name."""
+    row = int(index[0])
+    flat = int(np.ravel_multi_index(tuple(index[1:]), var.shape)) if var.shape else 0
+    line = f" (line {row + 2})" if csv_lines else ""
+    return f"row {row}{line}, column '{column_names(var.name, var.shape)[flat]}'"
+
+
+def _describe(var: Variable) -> str:
+    shape = f"[{', '.join(map(str, var.shape))}]" if var.shape else ""
+    return f"{var.role} {var.name}{shape}"
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def _columns_text(columns: list[str]) -> str:
+    return ", ".join(columns) if len(columns) <= 4 else f"{columns[0]}, {columns[1]}, ..., {columns[-1]}"
+
+
+# ---------------------------------------------------------------- masks and model-specific steps
+
+
+def read_mask(spec: str | Path, ir: ModelIR, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Boolean masks (True = observed) for the data variables in `shapes` (name -> the data's
+    array shape), from a file in any data format holding booleans or 0/1."""
+    table = read_table(spec)
+    names = list(shapes)
+    masks = _match(table, ir, names, optional=set(names), allow_missing=False)
+    if not masks:
+        raise DGMDataError(f"{table.source} holds no mask for {', '.join(map(repr, names))}",
+                           hint="name the mask's arrays or columns like the data variables")
+    out = {}
+    for name, mask in masks.items():
+        if mask.dtype != np.bool_:
+            if not np.isin(mask, (0, 1)).all():
+                bad = mask.reshape(mask.shape[0], -1)
+                row = int(np.argwhere(~np.isin(bad, (0, 1)))[0, 0]) + 1
+                raise DGMDataError(f"{table.source}: the mask for '{name}' holds values other than 0/1 "
+                                   f"(row {row})", hint="a mask holds True/1 where observed, False/0 where missing")
+            mask = mask.astype(bool)
+        if mask.shape != tuple(shapes[name]):
+            raise DGMDataError(f"{table.source}: the mask for '{name}' has shape {mask.shape} but the data "
+                               f"has {tuple(shapes[name])}", hint="one mask row per data row")
+        out[name] = mask
+    return out
+
+
+def integer_data_names(ir: ModelIR) -> list[str]:
+    """The `data` variables stored as class labels (int64): those drawn from a Categorical."""
+    return [v.name for v in ir.variables if v.role == "data" and ir.draw(v.name).dist == "Categorical"]
+
+
+def split_missing(ir: ModelIR, arrays: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """Arrays with NaN-marked missing entries as (values, masks): where a class-label variable
+    has missing entries, they become 0 with a False mask entry (labels must be integers);
+    other arrays keep their NaNs, which `invert` reads as missing."""
+    values, masks = dict(arrays), {}
+    for name in integer_data_names(ir):
+        array = values.get(name)
+        if array is None or array.dtype.kind != "f":
+            continue
+        nan = np.isnan(array)
+        if nan.any():
+            masks[name] = ~nan
+        values[name] = np.where(nan, 0, array).astype(np.int64)
+    return values, masks
+
+
+def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purpose: str,
+             allow_missing: bool = False, mask: Mapping[str, np.ndarray] | None = None) -> None:
+    """Run the model's own data checks now (support, dtypes, ...), with `source` leading the
+    message, so a bad file fails before training starts rather than deep inside it."""
+    from dgmlang.data import prepare_data
+
+    try:
+        prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
+                     mask=dict(mask) if mask else None)
+    except DGMDataError as err:
+        raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
+
+
+def write_csv(path: str | Path, arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> Path:
+    """Write per-row arrays (name -> ``(n, *shape)``) as CSV columns named like `column_names`.
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "out.csv")
+    >>> _ = write_csv(path, {"x": np.array([[1.0, 2.0]]), "c": np.array([2])}, {"x": (2,), "c": ()})
+    >>> print(Path(path).read_text().strip())
+    x[0],x[1],c
+    1,2,2
+    """
+    header: list[str] = []
+    blocks = []
+    for name, array in arrays.items():
+        shape = tuple(shapes[name])
+        header += column_names(name, shape)
+        array = np.asarray(array)
+        blocks.append(array.reshape(array.shape[0], -1))
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        for row in zip(*blocks) if blocks else ():
+            writer.writerow([_cell(v) for block in row for v in block])
+    return path
+
+
+def _cell(value) -> str:
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.6g}"
+    return str(value)
