@@ -951,6 +951,7 @@ class _ModelChecker:
         self.bad_consts: set[str] = set()
         self.anon_names: dict[int, str] = {}
         self.nets: list[ir.Net] = []
+        self.anon_nets: dict[str, ir.Net] = {}
         self.bounds: dict[str, int] = {}
         self.pending_bounds: list[tuple[str, int, str, Span | None]] = []
         self.draw_irs: dict[int, ir.Draw] = {}
@@ -1059,6 +1060,8 @@ class _ModelChecker:
             for root in roots:
                 for node in _walk(root):
                     if isinstance(node, ast.Call) and node.func in NETWORKS:
+                        if id(node) in self.anon_names:
+                            continue  # one node reached twice (an AST built in Python)
                         while True:
                             counters[node.func] += 1
                             name = f"{node.func}_{counters[node.func]}"
@@ -1323,8 +1326,17 @@ class _ModelChecker:
             if named.output_shape is None:
                 named.output_shape, named.input_sizes, named.first_call = shape, sizes, call.span
                 self.nets.append(self.make_net(name, kind, options, sizes, shape, named.definition.span, False))
+        elif name in self.anon_nets:
+            # The same call node used twice (the Python front end can share one): one network.
+            net = self.anon_nets[name]
+            if net.output_shape != shape or net.input_sizes != sizes:
+                raise _net_sizes_disagree(
+                    name, "must produce shape", _fmt(net.output_shape), _fmt(shape), net.span, call.span
+                )
         else:
-            self.nets.append(self.make_net(name, kind, options, sizes, shape, call.span, True))
+            net = self.make_net(name, kind, options, sizes, shape, call.span, True)
+            self.anon_nets[name] = net
+            self.nets.append(net)
         local = random = None
         for a in args:
             local, random = _merge(local, a.local), _merge(random, a.random)
@@ -1375,7 +1387,9 @@ class _ModelChecker:
         for component in nx.strongly_connected_components(graph):
             if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
                 first = min(component, key=order.__getitem__)
-                cycle = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=first)]
+                # Edges run from what a let reads to the let; the message follows "reads".
+                reads = graph.subgraph(component).reverse()
+                cycle = [u for u, _ in nx.find_cycle(reads, source=first)]
                 self.report(_let_cycle(cycle, _name_in(self.lets[first].span, first)))
                 self.bad_lets |= component
         graph.remove_nodes_from(self.bad_lets)
@@ -1384,7 +1398,10 @@ class _ModelChecker:
         # the lets it reads; computed in dependency order, so without deep recursion.
         self.waiting_lets = set()
         for name in ordered:
-            self.free_lets[name] = self.is_free(self.lets[name].value)
+            try:
+                self.free_lets[name] = self.is_free(self.lets[name].value)
+            except RecursionError:  # reported when the let itself is checked
+                self.free_lets[name] = False
             if self.free_lets[name] or any(p in self.waiting_lets for p in graph.predecessors(name)):
                 self.waiting_lets.add(name)
         return ordered
@@ -1500,8 +1517,8 @@ class _ModelChecker:
             return _Value(ir.Ref(e.name, info.shape, span=e.span), is_int, bound, local, random)
         if e.name in self.lets:
             value = self.let_value(e.name, want)
-            local = _Dep(value.local.name, e.span, value.local.via or e.name) if value.local else None
-            random = _Dep(value.random.name, e.span, value.random.via or e.name) if value.random else None
+            local = _Dep(value.local.name, e.span, e.name) if value.local else None
+            random = _Dep(value.random.name, e.span, e.name) if value.random else None
             return _Value(ir.Ref(e.name, value.shape, span=e.span), value.is_int, value.bound, local, random)
         if e.name in self.netinfo:
             raise _net_as_value(e.name, e.span)
