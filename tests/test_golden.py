@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,27 @@ def test_examples_are_the_acceptance_corpus():
 def test_example_checks(path):
     (model,) = front_end(path)
     assert model.name == path.stem
+
+
+def test_error_examples_in_the_language_doc_are_the_golden_messages():
+    """docs/language.md shows bad programs and their messages; they must be the real ones."""
+    doc = (Path(__file__).parent.parent / "docs" / "language.md").read_text(encoding="utf-8")
+    examples = re.findall(r"`(\w+)\.dgm`:\n\n```dgm\n(.*?)\n```\n\n```text\n(.*?)\n```", doc, re.S)
+    assert len(examples) >= 35
+    for name, source, message in examples:
+        path = PROGRAMS / "bad" / f"{name}.dgm"
+        assert source == path.read_text(encoding="utf-8").rstrip("\n"), name
+        assert message == path.with_suffix(".expected").read_text(encoding="utf-8").rstrip("\n"), name
+
+
+def test_good_examples_in_the_language_doc_check():
+    doc = (Path(__file__).parent.parent / "docs" / "language.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```dgm\n(.*?)\n```", doc, re.S)
+    whole = [b for b in blocks if b.lstrip().startswith(("model", "#"))]
+    bad_sources = {p.read_text(encoding="utf-8").rstrip("\n") for p in BAD}
+    checked = 0
+    for block in whole:
+        if block not in bad_sources:
+            assert check(parse(block, "doc.dgm"))
+            checked += 1
+    assert checked >= 3
