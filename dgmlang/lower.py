@@ -36,7 +36,9 @@ from pyro.nn import PyroModule, PyroParam
 
 from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
-from dgmlang.errors import DGMDataError, DGMGuideError, DGMShapeError, DGMTypeError, DGMUsageError
+from dgmlang.errors import (
+    DGMDataError, DGMGuideError, DGMTypeError, DGMUsageError, did_you_mean,
+)
 from dgmlang.graph import build_graph, topological_order
 from dgmlang.nets import build_net, seeded, to_constraint
 
@@ -252,7 +254,16 @@ class LoweredModel(PyroModule):
         return sites
 
     def batch_size_of(self, batch: Mapping[str, Any], batch_size: int | None) -> int:
-        """B: the leading size shared by the tensors in `batch`, or `batch_size`."""
+        """B: the leading size shared by the tensors in `batch`, or `batch_size`. Every name
+        in `batch` must be a `data` or `input` variable (a misspelt one would otherwise leave
+        its variable to be sampled)."""
+        allowed = self.ir.names("data", "input")
+        for name in batch:
+            if name not in allowed:
+                raise DGMDataError(
+                    f"'{name}' is not a data or input variable of model '{self.ir.name}'",
+                    hint=did_you_mean(name, allowed) or f"those are: {', '.join(allowed)}",
+                )
         sizes = {name: len(value) for name, value in batch.items()}
         if batch_size is not None:
             sizes["batch_size"] = int(batch_size)
@@ -265,11 +276,6 @@ class LoweredModel(PyroModule):
 
     def as_value(self, name: str, value: Any, n_batch: int) -> torch.Tensor:
         """A batch entry as a float tensor of the model's dtype, checked to be ``(B, *shape)``."""
-        if name not in self._variables:
-            raise DGMDataError(
-                f"'{name}' is not a variable of model '{self.ir.name}'",
-                hint=f"its data and inputs are: {', '.join(self.ir.names('data', 'input'))}",
-            )
         tensor = torch.as_tensor(value, device=self._anchor.device).to(self._anchor.dtype)
         shape = self._variables[name].shape
         if tuple(tensor.shape) != (n_batch, *shape):
