@@ -20,18 +20,23 @@ __all__ = ["DGMError", "Model", "compile", "load", "load_fitted", "datasets", "_
 
 
 def __getattr__(name: str):
-    # Lazy: the fitted-model loader needs torch, and the DSL's names are many.
+    # Lazy: the fitted-model loader needs torch; submodules load on first use; the DSL's
+    # names (Model, Normal, mlp, ...) come from dgmlang.dsl.
+    import importlib
+    import importlib.util
+
     if name == "load_fitted":
         from dgmlang.infer import load_fitted
 
         return load_fitted
-    if name == "datasets":
-        import dgmlang.datasets as datasets
-
-        return datasets
+    if not name.startswith("_") and importlib.util.find_spec(f"dgmlang.{name}") is not None:
+        return importlib.import_module(f"dgmlang.{name}")
     import dgmlang.dsl as dsl
 
-    try:
+    if name in dsl.__all__:
         return getattr(dsl, name)
-    except AttributeError:
-        raise AttributeError(f"module 'dgmlang' has no attribute {name!r}") from None
+    import difflib
+
+    close = difflib.get_close_matches(name, list(dsl.__all__) + __all__, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise AttributeError(f"module 'dgmlang' has no attribute {name!r}{hint}")
