@@ -560,10 +560,9 @@ def _deconv_not_image(shape: Shape, span: Span | None) -> DGMError:
     )
 
 
-def _net_without_inputs(name: str, span: Span | None) -> DGMError:
-    return DGMTypeError(
-        f"{name} needs at least one input", span, hint=f"write {name}(z, ...)"
-    )
+def _net_without_inputs(name: str, named: bool, span: Span | None) -> DGMError:
+    what = f"network '{name}'" if named else name
+    return DGMTypeError(f"{what} needs at least one input", span, hint=f"write {name}(z, ...)")
 
 
 def _unknown_net_option(kind: str, name: str, span: Span | None) -> DGMError:
@@ -1301,7 +1300,7 @@ class _ModelChecker:
             kind, name = call.func, self.anon_names[id(call)]
             options = self.net_options(call, kind)
         if not call.args:
-            raise _net_without_inputs(name, call.span)
+            raise _net_without_inputs(call.func, named is not None, call.span)
         args = [self.expr(arg, _Want(None, why="it is a network's input")) for arg in call.args]
         sizes = tuple(_flat(a.shape) for a in args)
         shape = want.shape
@@ -1521,6 +1520,7 @@ class _ModelChecker:
             random = _Dep(value.random.name, e.span, e.name) if value.random else None
             return _Value(ir.Ref(e.name, value.shape, span=e.span), value.is_int, value.bound, local, random)
         if e.name in self.netinfo:
+            self.netinfo[e.name].called = True  # used, wrongly: one error, not two
             raise _net_as_value(e.name, e.span)
         if e.name in BUILTINS:
             raise _function_as_value(e.name, e.span)
@@ -1647,12 +1647,12 @@ class _ModelChecker:
         raise _unknown_function(e.func, fspan, [*BUILTINS, *NETWORKS, *self.netinfo])
 
     def builtin(self, e: ast.Call, spec, want: _Want) -> _Value:
-        low, high = spec.arity
-        if len(e.args) < low or (high is not None and len(e.args) > high):
-            raise _builtin_arity(e.func, spec.arity, len(e.args), e.span)
         if e.kwargs:
             kw = e.kwargs[0]
             raise _builtin_keyword(e.func, kw.name, _head(kw.span, len(kw.name)))
+        low, high = spec.arity
+        if len(e.args) < low or (high is not None and len(e.args) > high):
+            raise _builtin_arity(e.func, spec.arity, len(e.args), e.span)
         rule = spec.shape_rule
         if rule == "fill":
             dims = tuple(self.const_int(a, f"a dimension of {e.func}", positive=True) for a in e.args)
@@ -1759,6 +1759,8 @@ class _ModelChecker:
         fspan = _head(call.span, len(call.func))
         spec = DISTRIBUTIONS.get(call.func)
         if spec is None:
+            if call.func in self.netinfo:
+                self.netinfo[call.func].called = True
             if call.func in BUILTINS or call.func in NETWORKS or call.func in self.declared:
                 raise _not_a_distribution(call.func, fspan)
             raise _unknown_distribution(call.func, fspan)
@@ -1786,7 +1788,6 @@ class _ModelChecker:
 
     def bind(self, d: ast.Draw, spec: DistSpec, tshape: Shape) -> "_BoundDraw":
         call = d.dist
-        fspan = _head(call.span, len(call.func))
         if len(call.args) == 1 and not call.kwargs and self.is_net_call(call.args[0]):
             packed = spec.packed_params()
             if not packed:
@@ -1979,6 +1980,7 @@ def _negate(value):
 
 def _arithmetic(op: str, left, right, span: Span | None):
     """`left op right` on two numbers, as Python computes it (an int for + - * of ints)."""
+    written = f"{left} {op} {right}"
     try:
         if op == "+":
             result = left + right
@@ -1995,9 +1997,9 @@ def _arithmetic(op: str, left, right, span: Span | None):
             if isinstance(result, complex):
                 raise ValueError
     except (ZeroDivisionError, OverflowError, ValueError):
-        raise _bad_const(f"{left} {op} {right} has no finite value", span) from None
+        raise _bad_const(f"{written} has no finite value", span) from None
     if isinstance(result, float) and not math.isfinite(result):
-        raise _bad_const(f"{left} {op} {right} has no finite value", span)
+        raise _bad_const(f"{written} has no finite value", span)
     return result
 
 
