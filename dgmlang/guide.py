@@ -250,8 +250,12 @@ class AmortizedGuide(PyroModule):
                     continue
                 if step.kind == "global":
                     if spec.discrete:
-                        self._check_discrete_global(step.latent, spec)
-                        continue
+                        raise DGMGuideError(
+                            f"global '{step.latent}' is discrete ({spec.name}); the guide of a "
+                            "global has continuous variational parameters",
+                            ir.variable(step.latent).span,
+                            hint="make it a latent (one per data point) or a param",
+                        )
                     info = self._infos[step.latent] = latent_shape(ir, step.latent)
                     variational.add(step.latent, GlobalFamily(info))
                     self._global_steps.append(step)
@@ -274,20 +278,6 @@ class AmortizedGuide(PyroModule):
         self.variational = variational
 
     # ------------------------------------------------------------------ building
-
-    def _check_discrete_global(self, name: str, spec) -> None:
-        if not spec.finite:
-            raise DGMGuideError(
-                f"global '{name}' is discrete with unbounded support ({spec.name}); "
-                "a derived guide can only sum out Bernoulli, Categorical and Binomial globals",
-                self.ir.variable(name).span,
-            )
-        if self.ir.variable(name).shape:
-            raise DGMGuideError(
-                f"discrete global '{name}' has shape {list(self.ir.variable(name).shape)}; "
-                "only scalar discrete globals can be summed out",
-                self.ir.variable(name).span,
-            )
 
     def _classes(self, draw: irm.Draw) -> int:
         """K of a Categorical draw (the last dim of its probs or logits)."""

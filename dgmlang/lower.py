@@ -287,9 +287,9 @@ class LoweredModel(PyroModule):
 
     def _check_enumerable(self, name: str) -> None:
         var = self._variables[name]
-        if var.role != "data" and is_finite_discrete(self._draws[name]) and var.shape:
+        if var.role == "latent" and is_finite_discrete(self._draws[name]) and var.shape:
             raise DGMGuideError(
-                f"discrete {var.role} '{name}' has shape {list(var.shape)}; only scalar discrete "
+                f"discrete latent '{name}' has shape {list(var.shape)}; only scalar discrete "
                 "latents can be summed out",
                 var.span,
                 hint="declare one scalar latent per component",
@@ -313,7 +313,7 @@ class LoweredModel(PyroModule):
             base = base.mask(observed)
         fn = base.to_event(event_dims) if event_dims else base
         infer = {}
-        if obs is None and self._variables[name].role != "data" and is_finite_discrete(draw):
+        if obs is None and self._variables[name].role == "latent" and is_finite_discrete(draw):
             infer = {"enumerate": "parallel"}
         return pyro.sample(name, fn, obs=obs, infer=infer)
 
@@ -522,19 +522,16 @@ def lower(ir: irm.ModelIR, *, seed: int = 0) -> LoweredModel:
     return LoweredModel(ir, seed=seed)
 
 
-def has_enumeration(ir: irm.ModelIR, plan) -> bool:
-    """Whether fitting needs `TraceEnum_ELBO`: some latent or global is summed out (in the
-    model or in the guide)."""
-    kinds = {step.kind for step in plan.steps}
-    if kinds & {"enumerated_in_guide", "enumerated_in_model"}:
-        return True
-    return any(is_finite_discrete(ir.draw(g)) for g in ir.names("global"))
+def has_enumeration(plan) -> bool:
+    """Whether fitting needs `TraceEnum_ELBO`: some latent is summed out (in the model or in
+    the guide)."""
+    return any(step.kind in ("enumerated_in_guide", "enumerated_in_model") for step in plan.steps)
 
 
 def elbo_for(ir: irm.ModelIR, plan, *, num_particles: int = 1,
              vectorize_particles: bool = False) -> pyro.infer.ELBO:
     """`TraceEnum_ELBO(max_plate_nesting=1)` when the model has enumerated latents, else
     `Trace_ELBO(max_plate_nesting=1)`."""
-    cls = pyro.infer.TraceEnum_ELBO if has_enumeration(ir, plan) else pyro.infer.Trace_ELBO
+    cls = pyro.infer.TraceEnum_ELBO if has_enumeration(plan) else pyro.infer.Trace_ELBO
     return cls(max_plate_nesting=MAX_PLATE_NESTING, num_particles=num_particles,
                vectorize_particles=vectorize_particles)
