@@ -10,6 +10,7 @@ m.dgm:2:8
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,15 @@ class Source:
     name: str
     text: str = field(repr=False)
 
+    @cached_property
+    def lines(self) -> list[str]:
+        """The text split into lines, once (rendering many errors stays linear)."""
+        return self.text.split("\n")
+
     def line(self, number: int) -> str:
         """The text of 1-based line `number` without its newline ('' past the end)."""
-        lines = self.text.split("\n")
-        if 1 <= number <= len(lines):
-            return lines[number - 1].rstrip("\r")
+        if 1 <= number <= len(self.lines):
+            return self.lines[number - 1].rstrip("\r")
         return ""
 
 
