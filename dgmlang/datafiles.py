@@ -8,8 +8,8 @@ arrays keyed by variable name, each shaped ``(n, *shape)``, ready for `fit`, `in
 * ``.npy`` — one array, for a model with a single variable to fill (one `data`, no `input`);
 * ``.csv`` — a header row, then one row per data point. A scalar variable ``y`` is the
   column ``y``; a vector ``x[3]`` the columns ``x[0]``, ``x[1]``, ``x[2]``; an array
-  ``img[2, 2]`` the columns ``img[0,0]``, ``img[0,1]``, ``img[1,0]``, ``img[1,1]`` (row-major,
-  the indexing syntax of the language; spaces inside the brackets are ignored). An empty cell,
+  ``img[2, 2]`` the columns ``img[0][0]``, ``img[0][1]``, ``img[1][0]``, ``img[1][1]``
+  (row-major; ``img[0, 1]`` in a quoted header is read the same). An empty cell,
   ``nan`` or ``NA`` is a missing value (allowed only where `invert` fills it in);
 * ``digits`` or ``digits:train`` / ``digits:test`` — `dgmlang.datasets.digits()`, with the
   images as ``x`` (n, 64) and the labels as ``y``.
@@ -70,30 +70,36 @@ class Table:
 
 
 def column_names(name: str, shape: tuple[int, ...]) -> list[str]:
-    """The CSV columns of a variable, row-major.
+    """The CSV columns of a variable, row-major (one bracket per dimension, so no column
+    name holds a comma).
 
     >>> column_names("y", ())
     ['y']
     >>> column_names("x", (3,))
     ['x[0]', 'x[1]', 'x[2]']
     >>> column_names("img", (2, 2))
-    ['img[0,0]', 'img[0,1]', 'img[1,0]', 'img[1,1]']
+    ['img[0][0]', 'img[0][1]', 'img[1][0]', 'img[1][1]']
     """
     if not shape:
         return [name]
-    return [f"{name}[{','.join(map(str, index))}]" for index in np.ndindex(*shape)]
+    return [name + "".join(f"[{i}]" for i in index) for index in np.ndindex(*shape)]
 
 
-_COLUMN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\[([0-9,\s]*)\])?\s*$")
+_COLUMN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*((?:\[[0-9,\s]*\]\s*)*)$")
 
 
 def _normal_column(header: str) -> str:
-    """A header with spaces inside brackets removed: ``x[0, 1]`` -> ``x[0,1]``."""
+    """A header in the canonical form: ``x[0, 1]`` (quoted in the file) and ``x[0] [1]``
+    become ``x[0][1]``.
+
+    >>> _normal_column(" img[0, 1]"), _normal_column("img[0][1]"), _normal_column("y")
+    ('img[0][1]', 'img[0][1]', 'y')
+    """
     match = _COLUMN.match(header)
     if not match:
         return header.strip()
-    name, index = match.groups()
-    return name if index is None else f"{name}[{','.join(p.strip() for p in index.split(','))}]"
+    name, brackets = match.groups()
+    return name + "".join(f"[{int(i)}]" for i in re.findall(r"[0-9]+", brackets))
 
 
 # ---------------------------------------------------------------- reading files
@@ -120,13 +126,15 @@ def read_table(spec: str | Path) -> Table:
     if not path.is_file():
         raise DGMUsageError(f"no such data file: {text}" if not path.exists() else f"{text} is not a file",
                             hint="check the path")
+    _check_magic(path, suffix)
     try:
         if suffix == ".csv":
             return _read_csv(path)
-        if suffix == ".npy":
-            return Table(text, {"": np.load(path, allow_pickle=False)})
-        with np.load(path, allow_pickle=False) as archive:
-            return Table(text, {key: archive[key] for key in archive.files})
+        with path.open("rb") as file:  # our handle: numpy leaks its own on a broken zip
+            if suffix == ".npy":
+                return Table(text, {"": np.load(file, allow_pickle=False)})
+            with np.load(file, allow_pickle=False) as archive:
+                return Table(text, {key: archive[key] for key in archive.files})
     except DGMDataError:
         raise
     except ValueError as err:
@@ -136,6 +144,22 @@ def read_table(spec: str | Path) -> Table:
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})") from None
     except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})".splitlines()[0]) from None
+
+
+def _check_magic(path: Path, suffix: str) -> None:
+    """Refuse a .npy/.npz file that does not start like one (numpy would try to unpickle it)."""
+    expected = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04"}.get(suffix)
+    if expected is None:
+        return
+    try:
+        with path.open("rb") as file:
+            start = file.read(len(expected))
+    except OSError as err:
+        raise DGMDataError(f"{path} cannot be read ({err.strerror})") from None
+    if start != expected:
+        how = "np.save(file, array)" if suffix == ".npy" else "np.savez(file, name=array, ...)"
+        raise DGMDataError(f"{path} is not a readable {suffix} file (it does not start like one)",
+                           hint=f"write it with {how}")
 
 
 def _builtin(dataset: str, split: str, text: str) -> Table:
@@ -251,7 +275,8 @@ def _gather(table: Table, arrays: dict[str, np.ndarray], var: Variable, *, requi
     absent = [c for c in columns if c not in arrays]
     if absent:
         others = [c for c in arrays if c not in columns]
-        guess = did_you_mean(absent[0], others)
+        same_but_case = [c for c in others if c.lower() == absent[0].lower()]
+        guess = f"did you mean '{same_but_case[0]}'?" if same_but_case else did_you_mean(absent[0], others)
         if not var.shape and f"{var.name}[0]" in arrays:
             guess = f"a scalar variable is one column named '{var.name}'"
         elif var.shape and var.name in arrays:
@@ -339,7 +364,7 @@ def read_mask(spec: str | Path, ir: ModelIR, shapes: Mapping[str, tuple[int, ...
         if mask.dtype != np.bool_:
             if not np.isin(mask, (0, 1)).all():
                 bad = mask.reshape(mask.shape[0], -1)
-                row = int(np.argwhere(~np.isin(bad, (0, 1)))[0, 0]) + 1
+                row = int(np.argwhere(~np.isin(bad, (0, 1)))[0, 0])
                 raise DGMDataError(f"{table.source}: the mask for '{name}' holds values other than 0/1 "
                                    f"(row {row})", hint="a mask holds True/1 where observed, False/0 where missing")
             mask = mask.astype(bool)
