@@ -270,6 +270,14 @@ def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
     if observed is not None:
         missing = missing | ~observed
 
+    if support.event_rank and missing.any():
+        partial = missing.any(-1) & ~missing.all(-1)
+        if bool(partial.any()):
+            raise DGMDataError(
+                f"{what}: {_position(_first(partial))} is partly missing, but a "
+                f"{ir.draw(var.name).dist} row is one value",
+                hint="mark a whole row missing or none of it",
+            )
     tensor = tensor.long() if support.integer_dtype else tensor.to(torch.get_default_dtype())
     checkable = torch.where(missing, torch.full_like(tensor, support.placeholder), tensor)
     ok = support.constraint.check(checkable)
@@ -281,14 +289,6 @@ def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
             where, shown = _position(index), _shown(checkable[index])
         raise DGMDataError(f"{what}: {where} holds {shown}, outside its support",
                            hint=f"expected {support.description}")
-    if support.event_rank and missing.any():
-        partial = missing.any(-1) & ~missing.all(-1)
-        if bool(partial.any()):
-            raise DGMDataError(
-                f"{what}: {_position(_first(partial))} is partly missing, but a "
-                f"{ir.draw(var.name).dist} row is one value",
-                hint="mark a whole row missing or none of it",
-            )
     return checkable, (~missing if bool(missing.any()) else None)
 
 
@@ -342,8 +342,9 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
     """
     given = _as_dict(ir, data, purpose)
     data_names, input_names = ir.names("data"), ir.names("input")
-    _check_names(given, data_names + input_names, purpose)
-    absent = [n for n in data_names + input_names if n not in given]
+    declared = ir.names("data", "input")
+    _check_names(given, declared, purpose)
+    absent = [n for n in declared if n not in given]
     absent_inputs = [n for n in absent if n in input_names]
     if absent_inputs or (absent and not allow_missing):
         raise DGMDataError(
@@ -361,7 +362,7 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
 
     values: dict[str, torch.Tensor] = {}
     observed: dict[str, torch.Tensor] = {}
-    for name in data_names + input_names:
+    for name in declared:
         if name not in given:
             continue
         var = ir.variable(name)

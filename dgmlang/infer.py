@@ -31,6 +31,7 @@ torch.Size([7, 5, 2])
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -225,7 +226,11 @@ class CompiledModel:
 
     def _step(self, loss_fn, batch, size, optimizer, named, step: int) -> float:
         try:
-            loss = loss_fn(batch, size)
+            # Pyro's argument validation finds a model's mistakes on the first step; later
+            # steps skip it (it costs up to a fifth of a step) and rely on the finiteness
+            # checks below, the data having been validated before training.
+            with pyro.validation_enabled(False) if step > 1 else contextlib.nullcontext():
+                loss = loss_fn(batch, size)
         except ValueError as err:
             if "Expected parameter" not in str(err) and "Expected value" not in str(err):
                 raise
@@ -529,23 +534,33 @@ class CompiledModel:
                 draw = prior.nodes[name]["value"].to(value.dtype)
                 value = torch.where(part.observed[name], value, draw)
             data[name] = value
+        # Missing entries of a variable nothing depends on are summed out when the discrete
+        # latents are drawn (the model's mask), so those and the entries are drawn jointly.
+        leaves = {n: m for n, m in part.observed.items() if not self._has_children[n]}
+        exact = not self._guide_locals and len(leaves) == len(part.observed)
         latents: dict[str, torch.Tensor] = {}
         enumerated: dict[str, torch.Tensor] = {}
-        for sweep in range(WARMUP_SWEEPS + GIBBS_SWEEPS):
+        for sweep in range(1 if exact else WARMUP_SWEEPS + GIBBS_SWEEPS):
             batch = {**inputs, **data}
-            proposal = self._weights(batch, particles=None, given=given)
-            proposed = {n: proposal.guide_trace.nodes[n]["value"] for n in self._guide_locals}
-            if sweep < WARMUP_SWEEPS:
-                latents = proposed
-            elif self._guide_locals:
-                current = self._weights(batch, particles=None, given=given, guide_values=latents)
-                accept = torch.rand(rows).log() < proposal.local - current.local
-                latents = {n: _where_rows(accept, proposed[n], latents[n]) for n in latents}
-                log_p = torch.where(accept, proposal.log_p, current.log_p)
-                latents = self._random_walk(batch, given, latents, log_p)
-            enumerated = self._sample_enumerated_rows(batch, {**latents, **given})
+            if self._guide_locals:
+                latents = self._update_locals(batch, given, latents, warmup=sweep < WARMUP_SWEEPS)
+            enumerated = self._sample_enumerated_rows(batch, {**latents, **given}, leaves)
             data = self._redraw_missing(part, inputs, data, {**latents, **enumerated, **given})
         return {**data, **latents, **enumerated}
+
+    def _update_locals(self, batch, given, latents, *, warmup: bool) -> dict[str, torch.Tensor]:
+        """The latents' Gibbs block: an independent Metropolis-Hastings step with the guide
+        q(z | completed data) as proposal, then a random-walk step (during warm-up, the
+        proposal is taken as it is)."""
+        proposal = self._weights(batch, particles=None, given=given)
+        proposed = {n: proposal.guide_trace.nodes[n]["value"] for n in self._guide_locals}
+        if warmup:
+            return proposed
+        current = self._weights(batch, particles=None, given=given, guide_values=latents)
+        accept = torch.rand(proposal.local.shape[0]).log() < proposal.local - current.local
+        latents = {n: _where_rows(accept, proposed[n], latents[n]) for n in latents}
+        log_p = torch.where(accept, proposal.log_p, current.log_p)
+        return self._random_walk(batch, given, latents, log_p)
 
     def _random_walk(self, batch, given, latents, log_p) -> dict[str, torch.Tensor]:
         """A random-walk Metropolis step on the real-valued latents, the increment the
@@ -564,13 +579,14 @@ class CompiledModel:
         accept = torch.rand(log_p.shape[0]).log() < new.log_p - log_p
         return {n: _where_rows(accept, moved[n], latents[n]) for n in latents}
 
-    def _sample_enumerated_rows(self, batch, fixed) -> dict[str, torch.Tensor]:
-        """`_sample_enumerated` for chains laid out as rows (no particle plate)."""
+    def _sample_enumerated_rows(self, batch, fixed, mask) -> dict[str, torch.Tensor]:
+        """`_sample_enumerated` for chains laid out as rows (no particle plate); entries
+        False in `mask` are left out of the likelihood (marginalized)."""
         if not self._model_enumerated:
             return {}
         model = infer_discrete(poutine.condition(self.model, data=fixed),
                                first_available_dim=-2, temperature=1)
-        trace = poutine.trace(model).get_trace(batch)
+        trace = poutine.trace(model).get_trace(batch, mask=mask)
         return {name: trace.nodes[name]["value"] for name in self._model_enumerated}
 
     def _redraw_missing(self, part: Dataset, inputs, data, fixed) -> dict[str, torch.Tensor]:

@@ -1,0 +1,245 @@
+"""Data validation: every mistake in user data is a DGMDataError naming the variable, the row
+and what was expected, before any training."""
+import numpy as np
+import pytest
+import torch
+
+from dgmlang.data import prepare_data, prepare_inputs
+from dgmlang.errors import DGMDataError
+from dgmlang.frontend import check_source
+
+SOURCE = """
+model counts {
+    data x[3]
+    latent z[2]
+    z ~ Normal(0, 1)
+    x ~ Binomial(16, logits = mlp(z, hidden = [8]))
+}
+model labels {
+    input u[2]
+    input k : int
+    data c
+    data b
+    c ~ Categorical(logits = mlp(u, onehot(k, 4), hidden = [8]) + zeros(3))
+    b ~ Bernoulli(logits = sum(u))
+}
+model support {
+    data pos
+    data unit[2]
+    data simplex[3]
+    data poisson
+    pos ~ LogNormal(0, 1)
+    unit ~ Beta(2, 2)
+    simplex ~ Dirichlet(ones(3))
+    poisson ~ Poisson(3.0)
+}
+model inputs {
+    input s : positive
+    input p : unit
+    input w[3]
+    data y
+    y ~ Normal(dot(w, w) * s + p, 1)
+}
+"""
+IRS = {m.ir.name: m.ir for m in check_source(SOURCE, "data.dgm")}
+
+
+def error(ir_name, data, **options) -> str:
+    with pytest.raises(DGMDataError) as info:
+        prepare_data(IRS[ir_name], data, **options)
+    return str(info.value)
+
+
+def good_labels(n=4):
+    return {"u": torch.zeros(n, 2), "k": torch.arange(n) % 4, "c": torch.arange(n) % 3,
+            "b": torch.ones(n)}
+
+
+def test_dict_and_bare_array_are_converted_to_default_float():
+    x = np.array([[0, 1, 16], [2, 3, 4]], dtype=np.int64)
+    for data in (x, {"x": x}, x.tolist(), torch.from_numpy(x).double()):
+        out = prepare_data(IRS["counts"], data)
+        assert out.n == 2 and not out.has_missing
+        assert out.values["x"].dtype == torch.get_default_dtype()
+        assert out.values["x"].tolist() == [[0, 1, 16], [2, 3, 4]]
+
+
+def test_labels_and_int_inputs_become_int64():
+    out = prepare_data(IRS["labels"], {**good_labels(), "k": np.array([0, 1, 2, 3], dtype=np.int32)})
+    assert out.values["c"].dtype == torch.int64 and out.values["k"].dtype == torch.int64
+    assert out.values["u"].dtype == torch.get_default_dtype()
+
+
+def test_bare_array_needs_a_single_data_variable_and_no_inputs():
+    text = error("labels", torch.zeros(4))
+    assert "needs a dict" in text and "'c'" in text and "'u'" in text
+
+
+def test_unknown_name_suggests_the_closest():
+    text = error("counts", {"xx": torch.zeros(2, 3)})
+    assert "no variable 'xx'" in text and "did you mean 'x'?" in text
+
+
+def test_missing_names_are_listed():
+    data = good_labels()
+    del data["k"], data["b"]
+    text = error("labels", data)
+    assert "no values for 'k', 'b'" in text
+
+
+def test_wrong_shape_names_the_expected_shape():
+    text = error("counts", {"x": torch.zeros(5, 4)})
+    assert "data variable 'x' (Binomial) has shape (5, 4); expected (n, 3)" in text
+
+
+def test_trailing_singleton_dimension_gets_a_squeeze_hint():
+    data = {**good_labels(), "b": torch.ones(4, 1)}
+    text = error("labels", data)
+    assert "expected (n)" in text and "squeeze" in text
+
+
+def test_rows_must_agree():
+    data = {**good_labels(), "c": torch.zeros(3, dtype=torch.long)}
+    text = error("labels", data)
+    assert "'c' has 3 rows but 'u' has 4" in text
+
+
+def test_no_rows_is_an_error():
+    assert "has no rows" in error("counts", torch.zeros(0, 3))
+
+
+def test_float_class_labels_are_refused():
+    text = error("labels", {**good_labels(), "c": torch.tensor([0.0, 1.0, 2.0, 1.0])})
+    assert "holds class labels but has floating dtype torch.float32" in text
+    assert ".long()" in text
+
+
+def test_float_int_input_is_refused():
+    text = error("labels", {**good_labels(), "k": np.zeros(4)})
+    assert "input 'k' (int) holds whole numbers but has floating dtype" in text
+
+
+def test_non_numeric_arrays_are_refused():
+    assert "not numbers" in error("counts", np.array([["a", "b", "c"]]))
+    assert "complex" in error("counts", torch.zeros(2, 3, dtype=torch.complex64))
+    assert "cannot be read as an array" in error("counts", [[1, 2, 3], [1, 2]])
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ([0, 17, 1], "row 1, column 1 holds 17, outside its support"),
+        ([0, -1, 1], "row 1, column 1 holds -1, outside its support"),
+        ([0, 1, 2.5], "row 1, column 2 holds 2.5, outside its support"),
+    ],
+)
+def test_counts_outside_zero_to_total_count(row, expected):
+    text = error("counts", [[1, 2, 3], row])
+    assert expected in text and "expected a whole number in 0..16" in text
+
+
+def test_class_at_or_above_k():
+    text = error("labels", {**good_labels(), "c": torch.tensor([0, 1, 3, 0])})
+    assert "data variable 'c' (Categorical): row 2 holds 3" in text
+    assert "a whole number in 0..2" in text
+
+
+def test_bernoulli_values_are_zero_or_one():
+    text = error("labels", {**good_labels(), "b": torch.tensor([1.0, 0.0, 0.5, 1.0])})
+    assert "row 2 holds 0.5" in text and "expected 0 or 1" in text
+    assert "row 3 holds 2" in error("labels", {**good_labels(), "b": torch.tensor([1, 0, 0, 2])})
+
+
+def good_support(n=2):
+    return {"pos": torch.ones(n), "unit": torch.full((n, 2), 0.5),
+            "simplex": torch.full((n, 3), 1 / 3), "poisson": torch.zeros(n)}
+
+
+def test_supports_of_continuous_and_count_distributions():
+    prepare_data(IRS["support"], good_support())
+    cases = {
+        "pos": (torch.tensor([1.0, 0.0]), "row 1 holds 0", "a number > 0"),
+        "unit": (torch.tensor([[0.5, 0.5], [0.5, 1.5]]), "row 1, column 1 holds 1.5",
+                 "a number in [0, 1]"),
+        "simplex": (torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.5, 0.5]]), "row 1 holds [0.5, 0.5, 0.5]",
+                    "summing to 1"),
+        "poisson": (torch.tensor([0.0, 1.5]), "row 1 holds 1.5", "a whole number >= 0"),
+    }
+    for name, (value, where, expected) in cases.items():
+        text = error("support", {**good_support(), name: value})
+        assert f"'{name}'" in text and where in text and expected in text, text
+
+
+def test_declared_input_types_are_checked():
+    good = {"s": torch.ones(2), "p": torch.full((2,), 0.5), "w": torch.zeros(2, 3), "y": torch.zeros(2)}
+    prepare_data(IRS["inputs"], good)
+    assert "input 's' (positive): row 0 holds -1" in error("inputs", {**good, "s": torch.tensor([-1.0, 1.0])})
+    assert "input 'p' (unit): row 1 holds 2" in error("inputs", {**good, "p": torch.tensor([0.0, 2.0])})
+
+
+def test_nan_and_inf_are_refused_outside_invert():
+    text = error("counts", [[1.0, float("nan"), 3.0]])
+    assert "row 0, column 1 is NaN" in text and "only in invert" in text
+    text = error("counts", [[1.0, 2.0, float("inf")]], allow_missing=True)
+    assert "row 0, column 2 is infinite" in text
+
+
+def test_inputs_are_never_missing():
+    data = {**good_labels(), "u": torch.tensor([[0.0, float("nan")]] * 4)}
+    text = error("labels", data, allow_missing=True)
+    assert "input 'u': row 0, column 1 is NaN" in text and "never missing" in text
+
+
+def test_nan_and_mask_mark_missing_entries_with_valid_placeholders():
+    x = torch.tensor([[1.0, float("nan"), 3.0], [4.0, 5.0, 6.0]])
+    mask = {"x": torch.tensor([[True, True, True], [True, False, True]])}
+    out = prepare_data(IRS["counts"], x, allow_missing=True, mask=mask)
+    assert out.observed["x"].tolist() == [[True, False, True], [True, False, True]]
+    assert torch.isfinite(out.values["x"]).all()
+    # an entry out of support is fine when it is masked as missing
+    prepare_data(IRS["counts"], [[1, 99, 3]], allow_missing=True, mask={"x": [[True, False, True]]})
+
+
+def test_a_data_variable_left_out_of_invert_is_missing_everywhere():
+    data = good_labels()
+    del data["c"]
+    out = prepare_data(IRS["labels"], data, allow_missing=True)
+    assert out.observed["c"].tolist() == [False] * 4 and "b" not in out.observed
+
+
+def test_mask_mistakes():
+    x = torch.ones(2, 3)
+    with pytest.raises(DGMDataError, match="takes no mask"):
+        prepare_data(IRS["counts"], x, mask={"x": torch.ones(2, 3, dtype=torch.bool)})
+    assert "expected booleans" in error("counts", x, allow_missing=True, mask={"x": torch.ones(2, 3)})
+    assert "mask for 'x' has shape (2,)" in error("counts", x, allow_missing=True,
+                                                     mask={"x": torch.ones(2, dtype=torch.bool)})
+    assert "did you mean 'x'" in error("counts", x, allow_missing=True,
+                                        mask={"xx": torch.ones(2, 3, dtype=torch.bool)})
+
+
+def test_a_partly_missing_simplex_row_is_refused():
+    data = {**good_support(), "simplex": torch.tensor([[0.2, float("nan"), 0.5], [0.2, 0.3, 0.5]])}
+    text = error("support", data, allow_missing=True)
+    assert "row 0 is partly missing" in text and "a whole row" in text
+
+
+def test_rows_selects_values_and_masks():
+    out = prepare_data(IRS["counts"], [[1, float("nan"), 3], [4, 5, 6], [7, 8, 9]], allow_missing=True)
+    part = out.rows(torch.tensor([2, 0]))
+    assert part.n == 2 and part.values["x"][0].tolist() == [7, 8, 9]
+    assert part.observed["x"].tolist() == [[True, True, True], [True, False, True]]
+
+
+def test_prepare_inputs_broadcasts_one_value_to_all_samples():
+    ir = IRS["inputs"]
+    out = prepare_inputs(ir, {"s": 2.0, "p": np.full(3, 0.5), "w": [1.0, 2.0, 3.0]}, 3)
+    assert out["s"].tolist() == [2.0] * 3 and out["w"].shape == (3, 3)
+    with pytest.raises(DGMDataError, match="no values for the input"):
+        prepare_inputs(ir, {"s": 1.0}, 3)
+    with pytest.raises(DGMDataError, match="has 2 rows but 3 samples"):
+        prepare_inputs(ir, {"s": torch.ones(2), "p": 0.5, "w": torch.zeros(3)}, 3)
+    with pytest.raises(DGMDataError, match="did you mean 'w'"):
+        prepare_inputs(ir, {"s": 1.0, "p": 0.5, "ww": torch.zeros(3)}, 3)
+    with pytest.raises(DGMDataError, match="input 's' \\(positive\\): row 0 holds 0"):
+        prepare_inputs(ir, {"s": 0.0, "p": 0.5, "w": torch.zeros(3)}, 3)
