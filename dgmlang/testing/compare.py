@@ -97,7 +97,7 @@ class GuideMismatch(AssertionError):
         self.comparison = comparison
 
 
-def assert_guide_matches_posterior(model, data: Any, *, tol: float = 0.2, **options) -> PosteriorComparison:
+def assert_guide_matches_posterior(model, data: Any, *, tol: float = 0.25, **options) -> PosteriorComparison:
     """Assert that `model`'s inference matches the posterior given `data`, within `tol`.
 
     `model` is a compiled model (fitted, or trained with `train_guide`); `data` what its
@@ -115,7 +115,7 @@ def compare_to_posterior(
     model,
     data: Any,
     *,
-    tol: float = 0.2,
+    tol: float = 0.25,
     posterior: GaussianPosterior | DiscretePosterior | Mapping[str, Any] | None = None,
     guide: Callable | None = None,
     latents: Iterable[str] | None = None,

@@ -34,14 +34,16 @@ def train_guide(
     *,
     steps: int = 2000,
     batch_size: int = 256,
-    lr: float = 5e-3,
+    lr: float = 1e-2,
+    final_lr: float = 1e-3,
     num_particles: int = 1,
     seed: int = 0,
     inputs: Mapping[str, Any] | None = None,
 ) -> list[float]:
     """Fit `model.guide` alone to the model's prior predictive: each step draws a fresh batch
     of `batch_size` points (latents and data) from the model and takes an Adam step on the
-    ELBO with respect to the guide's parameters only. Returns the loss per point per step.
+    ELBO with respect to the guide's parameters only, the learning rate decaying
+    geometrically from `lr` to `final_lr`. Returns the loss per point per step.
 
     The model's params and networks are left untouched, so the trained guide approximates
     the posterior of *this* model, which is what SBC and `assert_guide_matches_posterior`
@@ -72,12 +74,16 @@ def train_guide(
         model.guide(fresh_batch())  # builds any lazily created parameters
         params = [p for p in model.guide.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr)
+        decay = torch.optim.lr_scheduler.ExponentialLR(
+            optimizer, gamma=(final_lr / lr) ** (1 / max(steps, 1))
+        )
         for _ in range(steps):
             batch = fresh_batch()
             loss = elbo.differentiable_loss(model.model, model.guide, batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            decay.step()
             value = loss.item() / batch_size
             if not np.isfinite(value):
                 raise FloatingPointError(f"train_guide: loss {value} at step {len(losses)}")
@@ -119,7 +125,7 @@ def perturb_guide(guide: Callable, *, shift: float = 0.0, scale: float = 1.0,
     >>> tr = pyro.poutine.trace(bad).get_trace()
     >>> fn = tr.nodes["z"]["fn"].base_dist
     >>> fn.loc.tolist(), fn.scale.tolist()
-    [[1.0, 1.0], [0.5, 0.5]]
+    ([1.0, 1.0], [0.5, 0.5])
     """
     from pyro.poutine.messenger import Messenger
 

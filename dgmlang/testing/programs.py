@@ -20,6 +20,7 @@ Nothing here imports torch: the exact answers are numpy.
 model m {
     latent z[2]
     data   x
+<BLANKLINE>
     z ~ Normal(0.0, 1.0)
     x ~ Poisson(softplus(0.5 * sum(z)) + 0.5)
 }
@@ -149,6 +150,9 @@ class GeneratedModel:
         # Hypothesis prints this for a falsifying example: the program reads best as text.
         return f"{type(self).__name__}(text='''\n{self.text}''')"
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis prints examples with this
+        printer.text(repr(self))
+
 
 # ---------------------------------------------------------------- rendering: generated models
 
@@ -261,6 +265,7 @@ def _render_generated(name: str, nodes: Sequence[Node]) -> str:
     draws = [_draw_line(n, by_name, nets) for n in nodes if n.family is not None]
     lines = [f"model {name} {{"]
     lines += [f"    {_declaration(n)}" for n in nodes]
+    lines.append("")
     lines += [f"    {line}" for line in nets]
     lines += [f"    {line}" for line in draws]
     lines.append("}")
@@ -312,6 +317,7 @@ class LinearGaussianModel:
     model lg {
         latent z
         data   x
+    <BLANKLINE>
         z ~ Normal(0.0, 1.0)
         x ~ Normal(2.0 * z, 1.0)
     }
@@ -415,6 +421,9 @@ class LinearGaussianModel:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(text='''\n{self.text}''')"
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis prints examples with this
+        printer.text(repr(self))
+
 
 def _linear_term(edge: LinearEdge, parent: LinearNode, child: LinearNode, consts: list[str]) -> str:
     if not parent.shape and not child.shape:
@@ -436,10 +445,12 @@ def _render_linear(model: LinearGaussianModel) -> str:
     consts: list[str] = []
     draws = []
     for n in model.nodes:
-        terms = [_linear_term(e, by_name[e.parent], n, consts) for e in n.edges]
-        if n.bias or not terms:
-            terms.append(_number(n.bias))
-        draws.append(f"{n.name} ~ Normal({' + '.join(terms)}, {_number(n.scale)})")
+        mean = " + ".join(_linear_term(e, by_name[e.parent], n, consts) for e in n.edges)
+        if not mean:
+            mean = _number(n.bias)
+        elif n.bias:
+            mean += f" {'-' if n.bias < 0 else '+'} {_number(abs(n.bias))}"
+        draws.append(f"{n.name} ~ Normal({mean}, {_number(n.scale)})")
     lines = [f"model {model.name} {{"]
     lines += [f"    {line}" for line in consts]
     for n in model.nodes:
@@ -447,6 +458,7 @@ def _render_linear(model: LinearGaussianModel) -> str:
         if n.role == "latent" and model.guide_family:
             decl += f" guide(family = {model.guide_family})"
         lines.append(f"    {decl}")
+    lines.append("")
     lines += [f"    {line}" for line in draws]
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -483,6 +495,7 @@ class DiscreteModel:
         const T_x = [-2.0, 2.0]
         latent c
         data   x
+    <BLANKLINE>
         c ~ Categorical(logits = [0.0, 0.0])
         x ~ Bernoulli(logits = T_x[c])
     }
@@ -564,6 +577,9 @@ class DiscreteModel:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(text='''\n{self.text}''')"
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # hypothesis prints examples with this
+        printer.text(repr(self))
+
 
 def _render_discrete(model: DiscreteModel) -> str:
     consts, draws = [], []
@@ -579,6 +595,7 @@ def _render_discrete(model: DiscreteModel) -> str:
     lines = [f"model {model.name} {{"]
     lines += [f"    {line}" for line in consts]
     lines += [f"    {_decl_keyword(n.role)} {n.name}" for n in model.nodes]
+    lines.append("")
     lines += [f"    {line}" for line in draws]
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ model generated {
     latent z1
     latent z2
     data   x1
+<BLANKLINE>
     z1 ~ Normal(0.0, 1.0)
     z2 ~ Normal(0.0, 1.0)
     x1 ~ Normal(0.0, 1.0)
@@ -71,17 +72,7 @@ def _expand_families(families: Iterable[str]) -> tuple[str, ...]:
     return tuple(f for f in CONTINUOUS + DISCRETE if f in wanted)
 
 
-def _shape_for(family: str, shapes: tuple[tuple[int, ...], ...]):
-    if family == "Categorical":
-        return st.just(())
-    if family == "Dirichlet":
-        return st.sampled_from([s for s in shapes if len(s) == 1] or [(3,)])
-    return st.sampled_from(shapes)
-
-
-@st.composite
 def models(
-    draw,
     *,
     max_latents: int = 3,
     min_latents: int = 1,
@@ -95,36 +86,88 @@ def models(
     shapes: Iterable[tuple[int, ...]] = ((), (2,), (3,)),
     guide_families: Iterable[str | None] = _GUIDE_FAMILIES,
     name: str = "generated",
-) -> GeneratedModel:
+) -> st.SearchStrategy[GeneratedModel]:
     """Random valid model programs within bounds.
 
     Globals (continuous families) may depend on earlier globals; latents and data on globals,
     inputs, params and earlier latents or data; a latent's family is continuous or finite
-    discrete (Bernoulli, Categorical, Binomial), a data variable's any of `families`. With
+    discrete (Bernoulli, Categorical, Binomial; scalar, as the guide sums them out), a data
+    variable's any of `families` ("continuous", "discrete" or distribution names). With
     `with_nets`, a variable's parents may enter through an `mlp` (inline on one parameter,
     packed for all of them, or a named `net`). `guide_families` are drawn for continuous
-    latents and globals (None: no option). The first entry of each choice is where
-    shrinking goes: scalar, Normal, no parents, no network, no guide option.
+    latents and globals (None: no option).
+
+    Each role's variables are a hypothesis list and each parent a distance back to an earlier
+    variable, so shrinking deletes variables and edges freely; every other choice shrinks
+    to its first option: scalar, Normal, no network, no guide option.
     """
     fams = _expand_families(families)
     shapes = tuple(tuple(s) for s in shapes) or ((),)
-    if shapes[0] != () and () in shapes:
+    if () in shapes:  # scalars first: shrinking goes there
         shapes = ((),) + tuple(s for s in shapes if s != ())
-    latent_fams = [f for f in fams if f in CONTINUOUS or f in FINITE_DISCRETE]
-    global_fams = [f for f in fams if f in CONTINUOUS]
-    data_fams = list(fams)
-    if not data_fams or (max_latents and not latent_fams):
-        raise ValueError(f"no family in {fams} can serve as a latent and as data")
-    guide_fams = tuple(guide_families)
+    latent_fams = tuple(f for f in fams if f in CONTINUOUS or f in FINITE_DISCRETE)
+    global_fams = tuple(f for f in fams if f in CONTINUOUS)
+    if max_latents and not latent_fams:
+        raise ValueError(f"none of the families {list(fams)} can be a latent's")
+    if not 0 <= min_latents <= max_latents or max_data < 1:
+        raise ValueError("need 0 <= min_latents <= max_latents and max_data >= 1")
+    options = _ModelOptions(
+        max_latents, min_latents, max_data, max_globals if global_fams else 0, max_inputs,
+        max_params, max_parents, fams, latent_fams, global_fams, with_nets, shapes,
+        tuple(guide_families), name,
+    )
+    return _models(options)
 
-    n_globals = draw(st.integers(0, max_globals)) if global_fams else 0
-    n_inputs = draw(st.integers(0, max_inputs))
-    n_params = draw(st.integers(0, max_params))
-    n_latents = draw(st.integers(min_latents, max_latents))
-    n_data = draw(st.integers(1, max_data))
-    # Locals in generation order: latents first unless the permutation interleaves data.
-    local_roles = draw(st.permutations(["latent"] * n_latents + ["data"] * (n_data - 1)))
-    local_roles = list(local_roles) + ["data"]
+
+@dataclass(frozen=True)
+class _ModelOptions:
+    max_latents: int
+    min_latents: int
+    max_data: int
+    max_globals: int
+    max_inputs: int
+    max_params: int
+    max_parents: int
+    families: tuple[str, ...]
+    latent_families: tuple[str, ...]
+    global_families: tuple[str, ...]
+    with_nets: bool
+    shapes: tuple[tuple[int, ...], ...]
+    guide_families: tuple[str | None, ...]
+    name: str
+
+
+_PARENT_PICKS = 8  # a parent is drawn as a distance back, modulo the number of candidates
+
+
+@st.composite
+def _models(draw, o: _ModelOptions) -> GeneratedModel:
+    def parent_picks():
+        return _parent_picks(o.max_parents)
+
+    def guide_choice():
+        return st.sampled_from(o.guide_families) if o.guide_families else st.just(None)
+
+    spec = st.tuples(st.sampled_from(o.global_families or ("Normal",)),
+                     st.sampled_from(o.shapes), parent_picks(), guide_choice())
+    global_specs = draw(st.lists(spec, max_size=o.max_globals))
+    input_specs = draw(st.lists(st.tuples(st.sampled_from(o.shapes), st.booleans()), max_size=o.max_inputs))
+    param_specs = draw(st.lists(st.tuples(st.sampled_from(o.shapes), st.sampled_from(["real", "positive"])),
+                                max_size=o.max_params))
+    local = st.tuples(
+        st.sampled_from(["latent", "data"]), st.sampled_from(o.families), st.sampled_from(o.shapes),
+        parent_picks(), st.integers(2, 3), st.sampled_from(["", "inline", "named", "packed"]),
+        guide_choice(),
+    )
+
+    def counts_ok(specs):
+        n_latent = sum(1 for r, *_ in specs if r == "latent")
+        n_data = sum(1 for r, *_ in specs if r == "data")
+        return o.min_latents <= n_latent <= o.max_latents and n_data <= o.max_data
+
+    local_specs = draw(st.lists(local, max_size=o.max_latents + o.max_data).filter(counts_ok))
+    if not any(r == "data" for r, *_ in local_specs):  # a model observes something
+        local_specs.append(("data", o.families[0], (), [], 3, "", None))
 
     nodes: list[Node] = []
     counters: dict[str, int] = {}
@@ -134,50 +177,46 @@ def models(
         counters[role] = counters.get(role, 0) + 1
         return f"{prefix}{counters[role]}"
 
-    def pick_parents(candidates: list[Node]) -> tuple[str, ...]:
-        if not candidates or max_parents == 0:
-            return ()
-        chosen = draw(
-            st.lists(st.sampled_from([c.name for c in candidates]), max_size=max_parents, unique=True)
-        )
-        order = {c.name: i for i, c in enumerate(candidates)}
-        return tuple(sorted(chosen, key=order.__getitem__))
+    def parents_of(picks, candidates: list[Node]) -> tuple[str, ...]:
+        return tuple(p.name for p in _parents(picks, candidates))
 
-    def pick_net(parents: tuple[str, ...], family: str) -> str:
-        if not with_nets or not parents:
-            return ""
-        kinds = ["", "inline", "named"]
-        if family not in ("Binomial", "NegativeBinomial", "Categorical"):
-            kinds.append("packed")
-        return draw(st.sampled_from(kinds))
-
-    def pick_guide(family: str) -> str | None:
-        if family not in CONTINUOUS or not guide_fams:
-            return None
-        return draw(st.sampled_from(guide_fams))
-
-    for _ in range(n_globals):
-        fam = draw(st.sampled_from(global_fams))
-        parents = pick_parents([n for n in nodes if n.role == "global"])
-        nodes.append(Node(fresh("global"), "global", draw(_shape_for(fam, shapes)), fam, parents,
-                          guide_family=pick_guide(fam)))
-    for _ in range(n_inputs):
-        is_int = with_nets and draw(st.booleans())
-        shape = () if is_int else draw(st.sampled_from(shapes))
-        nodes.append(Node(fresh("input"), "input", shape, type="int" if is_int else "real"))
-    for _ in range(n_params):
-        ptype = draw(st.sampled_from(["real", "positive"]))
-        nodes.append(Node(fresh("param"), "param", draw(st.sampled_from(shapes)), type=ptype))
-    for role in local_roles:
-        fam = draw(st.sampled_from(latent_fams if role == "latent" else data_fams))
-        parents = pick_parents(list(nodes))
-        classes = draw(st.integers(2, 3)) if fam == "Categorical" else 3
+    for fam, shape, picks, guide in global_specs:
+        nodes.append(Node(fresh("global"), "global", _fit_shape(fam, shape, "global"), fam,
+                          parents_of(picks, [n for n in nodes if n.role == "global"]),
+                          guide_family=guide))
+    for shape, is_int in input_specs:
+        is_int = is_int and o.with_nets  # an int input enters through onehot(u, K) in a network
+        nodes.append(Node(fresh("input"), "input", () if is_int else shape,
+                          type="int" if is_int else "real"))
+    for shape, ptype in param_specs:
+        nodes.append(Node(fresh("param"), "param", shape, type=ptype))
+    for role, fam, shape, picks, classes, net, guide in local_specs:
+        if role == "latent" and fam not in o.latent_families:  # e.g. Poisson: data only
+            fam = o.latent_families[0]
+        parents = parents_of(picks, list(nodes))
+        if not o.with_nets or not parents or (net == "packed" and fam in _NO_PACKED):
+            net = ""
         nodes.append(Node(
-            fresh(role), role, draw(_shape_for(fam, shapes)), fam, parents,
-            classes=classes, net=pick_net(parents, fam),
-            guide_family=pick_guide(fam) if role == "latent" else None,
+            fresh(role), role, _fit_shape(fam, shape, role), fam, parents,
+            classes=classes if fam == "Categorical" else 3, net=net,
+            guide_family=guide if role == "latent" and fam in CONTINUOUS else None,
         ))
-    return GeneratedModel(name, tuple(nodes))
+    return GeneratedModel(o.name, tuple(nodes))
+
+
+#: Families whose every parameter a lone network cannot stand for (a count, or a class
+#: number that is written nowhere else).
+_NO_PACKED = ("Binomial", "NegativeBinomial", "Categorical")
+
+
+def _fit_shape(family: str, shape: tuple[int, ...], role: str) -> tuple[int, ...]:
+    """The drawn shape, made valid: scalar Categoricals and discrete latents (only scalar
+    discrete latents can be summed out), a vector for a Dirichlet."""
+    if family == "Categorical" or (role == "latent" and family in FINITE_DISCRETE):
+        return ()
+    if family == "Dirichlet":
+        return shape[-1:] if shape else (3,)
+    return shape
 
 
 @st.composite
@@ -192,39 +231,41 @@ def linear_gaussian_models(
     guide_family: str | None = "mvn",
     name: str = "linear_gaussian",
 ) -> LinearGaussianModel:
-    """Random linear-Gaussian networks: latents and data, each `Normal` with a mean linear in
-    its parents (scalars, or vectors of the `dims` sizes other than 1, through `const`
+    """Random linear-Gaussian networks: latents, then data, each `Normal` with a mean linear
+    in its parents (scalars, or vectors of the `dims` sizes other than 1, through `const`
     weight arrays), with the exact joint in `.joint` and `.posterior(observed)`.
 
     Every latent has at least one child (otherwise its posterior is its prior and tests
     nothing); `guide_family` is set on every latent (`mvn`: the guide can be exact).
     """
     dims = tuple(dims)
-    n_latents = draw(st.integers(min_latents, max_latents))
-    n_data = draw(st.integers(1, max_data))
-    roles = ["latent"] * n_latents + ["data"] * n_data
+    spec = st.tuples(st.sampled_from(dims), _parent_picks(max_parents),
+                     st.sampled_from(_BIASES), st.sampled_from(_SCALES))
+    latent_specs = draw(st.lists(spec, min_size=min_latents, max_size=max_latents))
+    data_specs = draw(st.lists(spec, min_size=1, max_size=max_data))
     nodes: list[LinearNode] = []
-    counts = {"latent": 0, "data": 0}
-    for role in roles:
-        counts[role] += 1
-        node_name = f"{'z' if role == 'latent' else 'x'}{counts[role]}"
-        dim = draw(st.sampled_from(dims))
-        shape = (dim,) if dim > 1 else ()
-        candidates = [n for n in nodes]
-        parents = draw(st.lists(st.sampled_from(candidates), max_size=max_parents, unique_by=lambda n: n.name)) if candidates else []
-        parents.sort(key=lambda n: roles_index(nodes, n.name))
-        edges = tuple(LinearEdge(p.name, _weight(draw, p, dim)) for p in parents)
-        nodes.append(LinearNode(
-            node_name, role, shape, edges,
-            bias=draw(st.sampled_from(_BIASES)), scale=draw(st.sampled_from(_SCALES)),
-        ))
+    for role, specs in (("latent", latent_specs), ("data", data_specs)):
+        for i, (dim, picks, bias, scale) in enumerate(specs, start=1):
+            parents = _parents(picks, nodes)
+            edges = tuple(LinearEdge(p.name, _weight(draw, p, dim)) for p in parents)
+            nodes.append(LinearNode(f"{'z' if role == 'latent' else 'x'}{i}", role,
+                                    (dim,) if dim > 1 else (), edges, bias, scale))
     # A latent without children would test nothing: give it the first data node as a child.
     nodes = _attach_childless_latents(draw, nodes)
     return LinearGaussianModel(name, tuple(nodes), guide_family)
 
 
-def roles_index(nodes: list[LinearNode], name: str) -> int:
-    return next(i for i, n in enumerate(nodes) if n.name == name)
+def _parent_picks(max_parents: int):
+    return st.lists(st.integers(0, _PARENT_PICKS - 1), max_size=max_parents)
+
+
+def _parents(picks, candidates: list) -> list:
+    """The candidates `picks` point at, each counted back from the newest (so deleting an
+    unrelated earlier variable while shrinking leaves the edge in place), in order."""
+    if not candidates:
+        return []
+    chosen = {candidates[-1 - i % len(candidates)].name for i in picks}
+    return [c for c in candidates if c.name in chosen]
 
 
 def _weight(draw, parent: LinearNode, child_dim: int) -> float | tuple:
@@ -260,28 +301,23 @@ def discrete_models(
     max_classes: int = 3,
     name: str = "discrete",
 ) -> DiscreteModel:
-    """Random discrete Bayesian networks over scalar Bernoulli/Categorical latents and data,
-    logits given by tables indexed by the parents, with the exact joint (`.posterior`)."""
-    n_latents = draw(st.integers(min_latents, max_latents))
-    n_data = draw(st.integers(1, max_data))
+    """Random discrete Bayesian networks over scalar Bernoulli/Categorical latents, then
+    data, logits given by tables indexed by the parents, with the exact joint (`.posterior`)."""
+    spec = st.tuples(st.sampled_from(["Categorical", "Bernoulli"]), st.integers(2, max_classes),
+                     _parent_picks(max_parents))
+    latent_specs = draw(st.lists(spec, min_size=min_latents, max_size=max_latents))
+    data_specs = draw(st.lists(spec, min_size=1, max_size=max_data))
     nodes: list[DiscreteNode] = []
-    counts = {"latent": 0, "data": 0}
-    for role in ["latent"] * n_latents + ["data"] * n_data:
-        counts[role] += 1
-        node_name = f"{'c' if role == 'latent' else 'x'}{counts[role]}"
-        family = draw(st.sampled_from(["Categorical", "Bernoulli"]))
-        classes = draw(st.integers(2, max_classes)) if family == "Categorical" else 2
-        parents = []
-        if nodes:
-            parents = draw(st.lists(st.sampled_from(nodes), max_size=max_parents,
-                                    unique_by=lambda n: n.name))
-            parents.sort(key=nodes.index)
-        table_shape = tuple(p.classes for p in parents) + ((classes,) if family == "Categorical" else ())
-        size = int(np.prod(table_shape)) if table_shape else 1
-        values = draw(st.lists(st.sampled_from(_LOGITS), min_size=size, max_size=size))
-        table = np.asarray(values, dtype=float).reshape(table_shape)
-        nodes.append(DiscreteNode(node_name, role, family, classes,
-                                  tuple(p.name for p in parents), _nested(table)))
+    for role, specs in (("latent", latent_specs), ("data", data_specs)):
+        for i, (family, classes, picks) in enumerate(specs, start=1):
+            classes = classes if family == "Categorical" else 2
+            parents = _parents(picks, nodes)
+            table_shape = tuple(p.classes for p in parents) + ((classes,) if family == "Categorical" else ())
+            size = int(np.prod(table_shape)) if table_shape else 1
+            values = draw(st.lists(st.sampled_from(_LOGITS), min_size=size, max_size=size))
+            table = np.asarray(values, dtype=float).reshape(table_shape)
+            nodes.append(DiscreteNode(f"{'c' if role == 'latent' else 'x'}{i}", role, family, classes,
+                                      tuple(p.name for p in parents), _nested(table)))
     return DiscreteModel(name, tuple(nodes))
 
 
