@@ -59,7 +59,7 @@ from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMDataError, DGMGuideError
 from dgmlang.lower import (
     PLATE_NAME, LoweredModel, concat_features, flatten_event, initial_value, pyro_class,
-    _safe_attribute,
+    safe_attribute,
 )
 from dgmlang.nets import FlatMLP, POSITIVE_FLOOR, seeded
 
@@ -209,7 +209,7 @@ class VariationalGlobals(PyroModule):
         self._keys: dict[str, str] = {}
 
     def add(self, name: str, family: GlobalFamily) -> None:
-        key = _safe_attribute(self, name)
+        key = safe_attribute(self, name)
         self._keys[name] = key
         setattr(self, key, family)
 
@@ -267,10 +267,10 @@ class AmortizedGuide(PyroModule):
                     info = self._infos[step.latent] = latent_shape(ir, step.latent)
                     out_features = raw_size(info.family, info.size)
                     if info.family == "flow":
-                        key = self._flow_keys[step.latent] = _safe_attribute(flows, step.latent)
+                        key = self._flow_keys[step.latent] = safe_attribute(flows, step.latent)
                         flows[key] = flow_transforms(info.size)
                 hidden, act = guide_hidden(ir, step.latent)
-                key = self._net_keys[step.latent] = _safe_attribute(nets, step.latent)
+                key = self._net_keys[step.latent] = safe_attribute(nets, step.latent)
                 nets[key] = FlatMLP(in_features, hidden, out_features, act)
                 self._local_steps.append(step)
         self.nets = nets
@@ -328,7 +328,7 @@ class AmortizedGuide(PyroModule):
             q = family_distribution(info, self._support(info, env), family.parameters_of(info),
                                     family.flow)
             sites[step.latent] = env[step.latent] = pyro.sample(step.latent, q)
-        subsample = torch.arange(n_batch, device=lowered._anchor.device)
+        subsample = torch.arange(n_batch, device=lowered.device)
         with pyro.plate(PLATE_NAME, size=total, subsample=subsample):
             for step in self._local_steps:
                 raw = self.nets[self._net_keys[step.latent]](self._features(step, env))
@@ -348,9 +348,9 @@ class AmortizedGuide(PyroModule):
         return self._features(self.plan.step(latent), env)
 
     def _features(self, step, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        dtype = self._lowered._anchor.dtype
+        dtype = self._lowered.dtype
         if not step.inputs:
-            return torch.zeros(0, dtype=dtype, device=self._lowered._anchor.device)
+            return torch.zeros(0, dtype=dtype, device=self._lowered.device)
         parts = []
         for name in step.inputs:
             if name not in env:

@@ -122,7 +122,7 @@ def concat_features(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tens
     return torch.cat([p.expand(*batch, p.shape[-1]) for p in parts], dim=-1)
 
 
-def _safe_attribute(container: nn.Module, name: str) -> str:
+def safe_attribute(container: nn.Module, name: str) -> str:
     """`name`, or `name` with underscores appended while it would shadow a module attribute
     (a model may call a variable `training` or `eval`)."""
     key = name
@@ -139,7 +139,7 @@ class ParamBank(PyroModule):
         self._keys: dict[str, str] = {}
 
     def add(self, name: str, init: torch.Tensor, constraint) -> None:
-        key = _safe_attribute(self, name)
+        key = safe_attribute(self, name)
         self._keys[name] = key
         setattr(self, key, PyroParam(init, constraint))
 
@@ -202,7 +202,7 @@ class LoweredModel(PyroModule):
         params = ParamBank()
         with seeded(seed):
             for net in ir.nets:
-                key = _safe_attribute(nets, net.name)
+                key = safe_attribute(nets, net.name)
                 net_keys[net.name] = key
                 nets[key] = build_net(net)
             for var in ir.variables:
@@ -217,6 +217,16 @@ class LoweredModel(PyroModule):
         self._net_keys = net_keys
         self.nets = nets
         self.params = params
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype values are computed in (follows `.double()`, `.to(...)`)."""
+        return self._anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device values are computed on."""
+        return self._anchor.device
 
     # ------------------------------------------------------------------ the model
 

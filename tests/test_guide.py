@@ -302,3 +302,22 @@ def test_a_discrete_global_is_refused():
         Draw("x", "Normal", (("loc", Ref("k", ())), ("scale", Lit(1.0, ()))))))
     with pytest.raises(DGMGuideError, match="global 'k' is discrete"):
         build_guide(ir, invert(build_graph(ir)), lower(ir))
+
+
+def test_a_latent_nothing_observed_depends_on_gets_a_learned_constant():
+    model = checked("""
+    model loose {
+        data x
+        latent u[2]
+        latent z
+        u ~ Normal(0, 1)
+        z ~ Normal(u[0], 1)
+        x ~ Normal(0, 1)
+    }""")
+    assert model.plan.step("z").inputs == ()
+    lowered, guide = compiled(model)
+    values = guide({"x": torch.zeros(4)})
+    assert values["z"].shape == (4,) and values["u"].shape == (4, 2)
+    with pyro.settings.context(module_local_params=True):
+        loss = elbo_for(model.ir, model.plan)(lowered, guide)({"x": torch.zeros(4)})
+    assert math.isfinite(loss.item())
