@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -58,8 +58,8 @@ from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMDataError, DGMGuideError
 from dgmlang.lower import (
-    PLATE_NAME, LoweredModel, concat_features, flatten_event, initial_value, pyro_class,
-    safe_attribute,
+    PLATE_NAME, LoweredModel, all_expressions, concat_features, draw_expressions, flatten_event,
+    pyro_class, safe_attribute, walk,
 )
 from dgmlang.nets import FlatMLP, POSITIVE_FLOOR, seeded
 
@@ -300,7 +300,7 @@ class AmortizedGuide(PyroModule):
             draw = self.ir.draw(name)
             if draw.dist == "Categorical":
                 return self._classes(draw)
-        for expr in _all_expressions(self.ir):
+        for expr in all_expressions(self.ir):
             if (isinstance(expr, irm.BuiltinCall) and expr.func == "onehot"
                     and isinstance(expr.args[0], irm.Ref) and expr.args[0].name == name
                     and isinstance(expr.args[1], irm.Lit)):
@@ -403,43 +403,12 @@ def _split_raw(info: LatentShape, raw: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loc": loc, "scale": nn.functional.softplus(scale) + POSITIVE_FLOOR}
 
 
-def _walk(exprs) -> Iterator[irm.IRExpr]:
-    """Every sub-expression of `exprs` (depth first, iteratively)."""
-    stack = list(exprs)[::-1]
-    while stack:
-        e = stack.pop()
-        yield e
-        children: list = []
-        if isinstance(e, irm.Binary):
-            children = [e.left, e.right]
-        elif isinstance(e, irm.Unary):
-            children = [e.operand]
-        elif isinstance(e, irm.IndexExpr):
-            children = [e.value, *(i for i in e.items if not isinstance(i, irm.SliceItem))]
-        elif isinstance(e, irm.Stack):
-            children = list(e.items)
-        elif isinstance(e, (irm.BuiltinCall, irm.NetCall)):
-            children = list(e.args)
-        stack.extend(reversed(children))
-
-
-def _draw_expressions(draw: irm.Draw) -> list[irm.IRExpr]:
-    return [value for _, value in draw.params] + ([draw.packed] if draw.packed else [])
-
-
-def _all_expressions(ir: irm.ModelIR) -> Iterator[irm.IRExpr]:
-    for draw in ir.draws:
-        yield from _walk(_draw_expressions(draw))
-    for let in ir.lets:
-        yield from _walk([let.value])
-
-
 def _depends_on(exprs, name: str, lets: dict[str, irm.LetDef]) -> bool:
     """Whether `exprs` read `name`, directly or through `let`s."""
     seen: set[str] = set()
     pending = list(exprs)
     while pending:
-        for e in _walk([pending.pop()]):
+        for e in walk([pending.pop()]):
             if isinstance(e, irm.Ref):
                 if e.name == name:
                     return True
@@ -461,7 +430,7 @@ def guide_hidden(ir: irm.ModelIR, latent: str) -> tuple[tuple[int, ...], str]:
     nets = {net.name: net for net in ir.nets}
     mirrored: tuple[tuple[int, ...], str] | None = None
     for draw in ir.draws:
-        for e in _walk(_draw_expressions(draw)):
+        for e in walk(draw_expressions(draw)):
             if isinstance(e, irm.NetCall) and _depends_on(e.args, latent, lets):
                 net = nets[e.net]
                 hidden = tuple(reversed(net.hidden)) if net.kind == "mlp" else DECONV_GUIDE_HIDDEN

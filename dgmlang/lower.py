@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -40,7 +40,7 @@ from dgmlang.errors import (
     DGMDataError, DGMGuideError, DGMTypeError, DGMUsageError, did_you_mean,
 )
 from dgmlang.graph import build_graph, topological_order
-from dgmlang.nets import build_net, seeded, to_constraint
+from dgmlang.nets import HEAD_CONSTRAINTS, build_net, seeded, to_constraint
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
 MAX_PLATE_NESTING = 1
@@ -122,6 +122,39 @@ def concat_features(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tens
     return torch.cat([p.expand(*batch, p.shape[-1]) for p in parts], dim=-1)
 
 
+def walk(exprs) -> Iterator[irm.IRExpr]:
+    """Every sub-expression of `exprs` (depth first, iteratively)."""
+    stack = list(exprs)[::-1]
+    while stack:
+        e = stack.pop()
+        yield e
+        children: list = []
+        if isinstance(e, irm.Binary):
+            children = [e.left, e.right]
+        elif isinstance(e, irm.Unary):
+            children = [e.operand]
+        elif isinstance(e, irm.IndexExpr):
+            children = [e.value, *(i for i in e.items if not isinstance(i, irm.SliceItem))]
+        elif isinstance(e, irm.Stack):
+            children = list(e.items)
+        elif isinstance(e, (irm.BuiltinCall, irm.NetCall)):
+            children = list(e.args)
+        stack.extend(reversed(children))
+
+
+def draw_expressions(draw: irm.Draw) -> list[irm.IRExpr]:
+    """The argument expressions of a draw (the packed network call included)."""
+    return [value for _, value in draw.params] + ([draw.packed] if draw.packed else [])
+
+
+def all_expressions(ir: irm.ModelIR) -> Iterator[irm.IRExpr]:
+    """Every sub-expression of every draw and let of `ir`."""
+    for draw in ir.draws:
+        yield from walk(draw_expressions(draw))
+    for let in ir.lets:
+        yield from walk([let.value])
+
+
 def safe_attribute(container: nn.Module, name: str) -> str:
     """`name`, or `name` with underscores appended while it would shadow a module attribute
     (a model may call a variable `training` or `eval`)."""
@@ -196,6 +229,7 @@ class LoweredModel(PyroModule):
             if name not in self._draws:
                 raise DGMTypeError(f"'{name}' has no distribution", self._variables[name].span)
             self._check_enumerable(name)
+        _check_heads(ir)
 
         net_keys: dict[str, str] = {}
         nets = nn.ModuleDict()
@@ -485,6 +519,17 @@ class LoweredModel(PyroModule):
         parts = [flatten_event(self.evaluate(a, env), len(a.shape)) for a in call.args]
         features = concat_features(parts, self._anchor.dtype)
         return self.nets[self._net_keys[call.net]](features)
+
+
+def _check_heads(ir: irm.ModelIR) -> None:
+    """Every network output must map onto a constraint a head exists for (not an integer)."""
+    for expr in all_expressions(ir):
+        if isinstance(expr, irm.NetCall) and expr.constraint not in HEAD_CONSTRAINTS:
+            to_constraint(torch.zeros(()), expr.constraint, span=expr.span)
+    for draw in ir.draws:
+        for packed in draw.packed_params:
+            if packed.constraint not in HEAD_CONSTRAINTS:
+                to_constraint(torch.zeros(()), packed.constraint, span=draw.packed.span)
 
 
 def _take(value: torch.Tensor, n_batch: int, dim: int, index: torch.Tensor) -> torch.Tensor:

@@ -487,3 +487,15 @@ def test_a_vector_of_discrete_latents_cannot_be_summed_out():
     )
     with pytest.raises(DGMGuideError, match="only scalar discrete latents"):
         lower(ir)
+
+
+def test_a_network_feeding_an_integer_parameter_fails_at_build_time():
+    ir = ModelIR(
+        "counts", (Variable("z", "latent", (2,)), Variable("x", "data", (), "int")),
+        (Draw("z", "Normal", (("loc", Lit(0.0, ())), ("scale", Lit(1.0, ())))),
+         Draw("x", "Binomial", (("total_count", NetCall("f", (Ref("z", (2,)),), (), "nonneg_int")),
+                                ("probs", Lit(0.5, ()))))),
+        nets=(Net("f", "mlp", (2,), 1, (), hidden=(4,)),),
+    )
+    with pytest.raises(DGMTypeError, match="cannot produce a value constrained to be 'nonneg_int'"):
+        lower(ir)
