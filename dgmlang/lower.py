@@ -179,8 +179,8 @@ class ParamBank(PyroModule):
     def value(self, name: str) -> torch.Tensor:
         return getattr(self, self._keys[name])
 
-    def names(self) -> list[str]:
-        return list(self._keys)
+    def __contains__(self, name: str) -> bool:
+        return name in self._keys
 
 
 def initial_value(shape: tuple[int, ...], constraint) -> torch.Tensor:
@@ -278,6 +278,9 @@ class LoweredModel(PyroModule):
         total = n_batch if size is None else int(size)
         if total < n_batch:
             raise DGMUsageError(f"size={total} is smaller than the batch ({n_batch} points)")
+        for name in mask:
+            if name not in batch or name not in self.ir.names("data"):
+                raise DGMDataError(f"mask for '{name}', which is not observed data in the batch")
         env: dict[str, torch.Tensor] = {}
         for name in self.input_names:
             if name not in batch:
@@ -294,6 +297,11 @@ class LoweredModel(PyroModule):
                     obs = self.as_value(name, batch[name], n_batch)
                     if name in mask:
                         observed = torch.as_tensor(mask[name], device=obs.device).bool()
+                        if observed.shape != obs.shape:
+                            raise DGMDataError(
+                                f"the mask of '{name}' should be shaped {list(obs.shape)}, "
+                                f"not {list(observed.shape)}"
+                            )
                 sites[name] = env[name] = self._sample_site(name, env, obs, observed)
         return sites
 
@@ -422,7 +430,7 @@ class LoweredModel(PyroModule):
             value = env[name] = torch.as_tensor(
                 self._consts[name].value, dtype=self._anchor.dtype, device=self._anchor.device
             )
-        elif name in self.params._keys:
+        elif name in self.params:
             value = env[name] = self.params.value(name)
         else:
             raise DGMDataError(f"no value for '{name}' here", expr.span)

@@ -462,6 +462,15 @@ def test_mask_keeps_only_observed_entries_in_the_likelihood():
     assert torch.allclose(log_p, expected)
 
 
+def test_masks_must_fit_observed_data():
+    lowered = lower(corpus("ppca").ir)
+    x = torch.zeros(3, 3)
+    with pytest.raises(DGMDataError, match="mask for 'z'"):
+        lowered({"x": x}, mask={"z": torch.ones(3, 2, dtype=torch.bool)})
+    with pytest.raises(DGMDataError, match=r"the mask of 'x' should be shaped \[3, 3\]"):
+        lowered({"x": x}, mask={"x": torch.ones(3, dtype=torch.bool)})
+
+
 def test_missing_input_wrong_shape_and_inconsistent_sizes_are_data_errors():
     lowered = lower(corpus("digits_cvae").ir)
     with pytest.raises(DGMDataError, match="input 'y' is missing"):
