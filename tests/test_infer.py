@@ -1,0 +1,362 @@
+"""The user's object: fit, sample, invert, log_prob and checkpoints, as a user sees them."""
+import json
+import math
+import os
+
+import pyro
+import pytest
+import torch
+
+import dgmlang
+from dgmlang import infer
+from dgmlang.errors import DGMCheckpointError, DGMDataError, DGMTrainingError, DGMUsageError
+
+TINY = """
+model tiny {
+    param  mu[2]
+    data   x[2]
+    latent z[2]
+    z ~ Normal(0, 1)
+    x ~ Normal(z + mu, 0.5)
+}
+"""
+MEAN = """
+model mean {
+    param mu
+    data  x
+    x ~ Normal(mu, 1)
+}
+"""
+COND = """
+model cond {
+    input  k : int
+    data   x[2]
+    latent z
+    z ~ Normal(0, 1)
+    x ~ Normal(mlp(z, onehot(k, 3), hidden = [8]), 0.5)
+}
+"""
+LINREG = """
+model linreg {
+    input  u[3]
+    data   y
+    global w[3]
+    global b
+    w ~ Normal(0, 1)
+    b ~ Normal(0, 10)
+    y ~ Normal(dot(w, u) + b, 0.5)
+}
+"""
+# The discrete y is a parent of x beside z, so z's guide needs it: y is enumerated in the guide.
+SEMI = """
+model semi {
+    data   x[2]
+    latent y
+    latent z[2]
+    y ~ Categorical(logits = zeros(3))
+    z ~ Normal(0, 1)
+    x ~ Normal(mlp(z, onehot(y, 3), hidden = [8]), 0.5)
+}
+"""
+
+
+def data_of(m, n=20, seed=0):
+    """`n` data points drawn from `m` (a model without inputs)."""
+    drawn = m.sample(n, seed=seed)
+    return {name: drawn[name] for name in m.ir.names("data")}
+
+
+def state(m):
+    return {k: v.clone() for k, v in {**m.model.state_dict(), **m.guide.state_dict()}.items()}
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_fit_counts_steps_and_handles_the_last_partial_batch(monkeypatch):
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 10)["x"]
+    rows = []
+    forward = m.guide.forward
+    monkeypatch.setattr(m.guide, "forward", lambda batch, **kw: rows.append(len(batch["x"])) or forward(batch, **kw))
+    losses = m.fit(x, epochs=2, batch_size=4, seed=0, progress=False)
+    assert len(losses) == 6 and rows == [4, 4, 2, 4, 4, 2]
+    assert m.history["loss"] == losses and m.fitted
+    assert len(m.fit(x, steps=5, batch_size=4, progress=False)) == 5
+    assert len(m.history["loss"]) == 11  # history accumulates over calls
+
+
+def test_default_is_200_epochs():
+    m = dgmlang.compile(MEAN)
+    assert len(m.fit(torch.zeros(3), batch_size=2, progress=False)) == 400
+
+
+def test_loss_is_per_data_point_with_the_minibatch_scaled_by_n_over_b():
+    m = dgmlang.compile(MEAN)
+    mu = float(m.model.params.value("mu").detach())
+    x = torch.full((12,), 2.0)
+    for batch_size in (3, 12):
+        loss = dgmlang.compile(MEAN).fit(x, steps=1, batch_size=batch_size, lr=1e-6, progress=False)[0]
+        exact = -torch.distributions.Normal(mu, 1.0).log_prob(torch.tensor(2.0))
+        assert loss == pytest.approx(float(exact), rel=1e-5)
+
+
+def test_fit_learns_and_is_reproducible_under_a_seed():
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0)) + 3.0
+    first = dgmlang.compile(MEAN)
+    losses = first.fit(x, steps=150, batch_size=16, lr=0.1, seed=3, progress=False)
+    again = dgmlang.compile(MEAN).fit(x, steps=150, batch_size=16, lr=0.1, seed=3, progress=False)
+    assert losses == again
+    assert float(first.model.params.value("mu").detach()) == pytest.approx(float(x.mean()), abs=0.1)
+
+
+def test_validation_is_scored_every_epoch(capsys):
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 12)["x"]
+    m.fit(x, epochs=3, batch_size=5, validation={"x": x[:4]}, seed=0, progress=True)
+    assert len(m.history["validation"]) == 3 and all(math.isfinite(v) for v in m.history["validation"])
+    assert "loss=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"epochs": 1, "steps": 1}, "epochs or steps, not both"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"num_particles": 1.5}, "num_particles must be a positive integer"),
+        ({"lr": -1.0}, "lr must be a positive number"),
+        ({"objective": "elbow"}, "unknown objective 'elbow'"),
+    ],
+)
+def test_fit_option_mistakes(options, message):
+    with pytest.raises(DGMUsageError, match=message):
+        dgmlang.compile(MEAN).fit(torch.zeros(4), progress=False, **options)
+
+
+def test_bad_data_is_refused_before_training():
+    m = dgmlang.compile(TINY)
+    before = state(m)
+    with pytest.raises(DGMDataError, match="row 1, column 0 is NaN"):
+        m.fit(torch.tensor([[0.0, 0.0], [float("nan"), 1.0]]), steps=1, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in state(m).items()) and not m.fitted
+
+
+def bomb(m, monkeypatch, make_value, after_calls: int):
+    """Make the model add `make_value()` to its log density from call `after_calls` on."""
+    calls = []
+    forward = m.model.forward
+
+    def patched(batch=None, **kw):
+        out = forward(batch, **kw)
+        calls.append(1)
+        if len(calls) > after_calls:
+            pyro.factor("bomb", make_value())
+        return out
+
+    monkeypatch.setattr(m.model, "forward", patched)
+
+
+def test_an_infinite_loss_stops_training_naming_the_step_and_keeps_the_last_good_parameters(monkeypatch):
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 8)["x"]
+    bomb(m, monkeypatch, lambda: torch.tensor(-math.inf), after_calls=3)
+    losses = m.fit(x, steps=3, batch_size=4, seed=0, progress=False)
+    good = state(m)
+    with pytest.raises(DGMTrainingError, match="training stopped at step 1: the loss is (nan|inf)") as info:
+        m.fit(x, steps=5, batch_size=4, seed=0, progress=False)
+    assert "keeps the parameters from before this step" in str(info.value)
+    assert all(torch.equal(good[k], v) for k, v in state(m).items())
+    assert m.history["loss"] == losses
+
+
+def test_a_nan_gradient_stops_training_too(monkeypatch):
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 8)["x"]
+    good = state(m)
+    bomb(m, monkeypatch, lambda: (m.model.params.value("mu") * 0.0).sqrt().sum(), after_calls=1)
+    with pytest.raises(DGMTrainingError, match="step 2: the gradient of model.params.mu_unconstrained is not finite"):
+        m.fit(x, steps=3, batch_size=8, seed=0, progress=False)
+    assert not all(torch.equal(good[k], v) for k, v in state(m).items())  # step 1 did update
+    assert all(torch.isfinite(v).all() for v in state(m).values())
+
+
+def test_iwae_objective_trains_and_refuses_a_model_it_cannot_serve():
+    m = dgmlang.compile(TINY)
+    losses = m.fit(data_of(m, 16)["x"], steps=5, batch_size=8, num_particles=4, objective="iwae",
+                   seed=0, progress=False)
+    assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
+    semi = dgmlang.compile(SEMI)
+    with pytest.raises(DGMUsageError, match="latent 'y': it is a discrete latent enumerated in the guide"):
+        semi.fit(data_of(semi, 8)["x"], steps=1, objective="iwae", progress=False)
+
+
+def test_pyro_param_store_plays_no_part():
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 8)["x"]
+    m.fit(x, steps=2, progress=False)
+    other = dgmlang.compile(TINY)
+    before = state(m)
+    pyro.clear_param_store()
+    other.fit(x, steps=3, lr=0.1, progress=False)
+    m.fit(x, steps=1, lr=1e-9, progress=False)
+    assert all(torch.allclose(before[k], v, atol=1e-6) for k, v in state(m).items())
+
+
+# ---------------------------------------------------------------- sample
+
+
+def test_sample_shapes_inputs_and_seeds():
+    m = dgmlang.compile(COND)
+    out = m.sample(5, {"k": 2}, seed=1)
+    assert set(out) == {"x", "z"} and out["x"].shape == (5, 2) and out["z"].shape == (5,)
+    assert torch.equal(out["x"], m.sample(5, {"k": torch.full((5,), 2)}, seed=1)["x"])
+    assert not torch.equal(out["x"], m.sample(5, {"k": 2}, seed=2)["x"])
+    state_before = torch.random.get_rng_state()
+    m.sample(5, {"k": 2}, seed=1)
+    assert torch.equal(state_before, torch.random.get_rng_state())  # a seed leaves the global stream alone
+    with pytest.raises(DGMDataError, match="no values for the input"):
+        m.sample(5)
+    with pytest.raises(DGMUsageError, match="n must be a positive integer"):
+        m.sample(0, {"k": 1})
+
+
+def test_sample_draws_globals_from_the_prior_before_fitting_and_the_guide_after():
+    m = dgmlang.compile(LINREG)
+    u = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    prior = torch.stack([m.sample(1, {"u": u[:1]}, seed=s)["b"] for s in range(200)])
+    assert 6.0 < float(prior.std()) < 14.0  # b ~ Normal(0, 10)
+    y = u @ torch.tensor([1.0, -1.0, 0.5]) + 2.0
+    m.fit({"u": u, "y": y}, steps=300, batch_size=200, lr=0.05, seed=0, progress=False)
+    out = m.sample(4, {"u": u[:4]}, seed=0)
+    assert out["w"].shape == (3,) and out["b"].shape == () and out["y"].shape == (4,)
+    posterior = torch.stack([m.sample(1, {"u": u[:1]}, seed=s)["b"] for s in range(50)])
+    assert float(posterior.std()) < 1.0 and abs(float(posterior.mean()) - 2.0) < 0.5
+
+
+# ---------------------------------------------------------------- invert and log_prob
+
+
+def test_invert_shapes_and_observed_entries_kept():
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 6)["x"]
+    out = m.invert(x, num_samples=7, seed=0)
+    assert out["z"].shape == (7, 6, 2) and out["x"].shape == (7, 6, 2)
+    assert torch.equal(out["x"], x.expand(7, 6, 2))
+    partial = x.clone()
+    partial[1, 0] = float("nan")
+    mask = {"x": torch.ones(6, 2, dtype=torch.bool)}
+    mask["x"][4, 1] = False
+    out = m.invert(partial, mask=mask, num_samples=7, seed=0)
+    filled = out["x"]
+    assert torch.isfinite(filled).all() and filled[:, 1, 0].std() > 0 and filled[:, 4, 1].std() > 0
+    keep = torch.ones(6, 2, dtype=torch.bool)
+    keep[1, 0] = keep[4, 1] = False
+    assert torch.equal(filled[:, keep], x[keep].expand(7, -1))
+    assert torch.equal(filled, m.invert(partial, mask=mask, num_samples=7, seed=0)["x"])
+
+
+def test_invert_with_globals_and_inputs():
+    m = dgmlang.compile(LINREG)
+    u = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1.0, float("nan"), 0.0, 2.0, float("nan")])
+    out = m.invert({"u": u, "y": y}, num_samples=4, seed=0)
+    assert out["w"].shape == (4, 3) and out["b"].shape == (4,) and out["y"].shape == (4, 5)
+    assert torch.isfinite(out["y"]).all() and torch.equal(out["y"][:, 0], torch.ones(4))
+
+
+def test_invert_and_log_prob_with_a_latent_enumerated_in_the_guide():
+    m = dgmlang.compile(SEMI)
+    x = data_of(m, 4)["x"]
+    m.fit(x, steps=2, progress=False)
+    out = m.invert(x, num_samples=6, seed=0)
+    assert out["y"].shape == (6, 4) and out["z"].shape == (6, 4, 2)
+    assert set(out["y"].unique().tolist()) <= {0, 1, 2}
+    assert torch.isfinite(m.log_prob(x, num_samples=20, seed=0)).all()
+
+
+def test_log_prob_is_per_point_reproducible_and_scores_outliers_low():
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 50)["x"]
+    m.fit(x, steps=100, batch_size=50, lr=0.05, seed=0, progress=False)
+    scores = m.log_prob(torch.cat([x[:3], torch.tensor([[40.0, -40.0]])]), num_samples=100, seed=0)
+    assert scores.shape == (4,) and torch.isfinite(scores).all()
+    assert float(scores[3]) < float(scores[:3].min()) - 100
+    assert torch.equal(m.log_prob(x[:3], num_samples=100, seed=0), m.log_prob(x[:3], num_samples=100, seed=0))
+
+
+def test_log_prob_refuses_missing_entries():
+    m = dgmlang.compile(TINY)
+    with pytest.raises(DGMDataError, match="is NaN"):
+        m.log_prob(torch.tensor([[0.0, float("nan")]]))
+
+
+def test_log_prob_matches_the_exact_marginal_whatever_the_chunks(monkeypatch):
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 64)["x"]
+    m.fit(x, steps=300, batch_size=64, lr=0.03, seed=0, progress=False)
+    x = x[:6]
+    mu = m.model.params.value("mu").detach()
+    exact = torch.distributions.Normal(mu, math.sqrt(1.25)).log_prob(x).sum(-1)  # x = z + mu + noise
+    assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
+    monkeypatch.setattr(infer, "CHUNK_CELLS", 700)  # 1 point and 700 particles at a time
+    assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_save_is_atomic_and_keeps_history(tmp_path):
+    m = dgmlang.compile(TINY)
+    m.fit(data_of(m, 8)["x"], steps=3, progress=False)
+    path = tmp_path / "tiny.pt"
+    m.save(path)
+    m.save(path)  # overwriting works too
+    assert os.listdir(tmp_path) == ["tiny.pt"]
+    loaded = dgmlang.load_fitted(path)
+    assert loaded.fitted and loaded.history == m.history and loaded.guide_plan == m.guide_plan
+    assert loaded.source == TINY
+    assert not dgmlang.load_fitted(_saved(dgmlang.compile(TINY), tmp_path / "new.pt")).fitted
+
+
+def _saved(m, path):
+    m.save(path)
+    return path
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(DGMCheckpointError, match="no checkpoint file"):
+        dgmlang.load_fitted(tmp_path / "nothing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(DGMCheckpointError, match="is not a dgmlang checkpoint"):
+        dgmlang.load_fitted(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(DGMCheckpointError, match="unexpected contents"):
+        dgmlang.load_fitted(tmp_path / "other.pt")
+
+
+def _rewrite(path, change):
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+
+
+def test_a_newer_format_is_refused_clearly(tmp_path):
+    path = _saved(dgmlang.compile(TINY), tmp_path / "m.pt")
+
+    def newer(payload):
+        meta = json.loads(payload["metadata"])
+        meta["format_version"] = infer.FORMAT_VERSION + 1
+        payload["metadata"] = json.dumps(meta)
+
+    _rewrite(path, newer)
+    with pytest.raises(DGMCheckpointError, match=f"format {infer.FORMAT_VERSION + 1}") as info:
+        dgmlang.load_fitted(path)
+    assert "upgrade dgmlang" in str(info.value)
+
+
+def test_parameters_that_do_not_fit_the_source_are_refused(tmp_path):
+    path = _saved(dgmlang.compile(TINY), tmp_path / "m.pt")
+    _rewrite(path, lambda p: p.__setitem__("source", TINY.replace("mu", "nu")))
+    with pytest.raises(DGMCheckpointError, match="do not fit model 'tiny'"):
+        dgmlang.load_fitted(path)
