@@ -121,6 +121,11 @@ def _open_run(run: Path):
     if not run.exists():
         raise DGMUsageError(f"no run folder or checkpoint at {run}",
                             hint="give the folder written by dgm fit (--out), or its model.dgmfit")
+    with run.open("rb") as file:
+        is_archive = file.read(4) == b"PK\x03\x04"  # torch.save's zip format
+    if not is_archive:
+        raise DGMUsageError(f"{run} is not a dgmlang checkpoint",
+                            hint="give the run folder written by dgm fit (--out), or its model.dgmfit")
     return load_fitted(run), None, {}
 
 

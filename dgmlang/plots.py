@@ -202,8 +202,7 @@ def completion_grid(observed, completed, out: str | Path, *, shape: tuple[int, i
     if truth is not None:
         rows.append(("truth", np.asarray(truth, dtype=float).reshape(-1, *shape)[:max_columns]))
     high = vmax if vmax is not None else max(float(np.nanmax(r if not np.ma.isMA(r) else r.filled(0))) for _, r in rows)
-    cmap = plt.get_cmap("gray_r").copy()
-    cmap.set_bad("#d62728")
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="#d62728")
     n = len(observed)
     fig, axes = plt.subplots(len(rows), n, figsize=(1.05 * n + 0.9, 1.1 * len(rows) + (0.4 if title else 0.1)),
                              squeeze=False)
@@ -217,6 +216,40 @@ def completion_grid(observed, completed, out: str | Path, *, shape: tuple[int, i
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
+
+
+def completion_vectors(observed, completed, std, out: str | Path, *, mask, name: str, truth=None,
+                       max_rows: int = 6) -> Path:
+    """Inversion results for non-image data: one panel per data point (the first `max_rows`),
+    each coordinate's observed value (black dot), its completion where missing (posterior
+    mean +- 2 std, blue) and the truth when given (red cross). Arrays are (n, d)."""
+    import numpy as np
+
+    plt = _pyplot()
+    observed, completed, std = (np.asarray(a, dtype=float) for a in (observed, completed, std))
+    mask = np.asarray(mask, dtype=bool)
+    rows = min(len(completed), max_rows)
+    d = completed.shape[1]
+    fig, axes = plt.subplots(rows, 1, figsize=(max(4.0, 0.5 * d + 2), 1.6 * rows + 0.4), squeeze=False, sharex=True)
+    coords = np.arange(d)
+    for r in range(rows):
+        ax = axes[r, 0]
+        seen, hidden = mask[r], ~mask[r]
+        ax.plot(coords[seen], observed[r, seen], "o", color="black", ms=5, label="observed")
+        ax.errorbar(coords[hidden], completed[r, hidden], yerr=2 * std[r, hidden], fmt="s", color="C0", ms=5,
+                    capsize=3, label="completed (mean +- 2 std)")
+        if truth is not None:
+            ax.plot(coords[hidden], np.asarray(truth, dtype=float)[r, hidden], "x", color="C3", ms=7, mew=2,
+                    label="truth")
+        ax.set_ylabel(f"row {r}", fontsize=8)
+    axes[-1, 0].set_xticks(coords)
+    axes[-1, 0].set_xticklabels([f"{name}[{i}]" if d > 1 else name for i in coords], fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)

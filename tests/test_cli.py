@@ -1,0 +1,310 @@
+"""The `dgm` command as a user meets it: fit writes a run folder, sample/invert/score read it,
+every command has --help, and a user's mistake exits 1 with the message and no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgmlang.cli import CHECKPOINT, main
+
+TINY = """
+# A 4x4-pixel conditional VAE, small enough to fit in a test.
+model tiny {
+    input  y : int
+    data   x[16]
+    latent z[2]
+    z ~ Normal(0, 1)
+    x ~ Binomial(4, logits = mlp(z, onehot(y, 3), hidden = [8]))
+}
+"""
+
+PPCA = """
+model ppca {
+    const W = [[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]]
+    data   x[3]
+    latent z[2]
+    z ~ Normal(0, 1)
+    x ~ Normal(matmul(W, z), 0.1)
+}
+"""
+
+LINREG = """
+model linreg {
+    input  u[3]
+    data   y
+    global w[3]
+    global b
+    w ~ Normal(0, 1)
+    b ~ Normal(0, 10)
+    y ~ Normal(dot(w, u) + b, 0.5)
+}
+"""
+
+
+def dgm(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def run_dgm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`dgm` in a fresh interpreter, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dgmlang.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    (root / "tiny.dgm").write_text(TINY)
+    (root / "ppca.dgm").write_text(PPCA)
+    (root / "linreg.dgm").write_text(LINREG)
+    y = rng.integers(0, 3, size=48)
+    x = rng.binomial(4, 0.2 + 0.3 * (np.arange(16) % 3 == y[:, None]))
+    np.savez(root / "tiny.npz", x=x, y=y)
+    z = rng.normal(size=(40, 2))
+    np.savez(root / "ppca.npz", x=z @ np.array([[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]]).T + 0.1 * rng.normal(size=(40, 3)))
+    u = rng.normal(size=(30, 3))
+    header = "u[0],u[1],u[2],y\n"
+    rows = "\n".join(",".join(f"{v:.4f}" for v in (*row, row @ [1.0, -2.0, 0.5] + 1)) for row in u)
+    (root / "linreg.csv").write_text(header + rows + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(workdir) -> Path:
+    out = workdir / "runs" / "tiny"
+    assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--steps", 4, "--batch-size", 16,
+               "--out", out, "-q") == 0
+    return out
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_fit_writes_a_complete_run_folder(tiny_run, capsys):
+    import dgmlang
+
+    names = {p.name for p in tiny_run.iterdir()}
+    assert names == {CHECKPOINT, "loss.csv", "loss.png", "samples.png", "train_scores.csv", "run.json"}
+    info = json.loads((tiny_run / "run.json").read_text())
+    assert info["model"] == "tiny" and info["steps"] == 4 and info["rows"] == 48 and not info["interrupted"]
+    scores = np.loadtxt(tiny_run / "train_scores.csv", delimiter=",", skiprows=1)
+    assert scores.shape == (48, 2)
+    assert info["score"]["threshold"] == pytest.approx(np.quantile(scores[:, 1], 0.01), rel=1e-5)
+    losses = np.loadtxt(tiny_run / "loss.csv", delimiter=",", skiprows=1)
+    fitted = dgmlang.load_fitted(tiny_run / CHECKPOINT)
+    assert fitted.fitted and losses.shape == (4, 2)
+    np.testing.assert_allclose(losses[:, 1], fitted.history["loss"], rtol=1e-5)
+
+
+def test_fit_takes_a_csv_with_globals_and_a_default_run_folder(workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    assert dgm("fit", "linreg.dgm", "--data", "linreg.csv", "--steps", 3, "-q") == 0
+    assert (workdir / "runs" / "linreg" / CHECKPOINT).is_file()
+    assert "wrote runs/linreg/" in capsys.readouterr().out
+
+
+def test_fit_refuses_bad_data_before_training(workdir, capsys):
+    np.savez(workdir / "bad.npz", x=np.full((4, 16), 5), y=np.zeros(4, dtype=int))
+    assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "bad.npz", "--out", workdir / "runs" / "bad") == 1
+    err = capsys.readouterr().err
+    assert f"{workdir / 'bad.npz'}: data variable 'x' (Binomial): row 0, column 0 holds 5, outside its support" in err
+    assert not (workdir / "runs" / "bad").exists()
+
+
+# ---------------------------------------------------------------- sample
+
+
+def test_sample_writes_png_npz_and_csv(tiny_run, tmp_path, capsys):
+    outs = [tmp_path / "s.png", tmp_path / "s.npz", tmp_path / "s.csv"]
+    assert dgm("sample", tiny_run, "-n", 6, "--input", "y=2", *sum((["-o", o] for o in outs), [])) == 0
+    with np.load(outs[1]) as archive:
+        assert archive["x"].shape == (6, 16) and archive["z"].shape == (6, 2) and archive["y"].tolist() == [2] * 6
+    header = outs[2].read_text().splitlines()[0].split(",")
+    assert header[:2] == ["x[0]", "x[1]"] and "z[1]" in header and header[-1] == "y"
+    assert outs[0].stat().st_size > 1000
+
+
+def test_sample_inputs_from_a_file_set_the_number_of_rows(tiny_run, workdir, tmp_path):
+    assert dgm("sample", tiny_run, "--inputs", workdir / "tiny.npz", "-o", tmp_path / "s.npz") == 0
+    with np.load(tmp_path / "s.npz") as archive:
+        assert archive["x"].shape == (48, 16)
+
+
+def test_sample_with_globals_notes_them_in_csv(workdir, tmp_path, capsys):
+    run = workdir / "runs" / "linreg"
+    if not run.exists():
+        assert dgm("fit", workdir / "linreg.dgm", "--data", workdir / "linreg.csv", "--steps", 2, "--out", run, "-q") == 0
+    assert dgm("sample", run, "-n", 5, "--input", "u=1,0,-1", "-o", tmp_path / "d.csv", "-o", tmp_path / "d.npz") == 0
+    assert "globals w, b are one value per draw" in capsys.readouterr().err
+    with np.load(tmp_path / "d.npz") as archive:
+        assert archive["w"].shape == (3,) and archive["y"].shape == (5,) and archive["u"].shape == (5, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "yy=2", "-n", 3], "the model has no input 'yy'; its inputs are y\n    hint: did you mean 'y'?"),
+    (["--input", "y", "-n", 3], "expected NAME=VALUE"),
+    (["--input", "y=two", "-n", 3], "'two' is not a number"),
+    (["--input", "y=1.5", "-n", 3], "input 'y' (int) holds whole numbers but has floating dtype"),
+    (["--input", "y=2"], "how many samples? give -n N"),
+    (["-n", 3], "sample: no values for the input(s) 'y'"),
+])
+def test_sample_mistakes(tiny_run, tmp_path, capsys, args, message):
+    assert dgm("sample", tiny_run, *args, "-o", tmp_path / "s.npz") == 1
+    assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- invert
+
+
+def test_invert_completes_missing_pixels_and_reports_the_error(tiny_run, workdir, tmp_path, capsys):
+    with np.load(workdir / "tiny.npz") as archive:
+        x, y = archive["x"][:5], archive["y"][:5]
+    partial = x.astype(float)
+    partial[:, 8:] = np.nan
+    np.savez(tmp_path / "partial.npz", x=partial, y=y)
+    mask = np.ones_like(x, dtype=bool)
+    mask[:, 0] = False
+    np.savez(tmp_path / "mask.npz", x=mask)
+    np.savez(tmp_path / "truth.npz", x=x, y=y)
+    outs = [tmp_path / "post.npz", tmp_path / "post.csv", tmp_path / "post.png"]
+    assert dgm("invert", tiny_run, "--data", tmp_path / "partial.npz", "--mask", tmp_path / "mask.npz",
+               "--truth", tmp_path / "truth.npz", "--num-samples", 8, "-q", *sum((["-o", o] for o in outs), [])) == 0
+    printed = capsys.readouterr().out
+    assert "x: 45 of 80 entries missing; posterior-mean completion RMSE on them" in printed
+    with np.load(outs[0]) as post:
+        assert post["z:mean"].shape == (5, 2) and post["z:std"].shape == (5, 2)
+        observed, completed = post["x:observed"], post["x:mean"]
+        assert observed.sum() == 35 and not observed[:, 0].any() and not observed[:, 8:].any()
+        np.testing.assert_array_equal(completed[observed], x[observed])  # observed entries are kept
+        assert ((completed >= 0) & (completed <= 4)).all()
+    assert outs[1].read_text().splitlines()[0].startswith("z:mean[0],z:mean[1],z:std[0]")
+
+
+def test_invert_draws_non_image_data_as_vectors_with_globals(workdir, tmp_path, capsys):
+    run = workdir / "runs" / "ppca"
+    assert dgm("fit", workdir / "ppca.dgm", "--data", workdir / "ppca.npz", "--steps", 3, "--out", run, "-q") == 0
+    with np.load(workdir / "ppca.npz") as archive:
+        x = archive["x"][:4].copy()
+    x[:, 1] = np.nan
+    np.savez(tmp_path / "p.npz", x=x)
+    assert dgm("invert", run, "--data", tmp_path / "p.npz", "--num-samples", 5, "-o", tmp_path / "p.png",
+               "-o", tmp_path / "p.npz", "--keep-samples", "-q") == 0
+    with np.load(tmp_path / "p.npz") as post:
+        assert post["z:samples"].shape == (5, 4, 2) and np.isfinite(post["x:mean"]).all()
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_invert_mistakes(tiny_run, workdir, tmp_path, capsys):
+    np.save(tmp_path / "mask.npy", np.ones((3, 16)))
+    assert dgm("invert", tiny_run, "--data", workdir / "tiny.npz", "--mask", tmp_path / "mask.npy",
+               "-o", tmp_path / "o.npz") == 1
+    assert "the mask for 'x' has shape (3, 16) but the data has (48, 16)" in capsys.readouterr().err
+    assert dgm("invert", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "o.txt") == 1
+    assert "unknown output format '.txt'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- score
+
+
+def test_score_flags_rows_below_the_default_threshold(tiny_run, workdir, tmp_path, capsys):
+    corrupted = np.full((2, 16), 4)
+    with np.load(workdir / "tiny.npz") as archive:
+        x, y = archive["x"][:6], archive["y"][:6]
+    np.savez(tmp_path / "mixed.npz", x=np.concatenate([x, corrupted]), y=np.concatenate([y, [0, 1]]))
+    assert dgm("score", tiny_run, "--data", tmp_path / "mixed.npz", "-o", tmp_path / "scores.csv", "-q") == 0
+    table = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
+    threshold = json.loads((tiny_run / "run.json").read_text())["score"]["threshold"]
+    assert table.shape == (8, 3)
+    np.testing.assert_array_equal(table[:, 2], table[:, 1] < threshold)
+    assert table[6:, 1].max() < table[:6, 1].min()  # all-bright images are less likely than data
+    assert "1% quantile of the training log-likelihoods" in capsys.readouterr().out
+
+
+def test_score_threshold_as_a_number_or_a_quantile(tiny_run, workdir, tmp_path, capsys):
+    assert dgm("score", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "a.csv", "--threshold", "50%",
+               "-q") == 0
+    flagged = np.loadtxt(tmp_path / "a.csv", delimiter=",", skiprows=1)[:, 2].sum()
+    assert 10 <= flagged <= 38  # about half of the training rows (scores are re-estimated)
+    assert dgm("score", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "b.csv", "--threshold", "0",
+               "-q") == 0
+    assert np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1)[:, 2].all()
+    assert dgm("score", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "c.csv", "--threshold", "low") == 1
+    assert "expected a number (a log-likelihood) or a percentage" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- help and errors
+
+
+@pytest.mark.parametrize("command", [[], ["check"], ["graph"], ["fit"], ["sample"], ["invert"], ["score"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    assert "usage: dgm" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "absent.dgm", "--data", "digits"], "no such model file: absent.dgm"),
+    (["fit", "tiny.dgm", "--data", "bad.csv"], "bad.csv: line 2 has 1 cells but the header has 2"),
+])
+def test_user_errors_exit_1_without_a_traceback(workdir, args, message):
+    (workdir / "bad.csv").write_text("x[0],y\n1\n")
+    done = run_dgm(*args, cwd=workdir)
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "tiny.dgm", "--data", "absent.npz"], "no such data file: absent.npz"),
+    (["fit", "tiny.dgm", "--data", "digits"], "digits: 'x' has shape (1437, 64); expected (n, 16) for data x[16]"),
+    (["fit", "tiny.dgm", "--data", "tiny.npz", "--epochs", "2", "--steps", "3"], "give --epochs or --steps, not both"),
+    (["sample", "nowhere", "-n", "2", "-o", "s.png"], "no run folder or checkpoint at nowhere"),
+    (["score", ".", "--data", "tiny.npz", "-o", "s.csv"], ". holds no fitted model (model.dgmfit)"),
+    (["score", "tiny.dgm", "--data", "tiny.npz", "-o", "s.csv"], "tiny.dgm is not a dgmlang checkpoint"),
+])
+def test_more_user_errors(workdir, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(workdir)
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_model_after_the_last_completed_step(workdir):
+    import dgmlang
+
+    out = workdir / "runs" / "interrupted"
+    command = [sys.executable, "-m", "dgmlang.cli", "fit", "tiny.dgm", "--data", "tiny.npz", "--steps", "100000",
+               "--batch-size", "8", "--out", str(out)]
+    errors: list[str] = []
+    started = threading.Event()
+    with subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+
+        def watch():  # the progress bar shows a rate once steps are being taken
+            for chunk in iter(lambda: process.stderr.read(64), ""):
+                errors.append(chunk)
+                if "step/s" in "".join(errors[-3:]) or "s/step" in "".join(errors[-3:]):
+                    started.set()
+
+        reader = threading.Thread(target=watch, daemon=True)
+        reader.start()
+        assert started.wait(90), "".join(errors)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 130
+        reader.join(10)
+    assert "saved the model as it was then" in "".join(errors)
+    info = json.loads((out / "run.json").read_text())
+    fitted = dgmlang.load_fitted(out / CHECKPOINT)
+    assert info["interrupted"] and info["steps"] >= 1
+    assert fitted.fitted and len(fitted.history["loss"]) == info["steps"]
