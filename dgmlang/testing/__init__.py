@@ -22,7 +22,8 @@ Pieces (docs/testing.md has the whole story):
 
 * strategies -- `models`, `linear_gaussian_models`, `discrete_models`, `data_for`, `simulate`;
 * exact answers -- `LinearGaussianModel.posterior`, `DiscreteModel.posterior` (numpy),
-  `condition_gaussian`, `enumerate_posterior(compiled, data)`;
+  `condition_gaussian`, `enumerate_posterior(compiled, data)` (brute force),
+  `enumerated_marginals(compiled, data)` (the model's own enumeration);
 * SBC -- `sbc`, `SBCResult` (ranks, KS per latent, `plot`, `assert_calibrated`);
 * guides -- `train_guide`, `guide_samples`, `perturb_guide` (planted bugs), `gaussian_kl`,
   `assert_faithful_inverse`;
@@ -42,6 +43,7 @@ from dgmlang.testing.exact import (
     GaussianPosterior,
     condition_gaussian,
     enumerate_posterior,
+    enumerated_marginals,
 )
 from dgmlang.testing.guides import (
     assert_faithful_inverse,
@@ -82,6 +84,7 @@ __all__ = [
     "Node", "GeneratedModel", "LinearEdge", "LinearNode", "LinearGaussianModel",
     "DiscreteNode", "DiscreteModel",
     "GaussianPosterior", "DiscretePosterior", "condition_gaussian", "enumerate_posterior",
+    "enumerated_marginals",
     "sbc", "SBCResult", "KSResult", "rank_statistics", "ks_uniformity", "plot_rank_histograms",
     "train_guide", "guide_samples", "perturb_guide", "gaussian_kl",
     "unfaithful_steps", "assert_faithful_inverse",

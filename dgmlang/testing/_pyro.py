@@ -180,3 +180,11 @@ def seeded(seed: int | None):
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+def class_probs(dist, k: int) -> np.ndarray:
+    """P(value = c) for c in 0..k-1 of a finite discrete distribution, `(*batch, k)`: works
+    for whatever `TraceEnum_ELBO.compute_marginals` returns (Bernoulli, Categorical, ...)."""
+    with torch.no_grad():
+        values = [torch.full(dist.batch_shape, float(c)) for c in range(k)]
+        return np.stack([to_numpy(dist.log_prob(v).exp()) for v in values], axis=-1)

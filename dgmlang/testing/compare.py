@@ -270,7 +270,7 @@ def _model_marginals(model, batch, guide, name, k, num_samples, seed, has_global
     import pyro
     import torch
 
-    from dgmlang.testing._pyro import repeat_rows, seeded, to_numpy
+    from dgmlang.testing._pyro import class_probs, repeat_rows, seeded
 
     n = len(next(iter(batch.values())))
     chunks = min(num_samples, 50) if has_globals else 1
@@ -281,9 +281,8 @@ def _model_marginals(model, batch, guide, name, k, num_samples, seed, has_global
         for _ in range(chunks):
             marginals = elbo.compute_marginals(conditioned or model.model, guide,
                                                repeat_rows(batch, per_chunk))
-            probs = to_numpy(marginals[name].probs if hasattr(marginals[name], "probs")
-                             else marginals[name].logits.softmax(-1))
-            total += probs.reshape(per_chunk, n, -1)[..., :k].mean(0)
+            probs = class_probs(marginals[name], k)
+            total += probs.reshape(per_chunk, n, k).mean(0)
     return total / chunks
 
 

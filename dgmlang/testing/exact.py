@@ -196,4 +196,32 @@ def enumerate_posterior(compiled, data: Mapping, *, latents=None) -> DiscretePos
     return DiscretePosterior.from_log_joint(labels, log_joint)
 
 
-__all__ = ["condition_gaussian", "GaussianPosterior", "DiscretePosterior", "enumerate_posterior"]
+def enumerated_marginals(compiled, data: Mapping, *, latents=None, num_samples: int = 1,
+                         guide=None, seed: int = 0) -> dict[str, np.ndarray]:
+    """The model's own posterior class probabilities of its latents summed out in the model,
+    `(n, K)` each: Pyro's `TraceEnum_ELBO.compute_marginals`, given the guide's draws of
+    everything else and averaged over `num_samples` of them (exact when the guide samples
+    nothing). Compare with `enumerate_posterior` or a `DiscreteModel.posterior`.
+    """
+    from dgmlang.testing._pyro import as_batch, support_size
+    from dgmlang.testing.compare import _model_marginals, _plan
+
+    plan = _plan(compiled)
+    summed = [s.latent for s in plan.steps if s.kind == "enumerated_in_model"]
+    names = summed if latents is None else list(latents)
+    unknown = [n for n in names if n not in summed]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} not summed out in the model; it sums out {summed}")
+    batch = as_batch(compiled, data)
+    has_globals = bool(compiled.ir.names("global"))
+    return {
+        name: _model_marginals(compiled, batch, guide or compiled.guide, name,
+                               support_size(compiled.ir, name), num_samples, seed, has_globals)
+        for name in names
+    }
+
+
+__all__ = [
+    "condition_gaussian", "GaussianPosterior", "DiscretePosterior", "enumerate_posterior",
+    "enumerated_marginals",
+]
