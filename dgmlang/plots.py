@@ -78,31 +78,50 @@ def draw_graphs(model_graph: nx.DiGraph, plan, name: str, out: str | Path) -> Pa
 
 
 def _layers(graph: nx.DiGraph, order_graph: nx.DiGraph) -> dict[str, tuple[float, float]]:
-    """Positions: one row per topological generation of `order_graph`, top to bottom."""
+    """Positions: one row per topological generation of `order_graph`, top to bottom. When
+    an edge skips a row, rows holding one node alternate left and right, so the long edge
+    does not run through the nodes between.
+
+    >>> chain = nx.DiGraph([("x", "a"), ("a", "b"), ("x", "b")])
+    >>> _layers(chain, chain)
+    {'x': (0.0, 0), 'a': (0.6, -1), 'b': (-0.6, -2)}
+    """
+    generations = [sorted(layer) for layer in nx.topological_generations(order_graph)]
+    depth_of = {node: depth for depth, layer in enumerate(generations) for node in layer}
+    skips = any(depth_of[b] - depth_of[a] > 1 for a, b in order_graph.edges())
     pos = {}
-    generations = list(nx.topological_generations(order_graph))
     for depth, layer in enumerate(generations):
-        for i, node in enumerate(sorted(layer)):
-            pos[node] = (i - (len(layer) - 1) / 2, -depth)
+        shift = 0.6 * (1 if depth % 2 else -1) if skips and len(layer) == 1 and depth else 0.0
+        for i, node in enumerate(layer):
+            pos[node] = (i - (len(layer) - 1) / 2 + shift, -depth)
     return pos
 
 
+def _node_label(graph: nx.DiGraph, node: str) -> str:
+    shape = graph.nodes[node].get("shape")
+    return node + ("\n" + "x".join(map(str, shape)) if shape else "")
+
+
 def _draw_with_matplotlib(model_graph, guide, name, out: Path) -> None:
-    import matplotlib
+    plt = _pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pos = _layers(model_graph, model_graph)
-    width = max(4.0, 1.6 * max((sum(1 for p in pos.values() if p[1] == y) for y in {p[1] for p in pos.values()}), default=1))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.4 * (1 + max((-p[1] for p in pos.values()), default=0)) + 1))
-    for ax, graph, title, style in ((axes[0], model_graph, f"model {name}", "solid"), (axes[1], guide, "derived guide", "dashed")):
-        colours = [ROLE_STYLE.get(graph.nodes[n].get("role"), ("#ffffff", ""))[0] for n in graph.nodes]
-        nx.draw_networkx_nodes(graph, pos, ax=ax, node_color=colours, edgecolors="black", node_size=1600)
-        labels = {n: n + ("\n" + "x".join(map(str, graph.nodes[n].get("shape") or ())) if graph.nodes[n].get("shape") else "") for n in graph.nodes}
+    panels = ((model_graph, _layers(model_graph, model_graph), f"model {name}", "solid"),
+              (guide, _layers(guide, guide), "derived guide", "dashed"))
+    widest = max(sum(1 for p in pos.values() if p[1] == y) for _, pos, _, _ in panels for y in {p[1] for p in pos.values()})
+    deepest = max(-p[1] for _, pos, _, _ in panels for p in pos.values())
+    width = max(4.0, 1.6 * widest)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.4 * (1 + deepest) + 1))
+    for ax, (graph, pos, title, style) in zip(axes, panels):
+        nodes = list(graph.nodes)
+        colours = [ROLE_STYLE.get(graph.nodes[n].get("role"), ("#ffffff", ""))[0] for n in nodes]
+        labels = {n: _node_label(graph, n) for n in nodes}
+        # node_size is an area in points^2: wide enough for the longest label line
+        sizes = [max(1600, (6 * max(map(len, labels[n].splitlines())) + 12) ** 2) for n in nodes]
+        nx.draw_networkx_nodes(graph, pos, nodelist=nodes, ax=ax, node_color=colours, edgecolors="black",
+                               node_size=sizes)
         nx.draw_networkx_labels(graph, pos, labels=labels, ax=ax, font_size=9)
-        nx.draw_networkx_edges(graph, pos, ax=ax, style=style, arrows=True, arrowsize=16, node_size=1600,
-                               connectionstyle="arc3,rad=0.12")
+        nx.draw_networkx_edges(graph, pos, ax=ax, nodelist=nodes, style=style, arrows=True, arrowsize=16,
+                               node_size=sizes, connectionstyle="arc3,rad=0.12")
         ax.set_title(title)
         ax.margins(0.25)
         ax.axis("off")
