@@ -35,6 +35,7 @@ from dgmlang.testing.compare import (
     GuideMismatch,
     Mismatch,
     PosteriorComparison,
+    ReferenceUnreliable,
     assert_guide_matches_posterior,
     compare_to_posterior,
 )
@@ -89,5 +90,5 @@ __all__ = [
     "train_guide", "guide_samples", "perturb_guide", "gaussian_kl",
     "unfaithful_steps", "assert_faithful_inverse",
     "assert_guide_matches_posterior", "compare_to_posterior", "PosteriorComparison",
-    "GuideMismatch", "Mismatch",
+    "GuideMismatch", "Mismatch", "ReferenceUnreliable",
 ]

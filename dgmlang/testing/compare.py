@@ -4,7 +4,8 @@ statistic, with a failure message that says which latent, which statistic and by
 The reference is, in order of preference: what you pass as `posterior` (a `GaussianPosterior`
 or `DiscretePosterior` from `dgmlang.testing`, or your own draws, e.g. from Stan); exact
 enumeration when every latent is finite discrete; otherwise NUTS on the model conditioned on
-the data (Pyro's MCMC, discrete latents summed out), with discrete latents' reference
+the data (Pyro's MCMC, discrete latents summed out; `chains` chains from prior draws, checked
+to agree by split R-hat, else `ReferenceUnreliable`), with discrete latents' reference
 probabilities Rao-Blackwellized over the NUTS draws.
 
 Statistics, per latent coordinate and data point (globals: once):
@@ -92,6 +93,8 @@ class PosteriorComparison:
 class GuideMismatch(AssertionError):
     """Raised by `assert_guide_matches_posterior`; `.comparison` holds the details."""
 
+    __module__ = "dgmlang.testing"  # how pytest names it in a failure
+
     def __init__(self, comparison: PosteriorComparison):
         super().__init__(comparison.report())
         self.comparison = comparison
@@ -105,6 +108,7 @@ def assert_guide_matches_posterior(model, data: Any, *, tol: float = 0.25, **opt
     those of `compare_to_posterior`. Raises `GuideMismatch` (an AssertionError) listing each
     failing latent, statistic and error; returns the comparison when everything matches.
     """
+    __tracebackhide__ = True  # pytest shows the caller's line, not this one
     comparison = compare_to_posterior(model, data, tol=tol, **options)
     if not comparison.ok:
         raise GuideMismatch(comparison)
@@ -123,6 +127,7 @@ def compare_to_posterior(
     num_samples: int = 2000,
     reference_samples: int = 500,
     warmup_steps: int = 300,
+    chains: int = 2,
     seed: int = 0,
 ) -> PosteriorComparison:
     """Compare the guide's posterior (or `guide`'s, e.g. a `perturb_guide` bug) with a
@@ -145,7 +150,7 @@ def compare_to_posterior(
     wanted = list(latents) if latents is not None else list(kinds)
 
     reference, label = _reference(model, batch, posterior, wanted, discrete,
-                                  reference_samples, warmup_steps, seed)
+                                  reference_samples, warmup_steps, seed, chains)
     names = [w for w in wanted if w in reference.names]
     if not names:
         raise ValueError(f"the reference has none of the latents {wanted}")
@@ -314,7 +319,8 @@ def _moments_from_draws(x: np.ndarray):
     return mean, sd, corr
 
 
-def _reference(model, batch, posterior, wanted, discrete, reference_samples, warmup_steps, seed):
+def _reference(model, batch, posterior, wanted, discrete, reference_samples, warmup_steps, seed,
+               chains):
     ir = model.ir
     if isinstance(posterior, GaussianPosterior):
         moments = {}
@@ -337,13 +343,14 @@ def _reference(model, batch, posterior, wanted, discrete, reference_samples, war
         exact = enumerate_posterior(model, batch)
         return _Reference(exact.names, probs={n: exact.marginal(n) for n in exact.names}), \
             "exact (enumeration)"
-    draws = _nuts(model, batch, reference_samples, warmup_steps, seed)
+    draws = _nuts(model, batch, reference_samples, warmup_steps, seed, chains)
     ref = _reference_from_draws(ir, draws, discrete, model, ess=True)
     disc_wanted = [n for n in wanted if n in discrete]
     if disc_wanted:
         ref._probs.update(_rao_blackwell(model, batch, draws, disc_wanted, seed))
         ref.names += disc_wanted
-    return ref, f"NUTS, {reference_samples} draws after {warmup_steps} warm-up steps"
+    return ref, (f"NUTS, {chains} chains, {reference_samples} draws after {warmup_steps} "
+                 "warm-up steps each")
 
 
 def _reference_from_draws(ir, draws: Mapping[str, Any], discrete, model, ess: bool = False) -> _Reference:
@@ -374,23 +381,51 @@ def _ess(x: np.ndarray) -> float:
     return float(torch.nan_to_num(value, nan=len(x)).clamp(1, len(x)).min())
 
 
-def _nuts(model, batch, num_samples, warmup_steps, seed) -> dict:
+class ReferenceUnreliable(ValueError):
+    """NUTS chains started apart disagree: the reference posterior cannot be trusted."""
+
+
+#: Above this split R-hat, the NUTS chains have not mixed.
+MAX_RHAT = 1.1
+
+
+def _nuts(model, batch, num_samples, warmup_steps, seed, chains: int = 2) -> dict:
+    """`chains` NUTS chains (run one after another, each from a draw of the prior), pooled:
+    `num_samples` draws in all. Raises `ReferenceUnreliable` when their split R-hat says
+    they explore different regions (a multimodal posterior that one chain cannot cross)."""
     import torch
     from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_sample
+    from pyro.ops.stats import split_gelman_rubin
 
     from dgmlang.testing._pyro import seeded
 
     def conditioned():
         return model.model(batch)
 
-    kernel = NUTS(conditioned, max_plate_nesting=model.model.max_plate_nesting,
-                  jit_compile=False, target_accept_prob=0.9)
-    mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, disable_progbar=True)
-    with seeded(seed):
-        mcmc.run()
-    samples = mcmc.get_samples()
-    return {k: v.detach() for k, v in samples.items()
-            if k in model.ir.names("latent", "global") and isinstance(v, torch.Tensor)}
+    runs = []
+    per_chain = max(1, num_samples // chains)
+    for chain in range(chains):
+        kernel = NUTS(conditioned, max_plate_nesting=model.model.max_plate_nesting,
+                      jit_compile=False, target_accept_prob=0.9, init_strategy=init_to_sample)
+        mcmc = MCMC(kernel, num_samples=per_chain, warmup_steps=warmup_steps, disable_progbar=True)
+        with seeded(seed + 7919 * chain):
+            mcmc.run()
+        runs.append({k: v.detach() for k, v in mcmc.get_samples().items()
+                     if k in model.ir.names("latent", "global") and isinstance(v, torch.Tensor)})
+    if chains > 1:
+        for name in runs[0]:
+            stacked = torch.stack([r[name] for r in runs])  # (chains, draws, ...)
+            rhat = split_gelman_rubin(stacked.double(), chain_dim=0, sample_dim=1)
+            worst = float(torch.nan_to_num(rhat, nan=1.0).max())
+            if worst > MAX_RHAT:
+                raise ReferenceUnreliable(
+                    f"the NUTS reference did not mix for '{name}' (split R-hat {worst:.2f} over "
+                    f"{chains} chains): the posterior may be multimodal, and a chain stays in "
+                    "one mode; pass posterior= with exact draws (or an exact posterior), or "
+                    "compare on data where the posterior has one mode"
+                )
+    return {name: torch.cat([r[name] for r in runs]) for name in runs[0]}
 
 
 def _rao_blackwell(model, batch, draws, names, seed) -> dict[str, np.ndarray]:
@@ -421,5 +456,5 @@ def _empty_guide(*args, **kwargs):
 
 __all__ = [
     "assert_guide_matches_posterior", "compare_to_posterior", "PosteriorComparison",
-    "GuideMismatch", "Mismatch", "MC_SLACK",
+    "GuideMismatch", "Mismatch", "MC_SLACK", "ReferenceUnreliable",
 ]

@@ -153,6 +153,7 @@ class SBCResult:
 
     def assert_calibrated(self, alpha: float = 0.01) -> None:
         """Raise AssertionError listing every latent whose ranks fail the KS test."""
+        __tracebackhide__ = True
         failures = self.failures(alpha)
         if failures:
             raise AssertionError(
@@ -203,6 +204,7 @@ def plot_rank_histograms(
     suptitle = title or f"SBC rank histograms ({n} simulations, L = {result.num_posterior_samples})"
     if len(panels) > len(shown):
         suptitle += f" - first {len(shown)} of {len(panels)} coordinates"
+    suptitle += f"\ngrey: where each bar falls {BAND:.0%} of the time if inference is exact"
     fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     path = Path(path)

@@ -224,7 +224,7 @@ def test_assert_guide_matches_posterior_catches_a_planted_bug(ppca, bug, statist
 def test_nuts_reference_agrees_with_a_trained_guide(ppca):
     """Without an exact posterior, the reference is NUTS on the conditioned model."""
     x = PPCA_EXACT.sample(2, seed=4)["x"]
-    comparison = compare_to_posterior(ppca, {"x": x}, reference_samples=300, warmup_steps=200)
+    comparison = compare_to_posterior(ppca, {"x": x}, reference_samples=300, warmup_steps=150)
     assert comparison.reference.startswith("NUTS") and comparison.ok, comparison.report()
 
 
