@@ -321,3 +321,25 @@ def test_a_latent_nothing_observed_depends_on_gets_a_learned_constant():
     with pyro.settings.context(module_local_params=True):
         loss = elbo_for(model.ir, model.plan)(lowered, guide)({"x": torch.zeros(4)})
     assert math.isfinite(loss.item())
+
+
+GOOD_PROGRAMS = sorted((Path(__file__).parent / "programs" / "good").glob("*.dgm"))
+
+
+@pytest.mark.parametrize("path", GOOD_PROGRAMS, ids=[p.stem for p in GOOD_PROGRAMS])
+def test_every_good_program_compiles_to_a_model_and_guide_with_a_finite_elbo(path):
+    for model in check_source(path.read_text(), str(path)):
+        lowered, guide = compiled(model)
+        generator = torch.Generator().manual_seed(0)
+        batch = {var.name: torch.randint(0, 3, (5, *var.shape), generator=generator).float()
+                 for var in model.ir.variables if var.role == "input"}
+        pyro.set_rng_seed(0)
+        with torch.no_grad():
+            prior = lowered(batch, batch_size=5)
+        batch.update({name: prior[name] for name in model.ir.names("data")})
+        with pyro.settings.context(module_local_params=True):
+            loss = elbo_for(model.ir, model.plan)(lowered, guide)(batch, size=50)
+        assert math.isfinite(loss.item()), model.ir.name
+        sampled = guide(batch)
+        assert set(sampled) == {s.latent for s in model.plan.steps
+                                if s.kind != "enumerated_in_model"}
