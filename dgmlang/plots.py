@@ -316,17 +316,27 @@ def scatter_samples(values, out: str | Path, *, name: str, reference=None, max_c
 
 
 def score_histogram(groups: dict, out: str | Path, *, threshold: float | None = None,
-                    xlabel: str = "log-likelihood per data point (nats)") -> Path:
+                    xlabel: str = "log-likelihood per data point (nats)", log_scale: bool = False) -> Path:
     """Histograms of scores per named group (e.g. clean vs corrupted data), with an optional
-    threshold line."""
+    threshold line. With `log_scale`, negative scores (log-likelihoods) are drawn as their
+    magnitude on a logarithmic axis, so groups that differ by orders of magnitude stay apart."""
     import numpy as np
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    finite = np.concatenate([np.asarray(v, dtype=float)[np.isfinite(v)] for v in groups.values()])
-    bins = np.linspace(finite.min(), finite.max(), 50) if finite.size else 10
-    for label, scores in groups.items():
-        ax.hist(np.asarray(scores, dtype=float), bins=bins, alpha=0.55, label=label)
+    values = {k: np.asarray(v, dtype=float) for k, v in groups.items()}
+    if log_scale:
+        values = {k: -v for k, v in values.items()}
+        threshold = None if threshold is None else -threshold
+        xlabel = "negative " + xlabel + ", log scale"
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    if log_scale and finite.size and finite.min() > 0:
+        bins = np.geomspace(finite.min(), finite.max(), 60)
+        ax.set_xscale("log")
+    else:
+        bins = np.linspace(finite.min(), finite.max(), 50) if finite.size else 10
+    for label, scores in values.items():
+        ax.hist(scores, bins=bins, alpha=0.55, label=label)
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.1f}")
     ax.set_xlabel(xlabel)
