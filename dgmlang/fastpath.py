@@ -2,11 +2,10 @@
 per-step tracing.
 
 `fit` spends much of a step in Pyro's bookkeeping (messengers, traces, `pyro.module`
-registrations), not in the networks. For a model whose latents are all continuous (globals
-and amortized locals, reparameterized guide families, nothing enumerated), the ELBO is a sum
-of log densities that can be written down directly; `build` returns an object whose
-``loss(batch, size)`` computes it from the very same modules and parameters as the lowered
-model and its guide, so checkpoints, `sample`, `invert` and `log_prob` see no difference.
+registrations), not in the networks. For most models the bound is a sum of log densities
+that can be written down directly; `build` returns an object whose ``loss(batch, size)``
+computes it from the very same modules and parameters as the lowered model and its guide, so
+checkpoints, `sample`, `invert` and `log_prob` see no difference.
 
 The estimator is Pyro's, draw for draw. The guide samples the globals, then the local
 latents in plan order, each from the distribution the guide itself builds
@@ -14,16 +13,20 @@ latents in plan order, each from the distribution the guide itself builds
 at dim -1) exactly as Pyro's `BroadcastMessenger` would, so the same random numbers are drawn
 in the same order. The model's densities are the lowered model's: the same Pyro distribution
 classes with the same arguments (network calls and references to values are evaluated here,
-everything else by `LoweredModel.evaluate`). The loss is ``-(log p - log q)`` with the local
-terms scaled by ``size / B`` and averaged over particles — `Trace_ELBO`'s value (with
-``vectorize_particles``) and gradient up to float rounding; with ``objective="iwae"`` it is
-the importance-weighted bound of `CompiledModel.fit(objective="iwae")`. tests/test_fastpath.py
-compares both paths on every corpus model.
+everything else by `LoweredModel.evaluate`). A discrete latent the model sums out takes its
+whole support along its own dim left of the plates (as Pyro's parallel enumeration places
+it), and the local terms that depend on it are log-sum-exp'ed over those dims per data point
+(`TraceEnum_ELBO`'s contraction, done at once). The loss is ``-(log p - log q)`` with the local
+terms scaled by ``size / B`` and averaged over particles — the value and gradient of
+`Trace_ELBO` / `TraceEnum_ELBO` (with ``vectorize_particles``) up to float rounding; with
+``objective="iwae"`` it is the importance-weighted bound of ``fit(objective="iwae")``.
+tests/test_fastpath.py compares both paths on every corpus model.
 
-`build` returns None when the model needs Pyro's general path: discrete latents (summed out
-in the model or enumerated in the guide), or globals under the importance-weighted bound.
+`build` returns None when the model needs Pyro's general path (`unsupported_reason` says
+why): a discrete latent enumerated in the guide (its gradient needs Pyro's Dice estimator),
+or globals under the importance-weighted bound (drawn apart from the local latents there).
 
->>> import torch, dgmlang
+>>> import pyro, torch, dgmlang
 >>> from dgmlang import fastpath
 >>> m = dgmlang.compile('''
 ... model tiny {
@@ -37,7 +40,8 @@ in the model or enumerated in the guide), or globals under the importance-weight
 >>> _ = torch.manual_seed(0)
 >>> a = fast.loss(batch, 10)
 >>> _ = torch.manual_seed(0)
->>> b = m._objective("elbo", 1)(batch, 10)
+>>> elbo = pyro.infer.Trace_ELBO(max_plate_nesting=1)
+>>> b = elbo.differentiable_loss(m.model, m.guide, batch, size=10)
 >>> bool(torch.allclose(a, b))
 True
 """
@@ -59,8 +63,8 @@ from dgmlang.nets import to_constraint
 
 __all__ = ["FastLoss", "build", "unsupported_reason", "plate_batch_shape"]
 
-#: Guide step kinds the fast path handles (the others sum a discrete latent out).
-SUPPORTED_KINDS = ("global", "amortized")
+#: Guide step kinds the fast path handles ("enumerated_in_guide" needs Pyro's Dice estimator).
+SUPPORTED_KINDS = ("global", "amortized", "enumerated_in_model")
 OBJECTIVES = ("elbo", "iwae")
 
 Env = dict  # variable name -> value, shaped (*batch, *event)
@@ -117,8 +121,10 @@ class FastLoss:
         self._constants_key: tuple | None = None
         self._guide_sites = [_GuideSite(self, step) for step in
                              (*guide._global_steps, *guide._local_steps)]
-        self._model_sites = [_ModelSite(self, name, name in lowered.global_order)
+        enumerated = {step.latent for step in guide.plan.steps if step.kind == "enumerated_in_model"}
+        self._model_sites = [_ModelSite(self, name, name in lowered.global_order, name in enumerated)
                              for name in (*lowered.global_order, *lowered.local_order)]
+        self._enumerates = bool(enumerated)
 
     def loss(self, batch: Mapping[str, torch.Tensor], size: int) -> torch.Tensor:
         """The negative bound of the data set (`size` points) estimated from `batch`."""
@@ -138,22 +144,42 @@ class FastLoss:
         particles = self.num_particles
         global_plates = ((-2, particles),) if particles > 1 and not iwae else ()
         local_plates = ((-2, particles), (-1, n)) if particles > 1 else ((-1, n),)
+        # With latents summed out, or per-point weights to combine, the local terms are kept
+        # per particle and data point; otherwise each is summed at once.
+        per_point = iwae or self._enumerates
         log_q_global = log_q_local = log_p_global = log_p_local = 0.0
         for site in self._guide_sites:
             if site.is_global:
-                log_q_global = log_q_global + site.sample(env, global_plates, dtype).sum()
+                log_q_global = log_q_global + site.sample(env, global_plates).sum()
             else:
-                log_q = site.sample(env, local_plates, dtype)
-                log_q_local = log_q_local + (log_q if iwae else log_q.sum())
+                log_q = site.sample(env, local_plates)
+                log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+        summed_out = None  # the local terms that depend on an enumerated latent
+        enumerated = 0
         for model_site in self._model_sites:
             if model_site.is_global:
                 log_p_global = log_p_global + model_site.log_prob(env, global_plates, False)
+                continue
+            if model_site.enumerated:
+                model_site.enumerate(env, len(local_plates) + enumerated)
+                enumerated += 1
+            term = model_site.log_prob(env, local_plates, per_point)
+            if per_point and any(extent > 1 for extent in term.shape[: term.dim() - len(local_plates)]):
+                summed_out = term if summed_out is None else summed_out + term
+            elif per_point:
+                log_p_local = log_p_local + term.reshape(term.shape[term.dim() - len(local_plates):])
             else:
-                log_p_local = log_p_local + model_site.log_prob(env, local_plates, iwae)
+                log_p_local = log_p_local + term
+        if summed_out is not None:  # log-sum-exp over the enumeration dims, left of the plates
+            log_p_local = log_p_local + summed_out.logsumexp(
+                tuple(range(summed_out.dim() - len(local_plates))))
         if iwae:
-            per_point = (log_p_local - log_q_local).logsumexp(0) - math.log(particles)
-            return -(per_point.sum() * (size / n))
-        elbo = (log_p_global - log_q_global) + (log_p_local - log_q_local) * (size / n)
+            weights = (log_p_local - log_q_local).logsumexp(0) - math.log(particles)
+            return -(weights.sum() * (size / n))
+        local = log_p_local - log_q_local
+        if per_point:
+            local = local.sum()
+        elbo = (log_p_global - log_q_global) + local * (size / n)
         return -elbo / particles if particles > 1 else -elbo
 
     # ------------------------------------------------------------------ expressions
@@ -246,21 +272,20 @@ class _GuideSite:
             self.inputs = [(name, len(guide.ir.variable(name).shape), guide.input_encoding[name])
                            for name in step.inputs]
 
-    def features(self, env: Env, dtype) -> torch.Tensor:
+    def features(self, env: Env) -> torch.Tensor:
         """The guide network's input (`AmortizedGuide._features`)."""
         if len(self.inputs) == 1 and self.inputs[0][1] == 1 and not self.inputs[0][2]:
-            value = env[self.inputs[0][0]]
-            return value if value.dtype == dtype else value.to(dtype)
+            return env[self.inputs[0][0]]  # a vector in the model's dtype, as it is
         return self.guide._features(self.step, env)
 
-    def sample(self, env: Env, plates, dtype) -> torch.Tensor:
+    def sample(self, env: Env, plates) -> torch.Tensor:
         """Draw the latent into `env`; returns log q of the draw, shaped like the plates."""
         info = self.info
         support = info.support if info.support is not None else self.guide._support(info, env)
         if self.is_global:
             raw = self.family.parameters_of(info)
         else:
-            raw = _split_raw(info, self.net(self.features(env, dtype)))
+            raw = _split_raw(info, self.net(self.features(env)))
         q = family_distribution(info, support, raw, self.flow)
         target = plate_batch_shape(tuple(q.batch_shape), plates)
         if tuple(q.batch_shape) != target:
@@ -272,7 +297,7 @@ class _GuideSite:
 class _ModelSite:
     """One sample site of the model: its distribution's class and arguments, resolved once."""
 
-    def __init__(self, fast: FastLoss, name: str, is_global: bool):
+    def __init__(self, fast: FastLoss, name: str, is_global: bool, enumerated: bool):
         lowered = fast.lowered
         draw = lowered.ir.draw(name)
         spec = DISTRIBUTIONS[draw.dist]
@@ -280,6 +305,7 @@ class _ModelSite:
         self.fast = fast
         self.name = name
         self.is_global = is_global
+        self.enumerated = enumerated
         self.cls = pyro_class(draw.dist)
         self.outer = tuple(shape[: len(shape) - spec.event_rank])
         self.event_dims = len(self.outer)
@@ -325,9 +351,16 @@ class _ModelSite:
             self.fast._constants[self.name] = base
         return base
 
+    def enumerate(self, env: Env, dims_right: int) -> None:
+        """Put the latent's whole support into `env`, along the dim with `dims_right` dims to
+        its right (where Pyro's parallel enumeration puts it)."""
+        support = self.distribution(env).enumerate_support(expand=False).reshape(-1)
+        env[self.name] = support.reshape(-1, *(1,) * dims_right)
+
     def log_prob(self, env: Env, plates, per_point: bool) -> torch.Tensor:
         """log p of the site's value in `env`: summed (as Pyro sums it over the plates it
-        broadcasts the site to), or per particle and data point when `per_point`."""
+        broadcasts the site to), or per data point when `per_point`, shaped
+        ``(*enumeration, *plates)``."""
         base = self.distribution(env)
         log_p = base.log_prob(env[self.name])
         batch = tuple(base.batch_shape)
@@ -335,7 +368,8 @@ class _ModelSite:
         if per_point:
             if self.event_dims:
                 log_p = log_p.sum(tuple(range(-self.event_dims, 0)))
-            return log_p if tuple(log_p.shape) == target else log_p.expand(target)
+            full = _broadcast(tuple(log_p.shape), target)
+            return log_p if tuple(log_p.shape) == full else log_p.expand(full)
         total = log_p.sum()
         full = math.prod(target) * self.outer_size
         return total if log_p.numel() == full else total * (full // log_p.numel())
@@ -344,22 +378,26 @@ class _ModelSite:
 def unsupported_reason(ir: irm.ModelIR, plan, *, objective: str = "elbo") -> str | None:
     """Why the fast path cannot compute `objective` for this model, or None when it can.
 
-    >>> from dgmlang.graph import build_graph
-    >>> from dgmlang.inverse import invert
-    >>> from dgmlang.ir import Draw, Lit, ModelIR, Ref, Variable
-    >>> ir = ModelIR("mix", (Variable("c", "latent", ()), Variable("x", "data", ())),
-    ...              (Draw("c", "Bernoulli", (("probs", Lit(0.5, ())),)),
-    ...               Draw("x", "Normal", (("loc", Ref("c", ())), ("scale", Lit(1.0, ()))))))
-    >>> unsupported_reason(ir, invert(build_graph(ir)))
-    "latent 'c' is summed out (enumerated_in_model)"
+    >>> import dgmlang
+    >>> m = dgmlang.compile('''
+    ... model semi {
+    ...     data   x
+    ...     latent y
+    ...     latent z
+    ...     y ~ Bernoulli(0.5)
+    ...     z ~ Normal(0, 1)
+    ...     x ~ Normal(z + y, 1)
+    ... }''')
+    >>> unsupported_reason(m.ir, m.plan)
+    "latent 'y' is enumerated in guide"
     """
     if objective not in OBJECTIVES:
         return f"unknown objective {objective!r}"
     for step in plan.steps:
         if step.kind not in SUPPORTED_KINDS:
-            return f"latent '{step.latent}' is summed out ({step.kind})"
-        if DISTRIBUTIONS[ir.draw(step.latent).dist].discrete:
-            return f"latent '{step.latent}' is discrete"
+            return f"latent '{step.latent}' is {step.kind.replace('_', ' ')}"
+        if step.kind != "enumerated_in_model" and DISTRIBUTIONS[ir.draw(step.latent).dist].discrete:
+            return f"latent '{step.latent}' is discrete and sampled"
     if objective == "iwae" and ir.names("global"):
         return "the importance-weighted bound draws the globals apart from the local latents"
     return None
