@@ -123,16 +123,22 @@ class SBCResult:
         return lines
 
     def _shape_of_failure(self, name: str, coord: int) -> str:
-        """A reading of the rank histogram: biased which way, too narrow, or too wide."""
+        """A reading of the rank histogram: biased which way, too narrow or too wide, by
+        whichever departs most (in standard errors) from what exact inference gives."""
         u = normalised_ranks(self.ranks[name], self.num_posterior_samples)
         u = u.reshape(len(u), -1)[:, coord]
+        n = len(u)
         mean = float(u.mean())
-        if abs(mean - 0.5) > max(0.05, 4 * 0.289 / np.sqrt(len(u))):  # 0.289: sd of U(0, 1)
+        tails = float(np.mean((u < 0.1) | (u > 0.9)))
+        bias_z = (mean - 0.5) / (0.2887 / np.sqrt(n))  # sd of U(0, 1) is 1/sqrt(12)
+        tails_z = (tails - 0.2) / np.sqrt(0.2 * 0.8 / n)
+        if max(abs(bias_z), abs(tails_z)) < 3:
+            return "a small departure in shape; see the rank histogram"
+        if abs(bias_z) >= abs(tails_z):
             half = np.mean(u >= 0.5) if mean > 0.5 else np.mean(u < 0.5)
             where, lie = ("upper", "below") if mean > 0.5 else ("lower", "above")
             return f"{half:.0%} of ranks in the {where} half: the draws lie {lie} the truth"
-        tails = float(np.mean((u < 0.1) | (u > 0.9)))
-        if tails > 0.2:
+        if tails_z > 0:
             return f"{tails:.0%} of ranks in the outer 20%: the posterior draws are too narrow"
         return f"{tails:.0%} of ranks in the outer 20%: the posterior draws are too wide"
 
