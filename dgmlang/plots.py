@@ -348,6 +348,22 @@ def score_histogram(groups: dict, out: str | Path, *, threshold: float | None = 
     return Path(out)
 
 
+def _loss_scale(losses) -> str:
+    """"log" when positive losses span more than a factor of 3 (the early drop would flatten
+    the rest of the curve), "symlog" for a wide range that crosses zero, else "linear".
+
+    >>> _loss_scale([530.0, 120.0, 90.0]), _loss_scale([9.0, 8.0]), _loss_scale([1800.0, -40.0, -370.0])
+    ('log', 'linear', 'symlog')
+    """
+    finite = sorted(v for v in losses if math.isfinite(v))
+    if not finite:
+        return "linear"
+    low, high, middle = finite[0], finite[-1], finite[len(finite) // 2]
+    if low > 0:
+        return "log" if high > 3 * low else "linear"
+    return "symlog" if high - low > 20 * max(1.0, abs(middle)) else "linear"
+
+
 def loss_curve(losses, out: str | Path, *, validation=None, steps_per_epoch: int | None = None) -> Path:
     """Write the training loss (per step) and, when given, the validation loss (per epoch)."""
     plt = _pyplot()
@@ -358,9 +374,12 @@ def loss_curve(losses, out: str | Path, *, validation=None, steps_per_epoch: int
                 label="validation loss (per epoch)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss per data point (nats)")
-    finite = [v for v in losses if v == v]
-    if finite and max(finite) > 20 * (sorted(finite)[len(finite) // 2] if sorted(finite)[len(finite) // 2] > 0 else 1):
-        ax.set_yscale("symlog")
+    scale = _loss_scale(losses)
+    if scale == "log":
+        ax.set_yscale("log")
+    elif scale == "symlog":
+        finite = sorted(v for v in losses if math.isfinite(v))
+        ax.set_yscale("symlog", linthresh=max(1.0, abs(finite[len(finite) // 2])))
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
