@@ -160,7 +160,7 @@ def family_distribution(info: LatentShape, support, raw: dict[str, torch.Tensor]
     "scale_tril" (mvn), or "loc" (delta)."""
     loc = raw["loc"]
     if info.family == "delta":
-        value = loc.reshape(*loc.shape[:-1], *info.unconstrained)
+        value = loc.reshape(loc.shape[:-1] + info.unconstrained)
         value = biject_to(support)(value)
         return pdist.Delta(value, event_dim=len(info.shape))
     if info.family == "mvn":

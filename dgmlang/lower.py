@@ -32,7 +32,11 @@ from torch.distributions import biject_to
 import pyro
 import pyro.distributions as pdist
 from pyro.distributions import constraints
+from pyro import poutine
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, PyroParam
+from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match, check_site_shape, check_traceenum_requirements
 
 from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
@@ -98,7 +102,7 @@ def pad_event(value: torch.Tensor, event_rank: int, rank: int) -> torch.Tensor:
     if missing <= 0:
         return value
     n_batch = value.dim() - event_rank
-    return value.reshape(*value.shape[:n_batch], *(1,) * missing, *value.shape[n_batch:])
+    return value.reshape(value.shape[:n_batch] + (1,) * missing + value.shape[n_batch:])
 
 
 def flatten_event(value: torch.Tensor, event_rank: int) -> torch.Tensor:
@@ -360,7 +364,7 @@ class LoweredModel(PyroModule):
             filler = base.sample().detach()
             while filler.dim() > obs.dim():
                 filler = filler[0]
-            observed_entries = observed.reshape(*observed.shape, *(1,) * rank)
+            observed_entries = observed.reshape(observed.shape + (1,) * rank)
             obs = torch.where(observed_entries, obs, filler)
             base = base.mask(observed)
         fn = base.to_event(event_dims) if event_dims else base
@@ -386,7 +390,7 @@ class LoweredModel(PyroModule):
             flat = self.net_features(draw.packed, env)
             sizes = [math.prod(p.shape) for p in draw.packed_params]
             for p, part in zip(draw.packed_params, flat.split(sizes, dim=-1)):
-                part = part.reshape(*part.shape[:-1], *p.shape)
+                part = part.reshape(part.shape[:-1] + p.shape)
                 values[p.name] = (to_constraint(part, p.constraint, span=draw.packed.span),
                                   len(p.shape))
         for pname, expr in draw.params:
@@ -519,7 +523,7 @@ class LoweredModel(PyroModule):
 
     def _net_call(self, expr: irm.NetCall, env: dict) -> torch.Tensor:
         flat = self.net_features(expr, env)
-        value = flat.reshape(*flat.shape[:-1], *expr.shape)
+        value = flat.reshape(flat.shape[:-1] + expr.shape)
         return to_constraint(value, expr.constraint, span=expr.span)
 
     def net_features(self, call: irm.NetCall, env: dict) -> torch.Tensor:
@@ -591,10 +595,58 @@ def has_enumeration(plan) -> bool:
     return any(step.kind in ("enumerated_in_guide", "enumerated_in_model") for step in plan.steps)
 
 
+class GuideEnumerationELBO(pyro.infer.TraceEnum_ELBO):
+    """`TraceEnum_ELBO` for guides that enumerate a discrete latent before sampling one of its
+    parents in the model (``z -> y -> x`` with y discrete: the guide draws y from x, then z
+    given y).
+
+    The model then scores p(y | z) with z drawn once per value of y, so the parameters of y's
+    distribution vary along y's own enumeration dim. The sum Pyro computes is the right one,
+    sum_y q(y) E_q(z|y)[log p(y | z) + ...], but Pyro's shape check rejects any site whose
+    parameters vary along its own enumeration dim, because for a latent enumerated *in the
+    model* that would be a mistake. This class runs Pyro's trace and checks unchanged except
+    that one check for model sites whose values come from the guide's enumeration.
+    """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        guide_trace = poutine.trace(guide, graph_type="flat").get_trace(*args, **kwargs)
+        model_trace = poutine.trace(
+            poutine.replay(model, trace=guide_trace), graph_type="flat"
+        ).get_trace(*args, **kwargs)
+        validating = is_validation_enabled()
+        if validating:
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace = prune_subsample_sites(model_trace)
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        if validating:
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    check_site_shape(site, self.max_plate_nesting)
+            for name, site in model_trace.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if name in guide_trace.nodes and "_enumerate_dim" in site["infer"]:
+                    infer = {k: v for k, v in site["infer"].items() if k != "_enumerate_dim"}
+                    site = {**site, "infer": infer}
+                check_site_shape(site, self.max_plate_nesting)
+            check_traceenum_requirements(model_trace, guide_trace)
+        guide_trace.pack_tensors()
+        model_trace.pack_tensors(guide_trace.plate_to_symbol)
+        return model_trace, guide_trace
+
+
 def elbo_for(ir: irm.ModelIR, plan, *, num_particles: int = 1,
              vectorize_particles: bool = False) -> pyro.infer.ELBO:
-    """`TraceEnum_ELBO(max_plate_nesting=1)` when the model has enumerated latents, else
-    `Trace_ELBO(max_plate_nesting=1)`."""
-    cls = pyro.infer.TraceEnum_ELBO if has_enumeration(plan) else pyro.infer.Trace_ELBO
+    """The ELBO to fit `ir` with `plan`, all with ``max_plate_nesting=1``: `Trace_ELBO`
+    without enumeration, `TraceEnum_ELBO` when latents are summed out in the model only, and
+    `GuideEnumerationELBO` when the guide enumerates some."""
+    if any(step.kind == "enumerated_in_guide" for step in plan.steps):
+        cls = GuideEnumerationELBO
+    elif has_enumeration(plan):
+        cls = pyro.infer.TraceEnum_ELBO
+    else:
+        cls = pyro.infer.Trace_ELBO
     return cls(max_plate_nesting=MAX_PLATE_NESTING, num_particles=num_particles,
                vectorize_particles=vectorize_particles)

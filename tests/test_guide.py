@@ -343,3 +343,42 @@ def test_every_good_program_compiles_to_a_model_and_guide_with_a_finite_elbo(pat
         sampled = guide(batch)
         assert set(sampled) == {s.latent for s in model.plan.steps
                                 if s.kind != "enumerated_in_model"}
+
+
+CONTINUOUS_PARENT = """
+model cp {
+    param mu[3]
+    data x
+    latent z[2] guide(family = delta)
+    latent y
+    z ~ Normal(0, 1)
+    y ~ Categorical(logits = mlp(z, hidden = [4]) + zeros(3))
+    x ~ Normal(mu[y], 0.5)
+}
+"""
+
+
+def test_a_discrete_latent_enumerated_before_its_continuous_parent_is_exact():
+    model = checked(CONTINUOUS_PARENT)
+    assert model.plan.as_list() == [("y", ["x"]), ("z", ["y"])]
+    lowered, guide = compiled(model)
+    x = torch.tensor([0.4, -1.2, 2.0, 0.0])
+    elbo = elbo_for(model.ir, model.plan)
+    with pyro.settings.context(module_local_params=True):
+        loss = elbo.differentiable_loss(lowered, guide, {"x": x})
+        loss.backward()
+    with torch.no_grad():
+        log_q = torch.log_softmax(guide.nets["y"](x[:, None]), -1)
+        mu = lowered.params.value("mu")
+        total = 0.0
+        for y in range(3):
+            z = guide.nets["z"](torch.eye(3)[y].expand(4, 3))  # z's point estimate given y
+            log_prior_y = torch.log_softmax(lowered.nets["mlp_1"](z), -1)[:, y]
+            log_p = (pdist.Normal(0, 1).log_prob(z).sum(-1) + log_prior_y
+                     + pdist.Normal(mu[y], 0.5).log_prob(x))
+            total += (log_q[:, y].exp() * (log_p - log_q[:, y])).sum()
+    assert -loss.item() == pytest.approx(total.item(), rel=1e-5)
+    assert all(torch.isfinite(p.grad).all() for p in guide.parameters() if p.grad is not None)
+    vectorized = elbo_for(model.ir, model.plan, num_particles=2, vectorize_particles=True)
+    with pyro.settings.context(module_local_params=True):
+        assert math.isfinite(vectorized.differentiable_loss(lowered, guide, {"x": x}).item())
