@@ -264,7 +264,9 @@ def cmd_fit(args) -> int:
               file=sys.stderr)
         return 130 if interrupted else 1
     _write_samples(model, data, out / "samples.png", seed=args.seed)
-    if not args.no_score:
+    if args.no_score:
+        (out / TRAIN_SCORES).unlink(missing_ok=True)  # a previous run's scores would not match
+    else:
         info["score"] = _training_scores(model, data, out, seed=args.seed, quiet=args.quiet)
     (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     print(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
@@ -273,7 +275,7 @@ def cmd_fit(args) -> int:
         print(f"training log-likelihood: mean {s['mean']:.4g}; outlier threshold (the "
               f"{THRESHOLD_QUANTILE:.0%} quantile) {s['threshold']:.4g}", file=sys.stderr)
     print(f"wrote {out}/: {CHECKPOINT}, loss.csv, loss.png, samples.png"
-          + (f", {TRAIN_SCORES}" if (out / TRAIN_SCORES).exists() and not args.no_score else "") + f", {RUN_INFO}")
+          + (f", {TRAIN_SCORES}" if (out / TRAIN_SCORES).exists() else "") + f", {RUN_INFO}")
     return 0
 
 
@@ -376,6 +378,10 @@ def cmd_sample(args) -> int:
             n = rows
         elif rows is not None and n != rows:
             raise DGMUsageError(f"-n {n} but {args.inputs} has {rows} rows", hint="leave out -n to draw one per row")
+    absent = [name for name in ir.names("input") if name not in inputs]
+    if absent:
+        raise DGMUsageError(f"the model has the input(s) {', '.join(absent)}: give their values",
+                            hint=f"--input {absent[0]}=VALUE for all samples, or --inputs DATA for one row each")
     if n is None:
         raise DGMUsageError("how many samples? give -n N", hint="e.g. dgm sample RUN -n 16 -o samples.png")
     if n < 1:

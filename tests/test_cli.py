@@ -106,6 +106,17 @@ def test_fit_writes_a_complete_run_folder(tiny_run, capsys):
     np.testing.assert_allclose(losses[:, 1], fitted.history["loss"], rtol=1e-5)
 
 
+def test_fit_with_validation_data_records_it_per_epoch(workdir, tmp_path):
+    out = tmp_path / "run"
+    assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--validation", workdir / "tiny.npz",
+               "--epochs", 2, "--batch-size", 16, "--out", out, "--no-score", "-q") == 0
+    rows = (out / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,validation_loss" and len(rows) == 1 + 6
+    assert [bool(r.split(",")[2]) for r in rows[1:]] == [False, False, True] * 2  # 3 steps per epoch
+    assert not (out / "train_scores.csv").exists()
+    assert "score" not in json.loads((out / "run.json").read_text())
+
+
 def test_fit_takes_a_csv_with_globals_and_a_default_run_folder(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     assert dgm("fit", "linreg.dgm", "--data", "linreg.csv", "--steps", 3, "-q") == 0
@@ -156,7 +167,7 @@ def test_sample_with_globals_notes_them_in_csv(workdir, tmp_path, capsys):
     (["--input", "y=two", "-n", 3], "'two' is not a number"),
     (["--input", "y=1.5", "-n", 3], "input 'y' (int) holds whole numbers but has floating dtype"),
     (["--input", "y=2"], "how many samples? give -n N"),
-    (["-n", 3], "sample: no values for the input(s) 'y'"),
+    (["-n", 3], "the model has the input(s) y: give their values\n    hint: --input y=VALUE for all samples"),
 ])
 def test_sample_mistakes(tiny_run, tmp_path, capsys, args, message):
     assert dgm("sample", tiny_run, *args, "-o", tmp_path / "s.npz") == 1
