@@ -116,7 +116,11 @@ def _open_run(run: Path):
             raise DGMUsageError(f"{run} holds no fitted model ({CHECKPOINT})",
                                 hint="create one with: dgm fit MODEL.dgm --data DATA --out " + str(run))
         info_path = run / RUN_INFO
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        try:
+            info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DGMUsageError(f"{info_path} is not readable JSON",
+                                hint="delete it (the default outlier threshold is then unknown) or fit again") from None
         return load_fitted(checkpoint), run, info
     if not run.exists():
         raise DGMUsageError(f"no run folder or checkpoint at {run}",
@@ -130,13 +134,21 @@ def _open_run(run: Path):
 
 
 def _value_range(ir, name: str) -> tuple[float | None, float | None]:
-    """Bounds of a data variable's support (for a fixed grey scale), None where unbounded."""
+    """Bounds of a data variable's support (for a fixed grey scale), None where unbounded or
+    where the bound depends on other variables."""
     from dgmlang.data import support_of
 
     constraint = support_of(ir, ir.variable(name)).constraint
-    low, high = getattr(constraint, "lower_bound", None), getattr(constraint, "upper_bound", None)
-    as_float = (lambda v: float(v) if isinstance(v, (int, float)) or getattr(v, "numel", lambda: 2)() == 1 else None)
-    return (as_float(low) if low is not None else None, as_float(high) if high is not None else None)
+
+    def bound(attribute: str) -> float | None:
+        value = getattr(constraint, attribute, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "numel") and value.numel() == 1:
+            return float(value)
+        return None
+
+    return bound("lower_bound"), bound("upper_bound")
 
 
 def _numpy(value):
