@@ -6,7 +6,8 @@
     RUN/loss.csv          the loss per step (and the validation loss per epoch)
     RUN/loss.png          the loss curve
     RUN/samples.png       samples from the fitted model (an image grid for image data)
-    RUN/train_scores.csv  the log-likelihood of each training row (for outlier thresholds)
+    RUN/reference_scores.csv  the log-likelihood of each validation row (training rows when
+                          there is no --validation), for outlier thresholds
     RUN/run.json          how it was fitted, and the default outlier threshold
 
 A user's mistake exits 1 with the rendered DGMError and no traceback; Ctrl-C during `fit`
@@ -33,13 +34,13 @@ from dgmlang.errors import DGMError, DGMTrainingError, DGMUsageError
 
 CHECKPOINT = "model.dgmfit"
 RUN_INFO = "run.json"
-TRAIN_SCORES = "train_scores.csv"
-#: Importance samples per row for `dgm score` and for the training scores written by `dgm fit`
+REFERENCE_SCORES = "reference_scores.csv"
+#: Importance samples per row for `dgm score` and for the reference scores written by `dgm fit`
 #: (the same number for both, so the default threshold compares like with like).
 SCORE_SAMPLES = 100
-#: The default outlier threshold: this quantile of the training rows' log-likelihoods.
+#: The default outlier threshold: this quantile of the reference rows' log-likelihoods.
 THRESHOLD_QUANTILE = 0.01
-#: At most this many training rows are scored at fit time (a random subset beyond it).
+#: At most this many reference rows are scored at fit time (a random subset beyond it).
 MAX_SCORED_ROWS = 5000
 #: Rows per chunk when scoring or inverting with a progress bar.
 CHUNK_ROWS = 64
@@ -277,17 +278,20 @@ def cmd_fit(args) -> int:
         return 130 if interrupted else 1
     _write_samples(model, data, out / "samples.png", seed=args.seed)
     if args.no_score:
-        (out / TRAIN_SCORES).unlink(missing_ok=True)  # a previous run's scores would not match
+        (out / REFERENCE_SCORES).unlink(missing_ok=True)  # a previous run's scores would not match
+    elif validation is not None:
+        info["score"] = _reference_scores(model, validation, out, f"validation data ({args.validation})",
+                                          seed=args.seed, quiet=args.quiet)
     else:
-        info["score"] = _training_scores(model, data, out, seed=args.seed, quiet=args.quiet)
+        info["score"] = _reference_scores(model, data, out, "training data", seed=args.seed, quiet=args.quiet)
     (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     print(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
     if "score" in info and info["score"].get("threshold") is not None:
         s = info["score"]
-        print(f"training log-likelihood: mean {s['mean']:.4g}; outlier threshold (the "
+        print(f"log-likelihood of the {s['reference']}: mean {s['mean']:.4g}; outlier threshold (its "
               f"{THRESHOLD_QUANTILE:.0%} quantile) {s['threshold']:.4g}", file=sys.stderr)
     print(f"wrote {out}/: {CHECKPOINT}, loss.csv, loss.png, samples.png"
-          + (f", {TRAIN_SCORES}" if (out / TRAIN_SCORES).exists() else "") + f", {RUN_INFO}")
+          + (f", {REFERENCE_SCORES}" if (out / REFERENCE_SCORES).exists() else "") + f", {RUN_INFO}")
     return 0
 
 
@@ -321,8 +325,10 @@ def _write_samples(model, data: dict, out: Path, *, seed: int | None) -> None:
     _draw_samples(model.ir, {k: _numpy(v) for k, v in samples.items()}, [out], reference=data, titles=titles)
 
 
-def _training_scores(model, data: dict, out: Path, *, seed: int | None, quiet: bool) -> dict:
-    """Score (a subset of) the training rows; their low quantile is the default threshold."""
+def _reference_scores(model, data: dict, out: Path, reference: str, *, seed: int | None, quiet: bool) -> dict:
+    """Score (a subset of) the reference rows; their low quantile is the default threshold.
+    Held-out rows are the better reference: a flexible model scores its training rows higher
+    than new data like them, so a training quantile flags more than its share of new data."""
     import numpy as np
 
     from dgmlang.datafiles import write_csv
@@ -333,12 +339,13 @@ def _training_scores(model, data: dict, out: Path, *, seed: int | None, quiet: b
         rows = np.sort(np.random.default_rng(0 if seed is None else seed).choice(n, MAX_SCORED_ROWS, replace=False))
     try:
         scores = _scores(model, {k: v[rows] for k, v in data.items()}, num_samples=SCORE_SAMPLES, seed=seed,
-                         quiet=quiet, desc="score training rows")
+                         quiet=quiet, desc=f"score {reference.split(' (')[0]}")
     except DGMUsageError as err:  # a model log_prob cannot serve (a discrete global)
         return {"threshold": None, "why_none": err.message}
-    write_csv(out / TRAIN_SCORES, {"row": rows, "log_prob": scores}, {"row": (), "log_prob": ()})
+    write_csv(out / REFERENCE_SCORES, {"row": rows, "log_prob": scores}, {"row": (), "log_prob": ()})
     finite = scores[np.isfinite(scores)]
-    return {"num_samples": SCORE_SAMPLES, "rows_scored": int(len(rows)), "mean": float(finite.mean()),
+    return {"reference": reference, "num_samples": SCORE_SAMPLES, "rows_scored": int(len(rows)),
+            "mean": float(finite.mean()),
             "threshold_quantile": THRESHOLD_QUANTILE,
             "threshold": float(np.quantile(finite, THRESHOLD_QUANTILE))}
 
@@ -584,15 +591,16 @@ def _draw_completions(ir, values, observed, summary, truth, out: Path) -> list[P
 
 def _threshold(text: str | None, run: Path | None, info: dict) -> tuple[float | None, str]:
     """The outlier threshold and where it came from: a number, ``P%`` (that quantile of the
-    training scores written by dgm fit), or the run's default."""
+    reference scores written by dgm fit), or the run's default."""
     import numpy as np
 
     if text is None:
         score = info.get("score") or {}
         if score.get("threshold") is None:
             return None, "no threshold (give --threshold; the run stored none)"
-        return score["threshold"], (f"the {score['threshold_quantile']:.0%} quantile of the training "
-                                    f"log-likelihoods, stored by dgm fit")
+        reference = score.get("reference", "training data").split(" (")[0]
+        return score["threshold"], (f"the {score['threshold_quantile']:.0%} quantile of the log-likelihoods "
+                                    f"of the {reference}, stored by dgm fit")
     text = text.strip()
     if text.endswith("%"):
         try:
@@ -601,12 +609,13 @@ def _threshold(text: str | None, run: Path | None, info: dict) -> tuple[float | 
             q = -1.0
         if not 0 <= q <= 1:
             raise DGMUsageError(f"--threshold {text}: expected a percentage between 0% and 100%")
-        path = run / TRAIN_SCORES if run is not None else None
+        path = run / REFERENCE_SCORES if run is not None else None
         if path is None or not path.is_file():
-            raise DGMUsageError(f"--threshold {text} needs the training scores that dgm fit writes ({TRAIN_SCORES})",
+            raise DGMUsageError(f"--threshold {text} needs the reference scores that dgm fit writes ({REFERENCE_SCORES})",
                                 hint="give the run folder, or a number as the threshold")
         scores = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1]
-        return float(np.quantile(scores[np.isfinite(scores)], q)), f"the {text} quantile of the training log-likelihoods"
+        reference = info.get("score", {}).get("reference", "training data").split(" (")[0]
+        return float(np.quantile(scores[np.isfinite(scores)], q)), f"the {text} quantile of the {reference}'s log-likelihoods"
     try:
         return float(text), "given"
     except ValueError:
@@ -715,8 +724,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", help="fit a model to data; writes a run folder", formatter_class=_Formatter,
         description="Fit a model (its networks, params and guide) to data by stochastic variational inference "
                     "and write a run folder: model.dgmfit (the fitted model), loss.csv, loss.png, samples.png, "
-                    f"{TRAIN_SCORES} and {RUN_INFO} (with the default outlier threshold: the "
-                    f"{THRESHOLD_QUANTILE:.0%} quantile of the training rows' log-likelihoods). "
+                    f"{REFERENCE_SCORES} and {RUN_INFO} (with the default outlier threshold: the "
+                    f"{THRESHOLD_QUANTILE:.0%} quantile of the log-likelihoods of the --validation rows, "
+                    "or of the training rows without it). "
                     "Ctrl-C stops training and saves the model as it was after the last completed step.",
         epilog="example:\n  dgm fit examples/digits_cvae.dgm --data digits --epochs 100 --out runs/cvae")
     p.add_argument("file", type=Path, metavar="FILE", help="the .dgm model file")
@@ -731,7 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", metavar="DATA", help="held-out data scored after every epoch")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", type=Path, metavar="RUN", help="the run folder to write (default runs/MODEL)")
-    p.add_argument("--no-score", action="store_true", help="skip scoring the training rows (no default threshold)")
+    p.add_argument("--no-score", action="store_true",
+                   help="skip scoring the reference rows (no default outlier threshold)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=cmd_fit)
 
@@ -778,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         "score", help="log-likelihood of each row and an outlier flag", formatter_class=_Formatter,
         description="Estimate log p(row) for every row of DATA (importance-weighted, with the guide as the "
                     "proposal) and flag rows below a threshold as outliers. Without --threshold the run's "
-                    f"default is used: the {THRESHOLD_QUANTILE:.0%} quantile of the training rows' "
+                    f"default is used: the {THRESHOLD_QUANTILE:.0%} quantile of the reference rows' "
                     "log-likelihoods, computed by dgm fit.",
         epilog="examples:\n  dgm score runs/vae --data digits:test -o scores.csv\n"
                "  dgm score runs/vae --data new.npz -o scores.csv --threshold 5%\n"
@@ -789,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .csv (columns row, log_prob, outlier) or .npz (repeatable)")
     p.add_argument("--threshold", metavar="T",
                    help="flag rows with log-likelihood below T: a number, or P%% for that quantile of "
-                        "the training scores")
+                        "the reference scores")
     p.add_argument("--num-samples", type=_positive, default=SCORE_SAMPLES, help="importance samples per row")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

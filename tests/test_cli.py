@@ -94,10 +94,11 @@ def test_fit_writes_a_complete_run_folder(tiny_run, capsys):
     import dgmlang
 
     names = {p.name for p in tiny_run.iterdir()}
-    assert names == {CHECKPOINT, "loss.csv", "loss.png", "samples.png", "train_scores.csv", "run.json"}
+    assert names == {CHECKPOINT, "loss.csv", "loss.png", "samples.png", "reference_scores.csv", "run.json"}
     info = json.loads((tiny_run / "run.json").read_text())
     assert info["model"] == "tiny" and info["steps"] == 4 and info["rows"] == 48 and not info["interrupted"]
-    scores = np.loadtxt(tiny_run / "train_scores.csv", delimiter=",", skiprows=1)
+    assert info["score"]["reference"] == "training data"
+    scores = np.loadtxt(tiny_run / "reference_scores.csv", delimiter=",", skiprows=1)
     assert scores.shape == (48, 2)
     assert info["score"]["threshold"] == pytest.approx(np.quantile(scores[:, 1], 0.01), rel=1e-5)
     losses = np.loadtxt(tiny_run / "loss.csv", delimiter=",", skiprows=1)
@@ -113,8 +114,19 @@ def test_fit_with_validation_data_records_it_per_epoch(workdir, tmp_path):
     rows = (out / "loss.csv").read_text().splitlines()
     assert rows[0] == "step,loss,validation_loss" and len(rows) == 1 + 6
     assert [bool(r.split(",")[2]) for r in rows[1:]] == [False, False, True] * 2  # 3 steps per epoch
-    assert not (out / "train_scores.csv").exists()
+    assert not (out / "reference_scores.csv").exists()
     assert "score" not in json.loads((out / "run.json").read_text())
+
+
+def test_with_validation_data_the_default_threshold_comes_from_it(workdir, tmp_path):
+    with np.load(workdir / "tiny.npz") as archive:
+        np.savez(tmp_path / "held_out.npz", x=archive["x"][:10], y=archive["y"][:10])
+    out = tmp_path / "run"
+    assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--validation", tmp_path / "held_out.npz",
+               "--steps", 2, "--out", out, "-q") == 0
+    score = json.loads((out / "run.json").read_text())["score"]
+    assert score["reference"] == f"validation data ({tmp_path / 'held_out.npz'})" and score["rows_scored"] == 10
+    assert len((out / "reference_scores.csv").read_text().splitlines()) == 1 + 10
 
 
 def test_fit_takes_a_csv_with_globals_and_a_default_run_folder(workdir, monkeypatch, capsys):
@@ -238,7 +250,7 @@ def test_score_flags_rows_below_the_default_threshold(tiny_run, workdir, tmp_pat
     assert table.shape == (8, 3)
     np.testing.assert_array_equal(table[:, 2], table[:, 1] < threshold)
     assert table[6:, 1].max() < table[:6, 1].min()  # all-bright images are less likely than data
-    assert "1% quantile of the training log-likelihoods" in capsys.readouterr().out
+    assert "the 1% quantile of the log-likelihoods of the training data, stored by dgm fit" in capsys.readouterr().out
 
 
 def test_score_threshold_as_a_number_or_a_quantile(tiny_run, workdir, tmp_path, capsys):
