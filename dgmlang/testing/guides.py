@@ -47,7 +47,7 @@ def train_guide(
 
     The model's params and networks are left untouched, so the trained guide approximates
     the posterior of *this* model, which is what SBC and `assert_guide_matches_posterior`
-    then check. A model with globals is trained the same way (the prior draws a new global
+    then check. A guide with no parameters (every latent summed out) returns no losses. A model with globals is trained the same way (the prior draws a new global
     per batch), which amortizes the locals over the globals' prior; its globals' own
     variational parameters are best fitted with `model.fit` on one data set.
     """
@@ -73,6 +73,8 @@ def train_guide(
 
         model.guide(fresh_batch())  # builds any lazily created parameters
         params = [p for p in model.guide.parameters() if p.requires_grad]
+        if not params:  # every latent is summed out in the model: nothing to train
+            return losses
         optimizer = torch.optim.Adam(params, lr=lr)
         decay = torch.optim.lr_scheduler.ExponentialLR(
             optimizer, gamma=(final_lr / lr) ** (1 / max(steps, 1))

@@ -49,8 +49,6 @@ UNBOUNDED_DISCRETE = ("Poisson", "Geometric", "NegativeBinomial")
 DISCRETE = FINITE_DISCRETE + UNBOUNDED_DISCRETE
 FAMILIES = CONTINUOUS + DISCRETE
 
-#: Families whose value is a vector over its last dimension (one event).
-_EVENT_FAMILIES = ("Dirichlet",)
 #: Families whose value is one of `classes` integers and whose shape is a scalar.
 _SCALAR_ONLY = ("Categorical",)
 _BINOMIAL_COUNT = 3
@@ -79,10 +77,6 @@ class Node:
     classes: int = 3
     net: str = ""
     guide_family: str | None = None
-
-    @property
-    def discrete(self) -> bool:
-        return self.family in DISCRETE or (self.role in ("input", "param") and self.type == "int")
 
 
 def _decl_keyword(role: str) -> str:

@@ -39,6 +39,8 @@ from dgmlang.testing import (
 
 UNLESS_SLOW = pytest.mark.skipif(os.environ.get("DGM_SLOW") != "1", reason="slow; set DGM_SLOW=1")
 FEW = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: Each example compiles a model, so shrinking is slow: shrink the first bug found only.
+FIRST_BUG = dict(FEW, report_multiple_bugs=False)
 
 #: The bound the trained mvn guide meets on random linear-Gaussian models: mean KL(q || p)
 #: over data points from the prior, in nats (600 steps on up to two latents: 0.0003 to 0.015; see
@@ -112,13 +114,13 @@ def _fits(m):
     assert len(losses) == 1 and math.isfinite(losses[0]), f"loss {losses} for\n{m.text}"
 
 
-@settings(max_examples=8, **FEW)
+@settings(max_examples=8, **FIRST_BUG)
 @given(models())
 def test_generated_models_compile_and_take_a_finite_fit_step(m):
     _fits(m)
 
 
-@settings(max_examples=5, **FEW)
+@settings(max_examples=5, **FIRST_BUG)
 @given(models(with_nets=True))
 def test_generated_models_with_networks_compile_and_take_a_finite_fit_step(m):
     _fits(m)
@@ -126,7 +128,7 @@ def test_generated_models_with_networks_compile_and_take_a_finite_fit_step(m):
 
 @pytest.mark.slow
 @UNLESS_SLOW
-@settings(max_examples=200, **FEW)
+@settings(max_examples=200, **FIRST_BUG)
 @given(models(with_nets=True, max_latents=4, max_data=3))
 def test_generated_models_fit_large(m):
     _fits(m)

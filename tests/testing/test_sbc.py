@@ -86,3 +86,12 @@ def test_rank_histogram_png(tmp_path):
     # The 99% band of Binomial(500, 1/20) holds bar heights 14..37 or so.
     lo, hi = stats.binom.ppf([0.005, 0.995], 500, 1 / 20)
     assert 10 < lo < 25 < hi < 40
+
+
+def test_bars_outside_the_band_count_about_one_percent_when_exact():
+    exact = SBCResult({"theta": np.stack([_gaussian_sbc(1000, seed=s) for s in range(10)], 1)}, L)
+    outside, total = exact.outside_band("theta")
+    assert total == 200 and outside <= 8  # expected about 2
+    narrow = SBCResult({"theta": _gaussian_sbc(1000, sd_factor=0.7)}, L)
+    assert narrow.outside_band("theta")[0] >= 2  # at least both end bars
+    assert "bars outside 99% band" in narrow.summary()
