@@ -6,7 +6,6 @@ these tests pin the IR and the rules behind the messages.
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -499,18 +498,18 @@ def test_a_user_mistake_is_never_a_raw_python_exception():
 # ------------------------------------------------------------------ speed
 
 
-def test_a_chain_of_5000_latents_checks_fast():
+def test_a_chain_of_5000_latents_checks():
+    # Timing belongs to benchmarks/scale.py; here only that a long chain checks (no recursion
+    # limit, no quadratic blow-up large enough to matter) and comes out whole.
     n = 5000
     lines = ["model chain {", "    data x"]
     lines += [f"    latent z{i}" for i in range(n)]
     lines += ["    z0 ~ Normal(0, 1)"] + [f"    z{i} ~ Normal(z{i - 1}, 1)" for i in range(1, n)]
     lines += [f"    let h = z{n - 1} * 2", "    x ~ Normal(h, 1)", "}"]
     program = parse("\n".join(lines), "chain.dgm")
-    start = time.perf_counter()
     (m,) = check(program)
-    elapsed = time.perf_counter() - start
     assert len(m.draws) == n + 1
-    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    assert m.draws[-1].target == "x"
 
 
 def test_checking_does_not_import_torch():
