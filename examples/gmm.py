@@ -12,11 +12,13 @@ probable cluster.
 """
 import itertools
 
+import matplotlib
 import numpy as np
 import torch
-from _common import dgmlang, fitted, options, wrote
+from _common import fitted, options, wrote
 
-from dgmlang.plots import _pyplot
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 args = options(__doc__.splitlines()[0], epochs=100, quick_epochs=5)
 rng = np.random.default_rng(args.seed)
@@ -36,7 +38,6 @@ most_probable = torch.mode(c, 0).values.numpy()
 agreement = max(np.mean(np.array(p)[most_probable] == labels) for p in itertools.permutations(range(3)))
 print(f"points whose most probable cluster is their true cluster: {agreement:.1%}")
 
-plt = _pyplot()
 fig, ax = plt.subplots(figsize=(4.5, 4))
 ax.scatter(x[:, 0], x[:, 1], c=most_probable, cmap="tab10", vmin=0, vmax=9, s=6)
 ax.scatter(*true_mu.T, marker="x", s=80, color="black", label="true means")
@@ -45,4 +46,5 @@ ax.legend(fontsize=8)
 ax.set_title("gmm: points coloured by their most probable cluster", fontsize=9)
 fig.tight_layout()
 fig.savefig(args.out / "gmm.png", dpi=100)
+plt.close(fig)
 wrote(args.out / "gmm.png")
