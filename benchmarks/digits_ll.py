@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quoted = QUOTED.get((args.objective, args.particles))
     print(f"dgmlang test log-likelihood (log_prob, K={args.num_samples}, {seconds:.1f} s): "
-          f"{ll:.2f} nats per image" + (f"; issue 4's hand-written figure {quoted}" if quoted else ""))
+          f"{ll:.2f} nats per image" + (f"; issue 4's hand-written figure {quoted}" if bar is not None else ""))
     if bar is None:
         print("target: none for these settings (issue 4 quotes 200 epochs, K=1000, elbo or iwae with 10 particles)")
         return 0
