@@ -28,10 +28,10 @@ def render(px, py, size, brightness):
     return brightness[:, None, None] * in_y[:, :, None] * in_x[:, None, :]
 
 
-args = options(__doc__.splitlines()[0], epochs=50)
+args = options(__doc__.splitlines()[0], epochs=30)
 renderer = dgmlang.load(HERE / "inverse_graphics.dgm")  # scenes drawn from the prior, rendered
 train = renderer.sample(256 if args.quick else 5000, seed=args.seed)
-model = fitted("inverse_graphics.dgm", {"img": train["img"]}, args, lr=3e-3)
+model = fitted("inverse_graphics.dgm", {"img": train["img"]}, args)
 
 test = model.sample(6 if args.quick else 200, seed=args.seed + 1)
 posterior = model.invert({"img": test["img"]}, num_samples=20 if args.quick else 100, seed=args.seed)
