@@ -8,7 +8,7 @@ new scenes, `model.invert` gives a posterior over each latent. Reports the error
 posterior mean against the true latent, next to always guessing the prior mean, and writes
 a picture of the images, the re-rendered posterior means and the true scenes.
 
-    python examples/inverse_graphics.py            # full scale (50 epochs on 5000 scenes)
+    python examples/inverse_graphics.py            # full scale (30 epochs on 5000 scenes)
     python examples/inverse_graphics.py --quick
 """
 import numpy as np
