@@ -52,9 +52,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.data import Dataset, prepare_data, prepare_inputs, support_of
 from dgmlang.distributions import DISTRIBUTIONS
-from dgmlang.errors import (
-    DGMCheckpointError, DGMDataError, DGMError, DGMTrainingError, DGMUsageError,
-)
+from dgmlang.errors import DGMCheckpointError, DGMTrainingError, DGMUsageError
 from dgmlang.graph import build_graph, topological_order
 from dgmlang.ir import ModelIR
 from dgmlang.nets import seeded
@@ -121,15 +119,15 @@ class CompiledModel:
         self.history: dict[str, list[float]] = {"loss": [], "validation": []}
         self.fitted = False
         kinds = {step.latent: step.kind for step in plan.steps}
+        graph = build_graph(ir)
         self._globals = ir.names("global")
-        self._data = [n for n in topological_order(build_graph(ir)) if n in ir.names("data")]
+        self._data = [n for n in topological_order(graph) if n in ir.names("data")]
         self._inputs = ir.names("input")
         self._model_enumerated = [n for n, k in kinds.items() if k == "enumerated_in_model"]
         self._guide_enumerated = [n for n, k in kinds.items() if k == "enumerated_in_guide"]
         self._guide_locals = [n for n in ir.names("latent") if n not in self._model_enumerated]
         self._real_locals = [n for n in self._guide_locals
                              if DISTRIBUTIONS[ir.draw(n).dist].support == "real"]
-        graph = build_graph(ir)
         self._has_children = {name: any(True for _ in graph.successors(name)) for name in self._data}
 
     def __repr__(self) -> str:
@@ -511,20 +509,30 @@ class CompiledModel:
         return {name: trace.nodes[name]["value"].expand(draws, rows) for name in self._model_enumerated}
 
     def _gibbs(self, part: Dataset, globals_: dict[str, torch.Tensor], draws: int) -> dict:
-        """Metropolis-within-Gibbs for points with missing entries (Mattei & Frellsen 2018):
-        one chain per posterior draw and data point; each sweep proposes all latents from
-        the guide given the current completed data (an independent Metropolis-Hastings step
-        targeting p(x_obs, x_mis, z)), draws latents the model sums out from their exact
-        conditional, then redraws the missing entries from the model given everything else.
-        Without globals the chains run side by side as rows; with globals, one batch of chains
-        per posterior draw of the globals (held fixed in that batch)."""
-        if not globals_:
-            chains = self._run_chains(_repeat_rows(part, draws), {})
-            return {name: v.reshape(draws, part.n, *v.shape[1:]) for name, v in chains.items()}
-        runs = [self._run_chains(part, {g: v[s] for g, v in globals_.items()}) for s in range(draws)]
-        return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}
+        """Metropolis-within-Gibbs for points with missing entries (Mattei & Frellsen 2018),
+        one chain per posterior draw and data point (see `_run_chains`). Without globals the
+        chains of a chunk of points run side by side as rows; with globals, one batch of
+        chains per posterior draw of the globals, which stay fixed in it."""
+        if globals_:
+            runs = [self._run_chains(part, {g: v[s] for g, v in globals_.items()})
+                    for s in range(draws)]
+            return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}
+        points = max(1, min(part.n, CHUNK_CELLS // draws))
+        out: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, part.n, points):
+            chunk = part.rows(slice(start, start + points))
+            chains = self._run_chains(_repeat_rows(chunk, draws), {})
+            for name, value in chains.items():
+                out.setdefault(name, []).append(value.reshape(draws, chunk.n, *value.shape[1:]))
+        return {name: torch.cat(values, dim=1) for name, values in out.items()}
 
     def _run_chains(self, part: Dataset, given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One chain per row of `part`, targeting p(latents, missing entries | observed ones,
+        `given`). A sweep updates the latents (`_update_locals`), draws the latents the model
+        sums out from their exact conditional, then redraws the missing entries
+        (`_redraw_missing`). Chains start from the prior predictive, run `WARMUP_SWEEPS`
+        sweeps that accept every guide proposal, then `GIBBS_SWEEPS` exact sweeps; the last
+        state is returned (data, latents, summed-out latents by name, one row per chain)."""
         rows = part.n
         inputs = {name: part.values[name] for name in self._inputs}
         model = poutine.condition(self.model, data=given) if given else self.model
@@ -544,10 +552,14 @@ class CompiledModel:
         enumerated: dict[str, torch.Tensor] = {}
         for sweep in range(1 if exact else WARMUP_SWEEPS + GIBBS_SWEEPS):
             batch = {**inputs, **data}
-            if self._guide_locals:
-                latents = self._update_locals(batch, given, latents, warmup=sweep < WARMUP_SWEEPS)
-            enumerated = self._sample_enumerated_rows(batch, {**latents, **given}, leaves)
-            data = self._redraw_missing(part, inputs, data, {**latents, **enumerated, **given})
+            # as in fit: argument validation on the first sweep only (the values it would
+            # check later come from the same distributions)
+            with pyro.validation_enabled(False) if sweep else contextlib.nullcontext():
+                if self._guide_locals:
+                    latents = self._update_locals(batch, given, latents,
+                                                  warmup=sweep < WARMUP_SWEEPS)
+                enumerated = self._sample_enumerated_rows(batch, {**latents, **given}, leaves)
+                data = self._redraw_missing(part, inputs, data, {**latents, **enumerated, **given})
         return {**data, **latents, **enumerated}
 
     def _update_locals(self, batch, given, latents, *, warmup: bool) -> dict[str, torch.Tensor]:

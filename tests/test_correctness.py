@@ -96,13 +96,19 @@ def test_digits_hvae_guide_is_the_faithful_inverse():
 # ---------------------------------------------------------------- ppca
 
 
+def fitted_ppca(text: str):
+    """ppca fitted on 1,000 points: full batches with several particles (a low-noise
+    gradient), then a lower learning rate."""
+    m = dgmlang.compile(text)
+    x = seeded_data(1000)
+    m.fit(x, steps=700, batch_size=1000, lr=1e-2, num_particles=4, seed=SEED, progress=False)
+    m.fit(x, steps=150, batch_size=1000, lr=2e-3, num_particles=16, seed=SEED, progress=False)
+    return m
+
+
 @pytest.fixture(scope="module")
 def ppca_mvn():
-    m = dgmlang.compile(PPCA_MVN)
-    x = seeded_data(1000)
-    m.fit(x, steps=600, batch_size=200, lr=3e-2, seed=SEED, progress=False)
-    m.fit(x, steps=200, batch_size=200, lr=3e-3, num_particles=8, seed=SEED, progress=False)
-    return m
+    return fitted_ppca(PPCA_MVN)
 
 
 def guide_distribution(m, x):
@@ -116,22 +122,23 @@ def test_ppca_mvn_guide_matches_the_closed_form_posterior(ppca_mvn):
     x = seeded_data(20, offset=1)
     mean, cov = posterior(x, [0, 1, 2])
     q = guide_distribution(ppca_mvn, x)
-    std = cov.diagonal().sqrt()
-    assert ((q.mean - mean).abs() / std).max() < 0.5
+    error = (q.mean - mean) / cov.diagonal().sqrt()
+    assert error.pow(2).mean().sqrt() < 0.3 and error.abs().max() < 1.0
     relative = (q.covariance_matrix - cov).norm(dim=(-2, -1)) / cov.norm()
-    assert relative.max() < 0.3 and relative.mean() < 0.1
-    assert (q.covariance_matrix[:, 0, 1] < 0).all()  # the posterior's negative correlation
+    assert relative.mean() < 0.15 and (q.covariance_matrix.mean(0) - cov).norm() / cov.norm() < 0.1
+    c = q.covariance_matrix
+    correlation = c[:, 0, 1] / (c[:, 0, 0] * c[:, 1, 1]).sqrt()
+    exact = cov[0, 1] / (cov[0, 0] * cov[1, 1]).sqrt()  # about -0.48
+    assert (correlation - exact).abs().max() < 0.2 and abs(correlation.mean() - exact) < 0.1
 
 
 def test_ppca_default_diagonal_guide_matches_the_means_only():
-    m = dgmlang.compile(PPCA)
-    x = seeded_data(1000)
-    m.fit(x, steps=600, batch_size=200, lr=3e-2, seed=SEED, progress=False)
-    m.fit(x, steps=200, batch_size=200, lr=3e-3, num_particles=8, seed=SEED, progress=False)
+    m = fitted_ppca(PPCA)
     fresh = seeded_data(20, offset=1)
     mean, cov = posterior(fresh, [0, 1, 2])
     q = guide_distribution(m, fresh)
-    assert ((q.mean - mean).abs() / cov.diagonal().sqrt()).max() < 0.5
+    error = (q.mean - mean) / cov.diagonal().sqrt()
+    assert error.pow(2).mean().sqrt() < 0.3 and error.abs().max() < 1.0
     # a diagonal family has no correlation and, at its optimum, the conditional variances
     # 1 / precision_ii, below the marginal posterior variances
     assert torch.allclose(q.variance.mean(0), 1 / torch.linalg.inv(cov).diagonal(), rtol=0.25)
