@@ -58,6 +58,7 @@ from dgmlang.errors import (
     DGMTypeError,
     did_you_mean,
 )
+from dgmlang.parse import paused_gc
 from dgmlang.source import Span
 
 __all__ = ["check"]
@@ -80,7 +81,8 @@ def check(program: ast.Program) -> tuple[ir.ModelIR, ...]:
         else:
             first_model[model.name] = model
         checker = _ModelChecker(model)
-        result = checker.run()
+        with paused_gc():
+            result = checker.run()
         errors.extend(checker.errors)
         if result is not None:
             models.append(result)

@@ -40,6 +40,7 @@ import networkx as nx
 import dgmlang.ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMModelError, DGMNameError
+from dgmlang.parse import paused_gc
 
 _NODE_ROLES = ("data", "input", "latent", "global")
 
@@ -47,6 +48,11 @@ _NODE_ROLES = ("data", "input", "latent", "global")
 def build_graph(ir: irm.ModelIR) -> nx.DiGraph:
     """The DAG of `ir`'s random variables and inputs; a cycle raises `DGMModelError` naming
     it in order, pointing at the draw of its first-declared variable."""
+    with paused_gc():
+        return _build_graph(ir)
+
+
+def _build_graph(ir: irm.ModelIR) -> nx.DiGraph:
     graph = nx.DiGraph(model=ir.name)
     for var in ir.variables:
         if var.role in _NODE_ROLES:

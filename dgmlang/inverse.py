@@ -45,6 +45,7 @@ import networkx as nx
 
 from dgmlang.errors import DGMGuideError, DGMUsageError
 from dgmlang.graph import topological_order
+from dgmlang.parse import paused_gc
 
 GLOBAL = "global"
 AMORTIZED = "amortized"
@@ -119,12 +120,13 @@ def invert(graph: nx.DiGraph) -> GuidePlan:
     >>> invert(g).as_list()
     [('y', ['x']), ('z', ['x', 'y'])]
     """
-    nodes = _Nodes(graph)
-    if not nx.is_directed_acyclic_graph(graph):
-        topological_order(graph)  # raises the DGMModelError that names the cycle
-    elimination = _eliminate(graph, nodes)
-    sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
-    return _plan(nodes, sampled)
+    with paused_gc():
+        nodes = _Nodes(graph)
+        if not nx.is_directed_acyclic_graph(graph):
+            topological_order(graph)  # raises the DGMModelError that names the cycle
+        elimination = _eliminate(graph, nodes)
+        sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
+        return _plan(nodes, sampled)
 
 
 def naive_inverse(graph: nx.DiGraph) -> GuidePlan:

@@ -24,8 +24,10 @@ m.dgm:3:1: unexpected '}'
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import gc
 import hashlib
 import importlib.resources
 import math
@@ -44,7 +46,7 @@ import dgmlang.ast as ast
 from dgmlang.errors import DGMSyntaxError, did_you_mean
 from dgmlang.source import Source, Span
 
-__all__ = ["parse", "KEYWORDS", "MAX_NESTING"]
+__all__ = ["parse", "paused_gc", "KEYWORDS", "MAX_NESTING"]
 
 #: Words that cannot name a variable, a model or a keyword argument.
 KEYWORDS = frozenset(
@@ -67,11 +69,37 @@ def parse(text: str, filename: str = "<string>") -> ast.Program:
     source = Source(filename, text)
     state_token = _STATE.set(_ParseState(source))
     try:
-        return _parser().parse(text)
+        with paused_gc():
+            return _parser().parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, source) from None
     finally:
         _STATE.reset(state_token)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block, then restore its state.
+
+    Every front-end stage (parse, check, graph, invert) builds many small objects that all
+    survive the stage; left running, the collector rescans them over and over as they grow,
+    about a tenth of `dgm check` on a 10,000-line file. Nothing collectable is made meanwhile
+    that would not be collected later.
+
+    >>> with paused_gc():
+    ...     gc.isenabled()
+    False
+    >>> gc.isenabled()
+    True
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # ---------------------------------------------------------------- per-parse state
@@ -233,6 +261,12 @@ def _check_not_repeated(keyword: ast.Keyword, earlier: list[ast.Keyword], what: 
 
 class _Builder(Transformer):
     """Builds `dgmlang.ast` nodes; lark calls one method per grammar rule (or alias)."""
+
+    # Rules without a method here are the inlined `_rules` (and their repetitions), whose
+    # trees lark splices into the parent. With no `__default__`, lark builds those trees
+    # directly instead of through two extra calls per reduction. (This transformer is only
+    # ever used inside the parser, never with `transform`.)
+    __default__ = None
 
     # -------------------------------------------------------------- file and model
 
