@@ -56,9 +56,7 @@ from torch import nn
 from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.guide import AmortizedGuide, _split_raw, family_distribution
-from dgmlang.lower import (
-    LoweredModel, concat_features, flatten_event, pad_event, pyro_class, walk,
-)
+from dgmlang.lower import LoweredModel, flatten_event, pad_event, pyro_class, walk
 from dgmlang.nets import to_constraint
 
 __all__ = ["FastLoss", "build", "unsupported_reason", "plate_batch_shape"]
@@ -102,6 +100,17 @@ def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(x if y == 1 else y for x, y in zip(a, b))
 
 
+def _concat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """`dgmlang.lower.concat_features`: flat features broadcast over their batch dims and
+    joined."""
+    parts = [p if p.dtype == dtype else p.to(dtype) for p in parts]
+    batch: tuple[int, ...] = ()
+    for p in parts:
+        batch = _broadcast(batch, tuple(p.shape[:-1]))
+    return torch.cat([p if tuple(p.shape[:-1]) == batch else p.expand(*batch, p.shape[-1])
+                      for p in parts], dim=-1)
+
+
 class FastLoss:
     """The training loss of one compiled model (see the module docs); build it with `build`.
 
@@ -116,8 +125,15 @@ class FastLoss:
         self.guide = guide
         self.objective = objective
         self.num_particles = num_particles
+        ir = lowered.ir
+        # Lookups by name, built once: the IR's own are linear searches, and a model may
+        # have thousands of variables.
+        self.variables = {v.name: v for v in ir.variables}
+        self.draws = {d.target: d for d in ir.draws}
+        self._lets = {let.name: let.value for let in ir.lets}
+        self._consts = {v.name for v in ir.variables if v.role == "const"}
         self._constants: dict[str, Any] = {}
-        self.dtype = lowered.dtype  # the model's, updated at each call
+        self.dtype, self.device = lowered.dtype, lowered.device  # updated at each call
         self._constants_key: tuple | None = None
         self._guide_sites = [_GuideSite(self, step) for step in
                              (*guide._global_steps, *guide._local_steps)]
@@ -130,7 +146,7 @@ class FastLoss:
         """The negative bound of the data set (`size` points) estimated from `batch`."""
         lowered = self.lowered
         dtype, device = lowered.dtype, lowered.device
-        self.dtype = dtype
+        self.dtype, self.device = dtype, device
         if self._constants_key != (dtype, device):  # after .double() or .to(device)
             self._constants.clear()
             self._constants_key = (dtype, device)
@@ -206,7 +222,7 @@ class FastLoss:
                 return to_constraint(flat.reshape(*flat.shape[:-1], *shape), constraint, span=span)
 
             return net_call
-        if _is_constant(expr, lowered):
+        if self.is_constant(expr):
             key = f"expr{id(expr)}"
             constants = self._constants
 
@@ -231,25 +247,22 @@ class FastLoss:
                 return value if value.dtype == self.dtype else value.to(self.dtype)
 
             return single
-        return lambda env: concat_features([flatten_event(f(env), r) for f, r in args], self.dtype)
+        return lambda env: _concat([flatten_event(f(env), r) for f, r in args], self.dtype)
 
-
-def _is_constant(expr: irm.IRExpr, lowered: LoweredModel) -> bool:
-    """Whether `expr` reads nothing but literals and consts (its value never changes)."""
-    consts = set(lowered.ir.names("const"))
-    lets = {let.name: let.value for let in lowered.ir.lets}
-    pending, seen = [expr], set()
-    while pending:
-        for e in walk([pending.pop()]):
-            if isinstance(e, irm.NetCall):
-                return False
-            if isinstance(e, irm.Ref) and e.name not in consts:
-                if e.name not in lets:
+    def is_constant(self, expr: irm.IRExpr) -> bool:
+        """Whether `expr` reads nothing but literals and consts (its value never changes)."""
+        pending, seen = [expr], set()
+        while pending:
+            for e in walk([pending.pop()]):
+                if isinstance(e, irm.NetCall):
                     return False
-                if e.name not in seen:
-                    seen.add(e.name)
-                    pending.append(lets[e.name])
-    return True
+                if isinstance(e, irm.Ref) and e.name not in self._consts:
+                    if e.name not in self._lets:
+                        return False
+                    if e.name not in seen:
+                        seen.add(e.name)
+                        pending.append(self._lets[e.name])
+        return True
 
 
 class _GuideSite:
@@ -258,6 +271,7 @@ class _GuideSite:
 
     def __init__(self, fast: FastLoss, step):
         guide = fast.guide
+        self.fast = fast
         self.guide = guide
         self.name = step.latent
         self.info = guide._infos[step.latent]
@@ -268,15 +282,24 @@ class _GuideSite:
         else:
             self.net = guide.nets[guide._net_keys[step.latent]]
             self.flow = guide._flow(step.latent)
-            self.step = step
-            self.inputs = [(name, len(guide.ir.variable(name).shape), guide.input_encoding[name])
+            self.inputs = [(name, len(fast.variables[name].shape), guide.input_encoding[name])
                            for name in step.inputs]
 
     def features(self, env: Env) -> torch.Tensor:
-        """The guide network's input (`AmortizedGuide._features`)."""
-        if len(self.inputs) == 1 and self.inputs[0][1] == 1 and not self.inputs[0][2]:
-            return env[self.inputs[0][0]]  # a vector in the model's dtype, as it is
-        return self.guide._features(self.step, env)
+        """The guide network's input, as `AmortizedGuide.network_input` builds it: each input
+        (one-hot encoded where the guide encodes it) flattened, broadcast and concatenated."""
+        inputs = self.inputs
+        if len(inputs) == 1 and inputs[0][1] == 1 and not inputs[0][2]:
+            return env[inputs[0][0]]  # a vector in the model's dtype, as it is
+        if not inputs:
+            return torch.zeros(0, dtype=self.fast.dtype, device=self.fast.device)
+        parts = []
+        for name, rank, classes in inputs:
+            value = env[name]
+            if classes:
+                value, rank = nn.functional.one_hot(value.long(), classes), rank + 1
+            parts.append(flatten_event(value, rank))
+        return _concat(parts, self.fast.dtype)
 
     def sample(self, env: Env, plates) -> torch.Tensor:
         """Draw the latent into `env`; returns log q of the draw, shaped like the plates."""
@@ -299,9 +322,9 @@ class _ModelSite:
 
     def __init__(self, fast: FastLoss, name: str, is_global: bool, enumerated: bool):
         lowered = fast.lowered
-        draw = lowered.ir.draw(name)
+        draw = fast.draws[name]
         spec = DISTRIBUTIONS[draw.dist]
-        shape = lowered.ir.variable(name).shape
+        shape = fast.variables[name].shape
         self.fast = fast
         self.name = name
         self.is_global = is_global
@@ -326,7 +349,7 @@ class _ModelSite:
                 draw.packed.span,
             )
         self.constant = draw.packed is None and all(
-            _is_constant(expr, lowered) for _, expr in draw.params)
+            fast.is_constant(expr) for _, expr in draw.params)
 
     def distribution(self, env: Env):
         """The site's distribution before `.to_event` (`LoweredModel.base_distribution`)."""
@@ -393,12 +416,13 @@ def unsupported_reason(ir: irm.ModelIR, plan, *, objective: str = "elbo") -> str
     """
     if objective not in OBJECTIVES:
         return f"unknown objective {objective!r}"
+    draws = {d.target: d for d in ir.draws}
     for step in plan.steps:
         if step.kind not in SUPPORTED_KINDS:
             return f"latent '{step.latent}' is {step.kind.replace('_', ' ')}"
-        if step.kind != "enumerated_in_model" and DISTRIBUTIONS[ir.draw(step.latent).dist].discrete:
+        if step.kind != "enumerated_in_model" and DISTRIBUTIONS[draws[step.latent].dist].discrete:
             return f"latent '{step.latent}' is discrete and sampled"
-    if objective == "iwae" and ir.names("global"):
+    if objective == "iwae" and any(v.role == "global" for v in ir.variables):
         return "the importance-weighted bound draws the globals apart from the local latents"
     return None
 
