@@ -142,7 +142,6 @@ def compare_to_posterior(
         raise ValueError(f"unknown statistic(s) {unknown}; choose from {STATISTICS}")
     ir = model.ir
     batch = as_batch(model, data)
-    n = len(next(iter(batch.values())))
     plan = _plan(model)
     kinds = {s.latent: s.kind for s in plan.steps}
     discrete = {name for name, kind in kinds.items()
