@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import entry_points
 
 USER_TESTS = textwrap.dedent('''
     import numpy as np
@@ -39,11 +40,18 @@ USER_TESTS = textwrap.dedent('''
 ''')
 
 
+def _plugin_installed() -> bool:
+    """Whether dgmlang's pytest11 entry point is installed (then pytest loads the plugin
+    itself, and naming it again with -p would register it twice)."""
+    return any(ep.value == "dgmlang.pytest_plugin" for ep in entry_points(group="pytest11"))
+
+
 def test_user_tests_with_the_plugin(tmp_path):
     (tmp_path / "test_user_model.py").write_text(USER_TESTS)
     env = {**os.environ, "DGM_PLOT_DIR": str(tmp_path / "plots"), "OMP_NUM_THREADS": "1"}
+    load = [] if _plugin_installed() else ["-p", "dgmlang.pytest_plugin"]
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "dgmlang.pytest_plugin", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *load, "-q", "-p", "no:cacheprovider",
          "-o", "addopts=", "--rootdir", str(tmp_path), "test_user_model.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
