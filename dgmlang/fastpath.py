@@ -147,9 +147,12 @@ class FastLoss:
         lowered = self.lowered
         dtype, device = lowered.dtype, lowered.device
         self.dtype, self.device = dtype, device
-        if self._constants_key != (dtype, device):  # after .double() or .to(device)
+        # Cached constants are rebuilt after .double() or .to(device), and when Pyro's
+        # validation is switched (a distribution keeps the setting it was built under).
+        key = (dtype, device, torch.distributions.Distribution._validate_args)
+        if self._constants_key != key:
             self._constants.clear()
-            self._constants_key = (dtype, device)
+            self._constants_key = key
         env: Env = {}
         for name, value in batch.items():
             if value.dtype != dtype or value.device != device:

@@ -293,3 +293,16 @@ model bad {
             _general(m, "elbo", 1)(batch, 3)
         with pytest.raises(ValueError, match="Expected parameter scale"):
             fast.loss(batch, 3)
+
+
+def test_constant_distributions_follow_the_validation_setting():
+    # The prior Normal(0, 1) is built once and reused; switching Pyro's validation off (as
+    # `fit` does after its first step) must not leave it validating every sample.
+    m = _compile("digits_vae")
+    fast = fastpath.build(*_parts(m))
+    batch = _batch(m, 4)
+    for validate in (True, False):
+        with pyro.validation_enabled(validate):
+            fast.loss(batch, 4)
+            cached = [d for d in fast._constants.values() if isinstance(d, torch.distributions.Distribution)]
+            assert cached and all(d._validate_args == validate for d in cached)
