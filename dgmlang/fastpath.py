@@ -132,7 +132,7 @@ class FastLoss:
         self.draws = {d.target: d for d in ir.draws}
         self._lets = {let.name: let.value for let in ir.lets}
         self._consts = {v.name for v in ir.variables if v.role == "const"}
-        self._constants: dict[str, Any] = {}
+        self._constants: dict[tuple[str, Any], Any] = {}  # values and distributions that never change
         self.dtype, self.device = lowered.dtype, lowered.device  # updated at each call
         self._constants_key: tuple | None = None
         self._guide_sites = [_GuideSite(self, step) for step in
@@ -226,7 +226,7 @@ class FastLoss:
 
             return net_call
         if self.is_constant(expr):
-            key = f"expr{id(expr)}"
+            key = ("expr", id(expr))
             constants = self._constants
 
             def constant(env: Env) -> torch.Tensor:
@@ -357,7 +357,7 @@ class _ModelSite:
     def distribution(self, env: Env):
         """The site's distribution before `.to_event` (`LoweredModel.base_distribution`)."""
         if self.constant:
-            cached = self.fast._constants.get(self.name)
+            cached = self.fast._constants.get(("site", self.name))
             if cached is not None:
                 return cached
         kwargs = {}
@@ -374,7 +374,7 @@ class _ModelSite:
         if batch_shape != tuple(base.batch_shape):
             base = base.expand(batch_shape)
         if self.constant:
-            self.fast._constants[self.name] = base
+            self.fast._constants[("site", self.name)] = base
         return base
 
     def enumerate(self, env: Env, dims_right: int) -> None:
