@@ -38,7 +38,11 @@ from dgmlang.testing import (
 )
 
 UNLESS_SLOW = pytest.mark.skipif(os.environ.get("DGM_SLOW") != "1", reason="slow; set DGM_SLOW=1")
-FEW = dict(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: `make test` sees the same few examples every run (derandomized: a red run is reproducible
+#: and a green one stays green); the slow versions draw afresh each time, to find new bugs.
+RANDOM = dict(deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FEW = dict(RANDOM, derandomize=True)
 #: Each example compiles a model, so shrinking is slow: shrink the first bug found only.
 FIRST_BUG = dict(FEW, report_multiple_bugs=False)
 
@@ -128,7 +132,7 @@ def test_generated_models_with_networks_compile_and_take_a_finite_fit_step(m):
 
 @pytest.mark.slow
 @UNLESS_SLOW
-@settings(max_examples=200, **FIRST_BUG)
+@settings(max_examples=200, report_multiple_bugs=False, **RANDOM)
 @given(models(with_nets=True, max_latents=4, max_data=3))
 def test_generated_models_fit_large(m):
     _fits(m)
@@ -179,7 +183,7 @@ def test_trained_mvn_guide_is_within_kl_of_the_exact_posterior(lg):
 
 @pytest.mark.slow
 @UNLESS_SLOW
-@settings(max_examples=30, **FEW)
+@settings(max_examples=30, **RANDOM)
 @given(linear_gaussian_models(max_latents=3, max_data=2))
 def test_trained_mvn_guide_within_kl_large(lg):
     compiled = lg.compile()

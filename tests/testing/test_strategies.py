@@ -28,7 +28,8 @@ from dgmlang.testing import (
 )
 
 UNLESS_SLOW = pytest.mark.skipif(os.environ.get("DGM_SLOW") != "1", reason="slow; set DGM_SLOW=1")
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+               derandomize=True)
 MANY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ANY_MODEL = st.one_of(models(), models(with_nets=True), linear_gaussian_models(), discrete_models())
