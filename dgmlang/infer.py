@@ -209,6 +209,10 @@ class CompiledModel:
 
             elbo = elbo_for(self.ir, self.plan, num_particles=num_particles,
                             vectorize_particles=num_particles > 1)
+            if not self._named_parameters():
+                # nothing to learn: Pyro refuses a differentiable loss, so score it plainly
+                return lambda batch, size: torch.tensor(
+                    elbo.loss(self.model, self.guide, batch, size=size))
             return lambda batch, size: elbo.differentiable_loss(self.model, self.guide, batch, size=size)
         if objective == "iwae":
             self._check_importance_weighting("objective='iwae'")
