@@ -209,11 +209,18 @@ class CompiledModel:
 
             elbo = elbo_for(self.ir, self.plan, num_particles=num_particles,
                             vectorize_particles=num_particles > 1)
-            if not self._named_parameters():
-                # nothing to learn: Pyro refuses a differentiable loss, so score it plainly
-                return lambda batch, size: torch.tensor(
-                    elbo.loss(self.model, self.guide, batch, size=size))
-            return lambda batch, size: elbo.differentiable_loss(self.model, self.guide, batch, size=size)
+
+            def loss(batch, size):
+                try:
+                    return elbo.differentiable_loss(self.model, self.guide, batch, size=size)
+                except ValueError as err:
+                    # nothing the loss depends on is learned (no params, or unused ones): Pyro
+                    # refuses a differentiable loss, so score it plainly and skip the update
+                    if "cannot be differentiated" not in str(err):
+                        raise
+                    return torch.tensor(elbo.loss(self.model, self.guide, batch, size=size))
+
+            return loss
         if objective == "iwae":
             self._check_importance_weighting("objective='iwae'")
             if self._guide_enumerated:
@@ -248,7 +255,7 @@ class CompiledModel:
                 hint="the model keeps the parameters from before this step; try a smaller lr "
                      "or check the data",
             )
-        if optimizer is None:
+        if optimizer is None or not loss.requires_grad:
             return value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
