@@ -102,8 +102,30 @@ def _literal(value) -> str:
     return _number(value)
 
 
+class _Program:
+    """What every generated program offers beside its `name` and `text`: the front end's
+    result (`checked`: IR, graph, guide plan; `ir`) on first use, and `compile()`."""
+
+    @cached_property
+    def checked(self):
+        from dgmlang.frontend import check_source
+
+        (checked,) = check_source(self.text, f"<{self.name}>")
+        return checked
+
+    @property
+    def ir(self):
+        return self.checked.ir
+
+    def compile(self):
+        """A fresh compiled model (torch, Pyro) of this program."""
+        from dgmlang.frontend import compile_source
+
+        return compile_source(self.text, filename=f"<{self.name}>")
+
+
 @dataclass(frozen=True)
-class GeneratedModel:
+class GeneratedModel(_Program):
     """A random valid model program: its `nodes` (declaration order) rendered as `text`.
 
     `ir` (checked) and `checked` (IR, graph and guide plan) run the front end on first use;
@@ -117,28 +139,11 @@ class GeneratedModel:
     def text(self) -> str:
         return _render_generated(self.name, self.nodes)
 
-    @cached_property
-    def checked(self):
-        from dgmlang.frontend import check_source
-
-        (checked,) = check_source(self.text, f"<{self.name}>")
-        return checked
-
-    @property
-    def ir(self):
-        return self.checked.ir
-
     def node(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
     def names(self, *roles: str) -> list[str]:
         return [n.name for n in self.nodes if n.role in roles]
-
-    def compile(self):
-        """A fresh compiled model (torch, Pyro) of this program."""
-        from dgmlang.frontend import compile_source
-
-        return compile_source(self.text, filename=f"<{self.name}>")
 
     def __repr__(self) -> str:
         # Hypothesis prints this for a falsifying example: the program reads best as text.
@@ -295,7 +300,7 @@ class LinearNode:
 
 
 @dataclass(frozen=True)
-class LinearGaussianModel:
+class LinearGaussianModel(_Program):
     """A linear-Gaussian network: its program `text` and its exact joint Gaussian.
 
     Every node is a `Normal` whose mean is linear in its parents, so the joint over all nodes
@@ -328,22 +333,6 @@ class LinearGaussianModel:
     @cached_property
     def text(self) -> str:
         return _render_linear(self)
-
-    @cached_property
-    def checked(self):
-        from dgmlang.frontend import check_source
-
-        (checked,) = check_source(self.text, f"<{self.name}>")
-        return checked
-
-    @property
-    def ir(self):
-        return self.checked.ir
-
-    def compile(self):
-        from dgmlang.frontend import compile_source
-
-        return compile_source(self.text, filename=f"<{self.name}>")
 
     def node(self, name: str) -> LinearNode:
         return next(n for n in self.nodes if n.name == name)
@@ -476,7 +465,7 @@ class DiscreteNode:
 
 
 @dataclass(frozen=True)
-class DiscreteModel:
+class DiscreteModel(_Program):
     """A discrete Bayesian network over scalar Bernoulli/Categorical nodes, with its exact
     joint probability table (so every posterior is known by enumeration).
 
@@ -505,22 +494,6 @@ class DiscreteModel:
     @cached_property
     def text(self) -> str:
         return _render_discrete(self)
-
-    @cached_property
-    def checked(self):
-        from dgmlang.frontend import check_source
-
-        (checked,) = check_source(self.text, f"<{self.name}>")
-        return checked
-
-    @property
-    def ir(self):
-        return self.checked.ir
-
-    def compile(self):
-        from dgmlang.frontend import compile_source
-
-        return compile_source(self.text, filename=f"<{self.name}>")
 
     def names(self, *roles: str) -> list[str]:
         return [n.name for n in self.nodes if n.role in roles]
