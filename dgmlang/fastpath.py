@@ -222,7 +222,7 @@ class FastLoss:
 
             def net_call(env: Env) -> torch.Tensor:
                 flat = module(features(env))
-                return to_constraint(flat.reshape(*flat.shape[:-1], *shape), constraint, span=span)
+                return to_constraint(flat.reshape(flat.shape[:-1] + shape), constraint, span=span)
 
             return net_call
         if self.is_constant(expr):
@@ -365,7 +365,7 @@ class _ModelSite:
             features, module, parts, sizes, span = self.packed
             flat = module(features(env))
             for (pname, _, pshape, constraint, rank), part in zip(parts, flat.split(sizes, dim=-1)):
-                part = part.reshape(*part.shape[:-1], *pshape)
+                part = part.reshape(part.shape[:-1] + pshape)
                 kwargs[pname] = pad_event(to_constraint(part, constraint, span=span), len(pshape), rank)
         for pname, fn, value_rank, rank in self.params:
             kwargs[pname] = pad_event(fn(env), value_rank, rank)
@@ -381,7 +381,7 @@ class _ModelSite:
         """Put the latent's whole support into `env`, along the dim with `dims_right` dims to
         its right (where Pyro's parallel enumeration puts it)."""
         support = self.distribution(env).enumerate_support(expand=False).reshape(-1)
-        env[self.name] = support.reshape(-1, *(1,) * dims_right)
+        env[self.name] = support.reshape((-1,) + (1,) * dims_right)
 
     def log_prob(self, env: Env, plates, per_point: bool) -> torch.Tensor:
         """log p of the site's value in `env`: summed (as Pyro sums it over the plates it

@@ -16,7 +16,8 @@ CORPUS = sorted(path.stem for path in EXAMPLES.glob("*.dgm"))
 
 # Models beyond the corpus: every support a guide maps onto, every guide family, globals
 # beside locals, inputs, params, consts, lets, packed networks, data feeding data, deconv,
-# discrete latents summed out in the model (several, one with per-point probabilities).
+# discrete latents summed out in the model (several, one with per-point probabilities),
+# scalar values into and out of networks.
 EXTRA = {
     "supports": """
 model supports {
@@ -104,6 +105,18 @@ model mixture {
     x ~ Normal(mu[c], 0.5)
     v ~ Normal(2.0 * b - 1.0 + c - k, 1.0)
     w ~ Normal(z + mu[0], 0.5)
+}
+""",
+    "scalars": """
+model scalars {
+    global g
+    latent z
+    data   x
+    data   w[2]
+    g ~ Normal(0.0, 1.0)
+    z ~ Normal(mlp(g, hidden = [4]), 1.0)
+    x ~ Normal(mlp(z, hidden = [4]))
+    w ~ Normal(mlp(g, z, hidden = [4]), 1.0)
 }
 """,
     "images": """
