@@ -203,7 +203,16 @@ class CompiledModel:
 
     def _objective(self, objective: str, num_particles: int) -> Callable[..., torch.Tensor]:
         """The training loss ``loss(batch, size)`` (a differentiable scalar, the whole data
-        set's negative bound estimated from the minibatch)."""
+        set's negative bound estimated from the minibatch).
+
+        Models the fast path serves (see `dgmlang.fastpath`) get the same estimator computed
+        without Pyro's per-step tracing; the others, and every error, come from Pyro's path."""
+        from dgmlang import fastpath
+
+        fast = fastpath.build(self.ir, self.plan, self.model, self.guide,
+                              objective=objective, num_particles=num_particles)
+        if fast is not None:
+            return fast.loss
         if objective == "elbo":
             from dgmlang.lower import elbo_for
 

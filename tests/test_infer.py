@@ -77,8 +77,13 @@ def test_fit_counts_steps_and_handles_the_last_partial_batch(monkeypatch):
     m = dgmlang.compile(TINY)
     x = data_of(m, 10)["x"]
     rows = []
-    forward = m.guide.forward
-    monkeypatch.setattr(m.guide, "forward", lambda batch, **kw: rows.append(len(batch["x"])) or forward(batch, **kw))
+    objective = m._objective  # record the rows of every minibatch the loss sees (either path)
+
+    def counting(*args):
+        loss = objective(*args)
+        return lambda batch, size: rows.append(len(batch["x"])) or loss(batch, size)
+
+    monkeypatch.setattr(m, "_objective", counting)
     losses = m.fit(x, epochs=2, batch_size=4, seed=0, progress=False)
     assert len(losses) == 6 and rows == [4, 4, 2, 4, 4, 2]
     assert m.history["loss"] == losses and m.fitted
@@ -143,18 +148,22 @@ def test_bad_data_is_refused_before_training():
 
 
 def bomb(m, monkeypatch, make_value, after_calls: int):
-    """Make the model add `make_value()` to its log density from call `after_calls` on."""
+    """Make the training loss subtract `make_value()` (as a `pyro.factor` of that value in the
+    model would) from call `after_calls` on, on the fast and the general path alike."""
     calls = []
-    forward = m.model.forward
+    objective = m._objective
 
-    def patched(batch=None, **kw):
-        out = forward(batch, **kw)
-        calls.append(1)
-        if len(calls) > after_calls:
-            pyro.factor("bomb", make_value())
-        return out
+    def patched(*args):
+        loss = objective(*args)
 
-    monkeypatch.setattr(m.model, "forward", patched)
+        def bombed(batch, size):
+            value = loss(batch, size)
+            calls.append(1)
+            return value - make_value() if len(calls) > after_calls else value
+
+        return bombed
+
+    monkeypatch.setattr(m, "_objective", patched)
 
 
 def test_an_infinite_loss_stops_training_naming_the_step_and_keeps_the_last_good_parameters(monkeypatch):
