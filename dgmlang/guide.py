@@ -242,6 +242,9 @@ class AmortizedGuide(PyroModule):
         self._flow_keys: dict[str, str] = {}
         self._global_steps, self._local_steps = [], []
         nets, flows, variational = nn.ModuleDict(), nn.ModuleDict(), VariationalGlobals()
+        # Whole-model walks done once (a model may have thousands of latents).
+        mirrored = mirrored_networks(ir)
+        self._onehot_classes = _onehot_classes(ir)
         with seeded(seed + GUIDE_SEED_OFFSET):
             for step in plan.steps:
                 draw = ir.draw(step.latent)
@@ -269,7 +272,7 @@ class AmortizedGuide(PyroModule):
                     if info.family == "flow":
                         key = self._flow_keys[step.latent] = safe_attribute(flows, step.latent)
                         flows[key] = flow_transforms(info.size)
-                hidden, act = guide_hidden(ir, step.latent)
+                hidden, act = guide_hidden(ir, step.latent, mirrored=mirrored)
                 key = self._net_keys[step.latent] = safe_attribute(nets, step.latent)
                 nets[key] = FlatMLP(in_features, hidden, out_features, act)
                 self._local_steps.append(step)
@@ -296,16 +299,11 @@ class AmortizedGuide(PyroModule):
     def _one_hot_classes(self, name: str) -> int | None:
         """K when `name` holds class labels: a Categorical draw, or a value the model itself
         passes to ``onehot(name, K)``; None otherwise."""
-        if name in self.ir.names("data", "latent", "global"):
+        if self.ir.variable(name).role in ("data", "latent", "global"):
             draw = self.ir.draw(name)
             if draw.dist == "Categorical":
                 return self._classes(draw)
-        for expr in all_expressions(self.ir):
-            if (isinstance(expr, irm.BuiltinCall) and expr.func == "onehot"
-                    and isinstance(expr.args[0], irm.Ref) and expr.args[0].name == name
-                    and isinstance(expr.args[1], irm.Lit)):
-                return int(expr.args[1].value)
-        return None
+        return self._onehot_classes.get(name)
 
     # ------------------------------------------------------------------ the guide
 
@@ -403,45 +401,78 @@ def _split_raw(info: LatentShape, raw: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loc": loc, "scale": nn.functional.softplus(scale) + POSITIVE_FLOOR}
 
 
-def _depends_on(exprs, name: str, lets: dict[str, irm.LetDef]) -> bool:
-    """Whether `exprs` read `name`, directly or through `let`s."""
-    seen: set[str] = set()
-    pending = list(exprs)
-    while pending:
-        for e in walk([pending.pop()]):
+def mirrored_networks(ir: irm.ModelIR) -> dict[str, tuple[tuple[int, ...], str]]:
+    """For every variable some network reads (directly or through `let`s): the mirror image
+    of the first such network in the order of the model's draws — reversed hidden sizes and
+    the same activation, `DECONV_GUIDE_HIDDEN` for a deconv. One walk over the model."""
+    lets = {let.name: let.value for let in ir.lets}
+    nets = {net.name: net for net in ir.nets}
+    let_reads: dict[str, frozenset[str]] = {}
+
+    def through_let(name: str) -> frozenset[str]:
+        """Every name the let `name` reads, through other lets too (memoized, no recursion)."""
+        if name not in let_reads:
+            names: set[str] = set()
+            pending, seen = [lets[name]], {name}
+            while pending:
+                for e in walk([pending.pop()]):
+                    if isinstance(e, irm.Ref):
+                        names.add(e.name)
+                        if e.name in let_reads:
+                            names |= let_reads[e.name]
+                        elif e.name in lets and e.name not in seen:
+                            seen.add(e.name)
+                            pending.append(lets[e.name])
+            let_reads[name] = frozenset(names)
+        return let_reads[name]
+
+    def reads(exprs) -> set[str]:
+        names: set[str] = set()
+        for e in walk(exprs):
             if isinstance(e, irm.Ref):
-                if e.name == name:
-                    return True
-                if e.name in lets and e.name not in seen:
-                    seen.add(e.name)
-                    pending.append(lets[e.name].value)
-    return False
+                names.add(e.name)
+                if e.name in lets:
+                    names |= through_let(e.name)
+        return names
+
+    mirrored: dict[str, tuple[tuple[int, ...], str]] = {}
+    for draw in ir.draws:
+        for e in walk(draw_expressions(draw)):
+            if isinstance(e, irm.NetCall):
+                net = nets[e.net]
+                hidden = tuple(reversed(net.hidden)) if net.kind == "mlp" else DECONV_GUIDE_HIDDEN
+                for name in reads(e.args):
+                    mirrored.setdefault(name, (hidden, net.activation))
+    return mirrored
 
 
-def guide_hidden(ir: irm.ModelIR, latent: str) -> tuple[tuple[int, ...], str]:
+def guide_hidden(ir: irm.ModelIR, latent: str, *,
+                 mirrored: dict[str, tuple[tuple[int, ...], str]] | None = None,
+                 ) -> tuple[tuple[int, ...], str]:
     """Hidden sizes and activation of the guide network of `latent`.
 
     `guide(hidden = ...)` when given; otherwise the mirror image (reversed hidden sizes, same
     activation) of the first network, in the order of the model's draws, that reads the
     latent; `DECONV_GUIDE_HIDDEN` when that is a deconv; `DEFAULT_HIDDEN` when it feeds none.
+    `mirrored` (`mirrored_networks(ir)`) saves walking the model again for each latent.
     """
     var = ir.variable(latent)
-    lets = {let.name: let for let in ir.lets}
-    nets = {net.name: net for net in ir.nets}
-    mirrored: tuple[tuple[int, ...], str] | None = None
-    for draw in ir.draws:
-        for e in walk(draw_expressions(draw)):
-            if isinstance(e, irm.NetCall) and _depends_on(e.args, latent, lets):
-                net = nets[e.net]
-                hidden = tuple(reversed(net.hidden)) if net.kind == "mlp" else DECONV_GUIDE_HIDDEN
-                mirrored = (hidden, net.activation)
-                break
-        if mirrored:
-            break
-    hidden, act = mirrored or (DEFAULT_HIDDEN, "relu")
+    if mirrored is None:
+        mirrored = mirrored_networks(ir)
+    hidden, act = mirrored.get(latent) or (DEFAULT_HIDDEN, "relu")
     if var.guide is not None and var.guide.hidden is not None:
         hidden = tuple(var.guide.hidden)
     return hidden, act
+
+
+def _onehot_classes(ir: irm.ModelIR) -> dict[str, int]:
+    """K for every variable the model passes to ``onehot(name, K)`` (the first such call)."""
+    classes: dict[str, int] = {}
+    for expr in all_expressions(ir):
+        if (isinstance(expr, irm.BuiltinCall) and expr.func == "onehot"
+                and isinstance(expr.args[0], irm.Ref) and isinstance(expr.args[1], irm.Lit)):
+            classes.setdefault(expr.args[0].name, int(expr.args[1].value))
+    return classes
 
 
 def build_guide(ir: irm.ModelIR, plan, lowered: LoweredModel, *, seed: int = 0) -> AmortizedGuide:

@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Union
 
 from dgmlang.source import Span
@@ -221,10 +222,15 @@ class ModelIR:
     span: Span | None = _span()
 
     def variable(self, name: str) -> Variable:
-        return next(v for v in self.variables if v.name == name)
+        return self._by_name[0][name]
 
     def draw(self, name: str) -> Draw:
-        return next(d for d in self.draws if d.target == name)
+        return self._by_name[1][name]
+
+    @cached_property
+    def _by_name(self) -> tuple[dict[str, Variable], dict[str, Draw]]:
+        """Variables and draws by name, built on first use (a model may have thousands)."""
+        return {v.name: v for v in self.variables}, {d.target: d for d in self.draws}
 
     def net(self, name: str) -> Net:
         return next(n for n in self.nets if n.name == name)
