@@ -268,13 +268,14 @@ class CompiledModel:
             return value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for name, param in [] if _gradients_finite(named) else named:
-            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
-                optimizer.zero_grad(set_to_none=True)
-                raise DGMTrainingError(
-                    f"training stopped at step {step}: the gradient of {name} is not finite",
-                    hint="the model keeps the parameters from before this step; try a smaller lr",
-                )
+        if not _gradients_finite(named):
+            for name, param in named:
+                if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                    optimizer.zero_grad(set_to_none=True)
+                    raise DGMTrainingError(
+                        f"training stopped at step {step}: the gradient of {name} is not finite",
+                        hint="the model keeps the parameters from before this step; try a smaller lr",
+                    )
         optimizer.step()
         return value
 
