@@ -77,6 +77,20 @@ _instance_ids = itertools.count()
 # --------------------------------------------------------------------------- networks
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one), for benchmark headers."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def mlp(in_features: int, hidden: tuple[int, ...], out_features: int) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last)."""
     sizes = (in_features, *hidden, out_features)

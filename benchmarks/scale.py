@@ -43,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # dgmlang, when not installed
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # baselines.py sits beside this file
 
 import torch  # noqa: E402
 
@@ -237,14 +238,9 @@ def time_log_prob(repeats: int) -> tuple[float, float]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from baselines import cpu_name
+
+    cpu = cpu_name()
     return (f"{cpu}, {os.cpu_count()} cores; python {platform.python_version()}, torch "
             f"{torch.__version__}; torch threads {torch.get_num_threads()}")
 

@@ -167,14 +167,7 @@ def _time_rounds(implementations: list[Implementation], steps: int, repeats: int
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = hand.cpu_name()
     import pyro
 
     return (f"{cpu}; torch {torch.__version__}, pyro {pyro.__version__}, python {platform.python_version()}; "
