@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from dgmlang.cli import CHECKPOINT, main
+from corpus_models import CORPUS
 
 TINY = """
 # A 4x4-pixel conditional VAE, small enough to fit in a test.
@@ -27,27 +28,9 @@ model tiny {
 }
 """
 
-PPCA = """
-model ppca {
-    const W = [[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]]
-    data   x[3]
-    latent z[2]
-    z ~ Normal(0, 1)
-    x ~ Normal(matmul(W, z), 0.1)
-}
-"""
+PPCA = CORPUS["ppca"]
 
-LINREG = """
-model linreg {
-    input  u[3]
-    data   y
-    global w[3]
-    global b
-    w ~ Normal(0, 1)
-    b ~ Normal(0, 10)
-    y ~ Normal(dot(w, u) + b, 0.5)
-}
-"""
+LINREG = CORPUS["linreg"]
 
 
 def dgm(*args: str) -> int:

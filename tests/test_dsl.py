@@ -24,64 +24,7 @@ from dgmlang.printer import format_program
 
 # ---------------------------------------------------------------- the acceptance corpus
 
-CORPUS = {
-    "digits_vae": """
-model digits_vae {
-    data   x[64]
-    latent z[16]
-
-    z ~ Normal(0, 1)
-    x ~ Binomial(16, logits = mlp(z, hidden = [256, 256]))
-}""",
-    "digits_cvae": """
-model digits_cvae {
-    input  y : int
-    data   x[64]
-    latent z[16]
-
-    z ~ Normal(0, 1)
-    x ~ Binomial(16, logits = mlp(z, onehot(y, 10), hidden = [256, 256]))
-}""",
-    "digits_hvae": """
-model digits_hvae {
-    data   x[64]
-    latent z2[8]
-    latent z1[16]
-
-    z2 ~ Normal(0, 1)
-    z1 ~ Normal(mlp(z2, hidden = [128]))
-    x  ~ Binomial(16, logits = mlp(z1, hidden = [256, 256]))
-}""",
-    "gmm": """
-model gmm {
-    param  mu[3, 2]
-    data   x[2]
-    latent c
-
-    c ~ Categorical(logits = zeros(3))
-    x ~ Normal(mu[c], 0.5)
-}""",
-    "linreg": """
-model linreg {
-    input  u[3]
-    data   y
-    global w[3]
-    global b
-
-    w ~ Normal(0, 1)
-    b ~ Normal(0, 10)
-    y ~ Normal(dot(w, u) + b, 0.5)
-}""",
-    "ppca": """
-model ppca {
-    const W = [[1.0, 0.5], [0.2, -1.0], [0.7, 0.7]]
-    data   x[3]
-    latent z[2]
-
-    z ~ Normal(0, 1)
-    x ~ Normal(matmul(W, z), 0.1)
-}""",
-}
+from corpus_models import CORPUS
 
 
 def digits_vae() -> dg.Model:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dgmlang
+from corpus_models import CORPUS
 from dgmlang import infer
 from dgmlang.errors import DGMCheckpointError, DGMDataError, DGMTrainingError, DGMUsageError
 
@@ -36,17 +37,7 @@ model cond {
     x ~ Normal(mlp(z, onehot(k, 3), hidden = [8]), 0.5)
 }
 """
-LINREG = """
-model linreg {
-    input  u[3]
-    data   y
-    global w[3]
-    global b
-    w ~ Normal(0, 1)
-    b ~ Normal(0, 10)
-    y ~ Normal(dot(w, u) + b, 0.5)
-}
-"""
+LINREG = CORPUS["linreg"]
 # The discrete y is a parent of x beside z, so z's guide needs it: y is enumerated in the guide.
 SEMI = """
 model semi {
