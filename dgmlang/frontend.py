@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from dgmlang.errors import DGMError, DGMErrors, DGMUsageError, did_you_mean
+from dgmlang.facts import ModelFacts
 from dgmlang.ir import ModelIR
 from dgmlang.inverse import GuidePlan
 
@@ -34,11 +35,13 @@ if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (torch)
 
 @dataclass(frozen=True, eq=False)
 class CheckedModel:
-    """A model that passed every front-end stage: its IR, its graph and its guide plan."""
+    """A model that passed every front-end stage: its IR, its graph and its guide plan, and
+    the facts derived from them (`dgmlang.facts.ModelFacts`, built once)."""
 
     ir: ModelIR
     graph: nx.DiGraph
     plan: GuidePlan
+    facts: ModelFacts
 
 
 def check_source(text: str, filename: str = "<string>") -> tuple[CheckedModel, ...]:
@@ -58,7 +61,7 @@ def check_irs(irs) -> tuple[CheckedModel, ...]:
     for ir in irs:
         try:
             graph = build_graph(ir)
-            checked.append(CheckedModel(ir, graph, invert(graph)))
+            checked.append(CheckedModel(ir, graph, invert(graph), ModelFacts(ir, graph)))
         except DGMErrors as err:
             errors.extend(err.errors)
         except DGMError as err:

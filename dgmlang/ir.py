@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Union
+from typing import Iterable, Iterator, Union
 
 from dgmlang.source import Span
 
@@ -202,6 +202,11 @@ class Draw:
     def param(self, name: str) -> IRExpr | None:
         return dict(self.params).get(name)
 
+    @property
+    def expressions(self) -> list[IRExpr]:
+        """The argument expressions of the draw (the packed network call included)."""
+        return [value for _, value in self.params] + ([self.packed] if self.packed else [])
+
 
 @dataclass(frozen=True)
 class LetDef:
@@ -238,6 +243,31 @@ class ModelIR:
     def names(self, *roles: str) -> list[str]:
         """Names of the variables with any of `roles`, in declaration order."""
         return [v.name for v in self.variables if v.role in roles]
+
+
+def walk(exprs: Iterable[IRExpr]) -> Iterator[IRExpr]:
+    """Every sub-expression of `exprs`, pre-order, left to right, with an explicit stack
+    (expressions may nest deeply). The one expression walker of the compiled layer.
+
+    >>> e = Binary("+", Ref("a", ()), Unary("-", Ref("b", ()), ()), ())
+    >>> [type(x).__name__ for x in walk([e])]
+    ['Binary', 'Ref', 'Unary', 'Ref']
+    """
+    stack = list(exprs)[::-1]
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, Binary):
+            stack += (e.right, e.left)
+        elif isinstance(e, Unary):
+            stack.append(e.operand)
+        elif isinstance(e, IndexExpr):
+            stack += [i for i in e.items if not isinstance(i, SliceItem)][::-1]
+            stack.append(e.value)
+        elif isinstance(e, Stack):
+            stack += e.items[::-1]
+        elif isinstance(e, (BuiltinCall, NetCall)):
+            stack += e.args[::-1]
 
 
 LOCAL_ROLES = ("data", "input", "latent")
