@@ -46,7 +46,7 @@ import dgmlang.ast as ast
 from dgmlang.errors import DGMSyntaxError, did_you_mean
 from dgmlang.source import Source, Span
 
-__all__ = ["parse", "paused_gc", "KEYWORDS", "MAX_NESTING"]
+__all__ = ["parse", "paused_gc", "grammar_text", "KEYWORDS", "MAX_NESTING"]
 
 #: Words that cannot name a variable, a model or a keyword argument.
 KEYWORDS = frozenset(
@@ -420,12 +420,10 @@ class _Builder(Transformer):
 # ---------------------------------------------------------------- building the parser
 
 
-def _grammar_text() -> str:
-    return (
-        importlib.resources.files("dgmlang")
-        .joinpath("grammar/dgm.lark")
-        .read_text(encoding="utf-8")
-    )
+def grammar_text() -> str:
+    """The text of the grammar, `grammar/dgm.lark` at the repository root, which is installed
+    as the package `dgmlang.grammar` (in a wheel and in an editable install alike)."""
+    return importlib.resources.files("dgmlang.grammar").joinpath("dgm.lark").read_text(encoding="utf-8")
 
 
 def _cache_file(grammar: str) -> str | bool:
@@ -447,7 +445,7 @@ def _cache_file(grammar: str) -> str | bool:
 
 @functools.lru_cache(maxsize=None)
 def _parser() -> Lark:
-    grammar = _grammar_text()
+    grammar = grammar_text()
     return Lark(
         grammar,
         parser="lalr",
