@@ -313,9 +313,12 @@ def test_constant_distributions_follow_the_validation_setting():
     # `fit` does after its first step) must not leave it validating every sample.
     m = _compile("digits_vae")
     fast = fastpath.build(*_parts(m))
+    prior = m.model.site("z")
+    assert prior.constant
     batch = _batch(m, 4)
     for validate in (True, False):
         with pyro.validation_enabled(validate):
             fast.loss(batch, 4)
-            cached = [d for d in fast._constants.values() if isinstance(d, torch.distributions.Distribution)]
-            assert cached and all(d._validate_args == validate for d in cached)
+            cached = prior.distribution({})
+            assert cached is prior.distribution({})  # built once
+            assert cached._validate_args == validate

@@ -30,7 +30,7 @@ def corpus(name: str):
 
 
 def compiled(model, seed: int = 0):
-    lowered = lower(model.ir, seed=seed)
+    lowered = lower(model.ir, seed=seed, facts=model.facts)
     return lowered, build_guide(model.ir, model.plan, lowered, seed=seed)
 
 
@@ -65,10 +65,10 @@ def test_class_labels_are_fed_one_hot():
 
 
 def test_default_hidden_sizes_mirror_the_model_network():
-    assert guide_hidden(corpus("digits_vae").ir, "z") == ((256, 256), "relu")
-    assert guide_hidden(corpus("digits_hvae").ir, "z2") == ((128,), "relu")
-    assert guide_hidden(corpus("ppca").ir, "z") == (DEFAULT_HIDDEN, "relu")
-    ir = checked("""
+    assert guide_hidden(corpus("digits_vae").facts, "z") == ((256, 256), "relu")
+    assert guide_hidden(corpus("digits_hvae").facts, "z2") == ((128,), "relu")
+    assert guide_hidden(corpus("ppca").facts, "z") == (DEFAULT_HIDDEN, "relu")
+    facts = checked("""
     model m {
         data x[3]
         data img[1, 8, 8]
@@ -79,9 +79,9 @@ def test_default_hidden_sizes_mirror_the_model_network():
         u ~ Normal(0, 1)
         x ~ Normal(mlp(h, hidden = [32, 8], activation = tanh), 1)
         img ~ Normal(deconv(u, channels = [8]), 1)
-    }""").ir
-    assert guide_hidden(ir, "z") == ((8, 32), "tanh")  # through the let, reversed
-    assert guide_hidden(ir, "u") == (DECONV_GUIDE_HIDDEN, "relu")
+    }""").facts
+    assert guide_hidden(facts, "z") == ((8, 32), "tanh")  # through the let, reversed
+    assert guide_hidden(facts, "u") == (DECONV_GUIDE_HIDDEN, "relu")
 
 
 def test_guide_hidden_option_wins():
