@@ -1,0 +1,48 @@
+"""The `dgm` command: check, graph, fit, sample, invert, score.
+
+``dgm fit`` writes a *run folder* that the other commands read::
+
+    RUN/model.dgmfit      the fitted model (CompiledModel.save; dgmlang.load_fitted reads it)
+    RUN/loss.csv          the loss per step (and the validation loss per epoch)
+    RUN/loss.png          the loss curve
+    RUN/samples.png       samples from the fitted model (an image grid for image data)
+    RUN/reference_scores.csv  the log-likelihood of each validation row (training rows when
+                          there is no --validation), for outlier thresholds
+    RUN/run.json          how it was fitted, and the default outlier threshold
+
+A user's mistake exits 1 with the rendered DGMError and no traceback; Ctrl-C during `fit`
+saves the model as it was after the last completed step and exits 130. docs/cli.md is the
+reference.
+
+The package, by concern: `arguments` (the argument parser), `runs` (run folders: writing,
+opening, reference scores and outlier thresholds), `shared` (output names, chunked scoring,
+sample pictures), and one module per command group: `model_files` (check, graph), `fit`,
+`sample`, `invert`, `score`. `python -m dgmlang` and `python -m dgmlang.cli` run `main`.
+
+>>> main(["check", "--help"])  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+SystemExit: 0
+"""
+from __future__ import annotations
+
+import sys
+
+from dgmlang.cli.arguments import build_parser
+from dgmlang.cli.model_files import summary
+from dgmlang.cli.runs import CHECKPOINT, REFERENCE_SCORES, RUN_INFO
+from dgmlang.errors import DGMError
+
+__all__ = ["main", "build_parser", "summary", "CHECKPOINT", "RUN_INFO", "REFERENCE_SCORES"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except DGMError as err:
+        print(err, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

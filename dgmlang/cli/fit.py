@@ -1,0 +1,136 @@
+"""`dgm fit`: fit a model to data and write a run folder."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, write_history,
+                              write_reference_scores)
+from dgmlang.cli.shared import draw_samples, to_numpy
+from dgmlang.errors import DGMTrainingError, DGMUsageError
+
+
+@contextmanager
+def interrupts_between_steps():
+    """Hold a Ctrl-C that arrives during an optimizer step until the step is done, so an
+    interrupted `fit` leaves every parameter as it was after one whole step (torch's global
+    optimizer hooks mark the step; outside a step Ctrl-C interrupts at once)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state = {"in_step": False, "pending": False}
+
+    def on_interrupt(signum, frame):
+        if state["in_step"]:
+            state["pending"] = True
+        else:
+            raise KeyboardInterrupt
+
+    def before(optimizer, args, kwargs):
+        state["in_step"] = True
+
+    def after(optimizer, args, kwargs):
+        state["in_step"] = False
+        if state["pending"]:
+            state["pending"] = False
+            raise KeyboardInterrupt
+
+    handles = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        for handle in handles:
+            handle.remove()
+
+
+def cmd_fit(args) -> int:
+    from dgmlang.datafiles import read_data, validate
+    from dgmlang.frontend import check_source, compile_checked, read_source, select
+
+    source = read_source(args.file)
+    checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+    ir = checked.ir
+    if args.epochs is not None and args.steps is not None:
+        raise DGMUsageError("give --epochs or --steps, not both")
+    data = read_data(args.data, ir)
+    validate(ir, data, str(args.data), purpose="fit")
+    validation = None
+    if args.validation:
+        validation = read_data(args.validation, ir)
+        validate(ir, validation, str(args.validation), purpose="validation")
+    out = args.out or Path("runs") / ir.name
+    if out.exists() and not out.is_dir():
+        raise DGMUsageError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = compile_checked(checked, source=source, filename=str(args.file))
+    n = len(next(iter(data.values())))
+    print(f"fitting {ir.name} to {n} rows of {args.data} -> {out}/", file=sys.stderr)
+    stopped: DGMTrainingError | None = None
+    interrupted = False
+    try:
+        with interrupts_between_steps():
+            model.fit(data, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      num_particles=args.num_particles, objective=args.objective, validation=validation,
+                      seed=args.seed, progress=not args.quiet)
+    except KeyboardInterrupt:
+        interrupted = True
+    except DGMTrainingError as err:
+        stopped = err
+    steps_done = len(model.history["loss"])
+    if not model.fitted:
+        if interrupted:
+            print("interrupted before the first step; nothing saved", file=sys.stderr)
+            return 130
+        raise stopped  # type: ignore[misc]
+    model.save(out / CHECKPOINT)
+    write_history(model, out, n, args.batch_size)
+    info = {"model_file": str(args.file), "model": ir.name, "data": str(args.data), "rows": n,
+            "steps": steps_done, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "objective": args.objective, "num_particles": args.num_particles, "seed": args.seed,
+            "final_loss": model.history["loss"][-1], "interrupted": interrupted,
+            "stopped": None if stopped is None else stopped.message}
+    if interrupted or stopped is not None:
+        (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        print(stopped if stopped is not None else
+              f"interrupted after step {steps_done}; saved the model as it was then to {out / CHECKPOINT}",
+              file=sys.stderr)
+        return 130 if interrupted else 1
+    _write_samples(model, data, out / "samples.png", seed=args.seed)
+    if args.no_score:
+        (out / REFERENCE_SCORES).unlink(missing_ok=True)  # a previous run's scores would not match
+    elif validation is not None:
+        info["score"] = write_reference_scores(model, validation, out, f"validation data ({args.validation})",
+                                          seed=args.seed, quiet=args.quiet)
+    else:
+        info["score"] = write_reference_scores(model, data, out, "training data", seed=args.seed, quiet=args.quiet)
+    (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    print(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
+    if "score" in info and info["score"].get("threshold") is not None:
+        s = info["score"]
+        print(f"log-likelihood of the {s['reference']}: mean {s['mean']:.4g}; outlier threshold (its "
+              f"{THRESHOLD_QUANTILE:.0%} quantile) {s['threshold']:.4g}", file=sys.stderr)
+    print(f"wrote {out}/: {CHECKPOINT}, loss.csv, loss.png, samples.png"
+          + (f", {REFERENCE_SCORES}" if (out / REFERENCE_SCORES).exists() else "") + f", {RUN_INFO}")
+    return 0
+
+
+def _write_samples(model, data: dict, out: Path, *, seed: int | None) -> None:
+    """A picture of draws from the fitted model, next to the training data where it helps."""
+    count = 40
+    inputs = {name: data[name][:count] for name in model.ir.names("input")}
+    rows = len(next(iter(inputs.values()))) if inputs else count
+    samples = model.sample(rows, inputs or None, seed=seed)
+    titles = None
+    if len(inputs) == 1 and not model.ir.variable(next(iter(inputs))).shape:
+        name = next(iter(inputs))
+        titles = [f"{name}={v}" for v in inputs[name].tolist()]
+    draw_samples(model.ir, {k: to_numpy(v) for k, v in samples.items()}, [out], reference=data, titles=titles)
