@@ -15,6 +15,10 @@ row (and column) and what was expected, raised before any training starts:
   `total_count`, negative or fractional counts, a class >= K, a Bernoulli value other than
   0 or 1, a negative value where the support is positive, a row off the simplex, ...) or
   outside an input's declared type;
+* integer values outside what every use of them takes (`dgmlang.facts.ModelFacts`): a value
+  given to ``onehot(y, K)`` must lie in 0..K-1, an index ``mu[c]`` within the indexed
+  dimension, a Binomial `total_count` read from an input (or other data) must be a whole
+  number >= 0, and each count of that Binomial at most its row's total_count;
 * NaN and infinite values. In `invert` (``allow_missing=True``) NaN marks a missing entry of
   a `data` variable (as does False in `mask`); infinities are never valid.
 
@@ -44,7 +48,9 @@ from torch.distributions import constraints
 import pyro.distributions as pyro_dist
 
 from dgmlang.errors import DGMDataError, did_you_mean
-from dgmlang.ir import Lit, ModelIR, Variable
+from dgmlang.facts import ModelFacts
+from dgmlang.ir import Lit, ModelIR, Ref, Variable
+from dgmlang.source import Span
 
 
 @dataclass(frozen=True)
@@ -129,13 +135,15 @@ def _literal(expr) -> float | int | None:
     return None
 
 
-def support_of(ir: ModelIR, var: Variable) -> Support:
+def support_of(ir: ModelIR, var: Variable, *, facts: ModelFacts | None = None) -> Support:
     """The support a value of `var` must lie in: from its distribution for `data`, from its
-    declared type for an `input`.
+    declared type for an `input`. `facts` (the model's `ModelFacts`, e.g.
+    ``CheckedModel.facts``) saves building them again; the bounds that the *uses* of an
+    integer value add (onehot, indices) are not part of the support (see `prepare_data`).
 
-    >>> from dgmlang.ir import Draw, Ref, ModelIR, Variable
+    >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("c", "data", ()),),
-    ...              (Draw("c", "Categorical", (("logits", Ref("l", (3,))),)),))
+    ...              (Draw("c", "Categorical", (("logits", Lit((0.0, 0.0, 0.0), (3,))),)),))
     >>> support_of(ir, ir.variable("c")).description
     'a whole number in 0..2'
     """
@@ -143,11 +151,8 @@ def support_of(ir: ModelIR, var: Variable) -> Support:
         return _input_support(var)
     draw = ir.draw(var.name)
     params = dict(draw.params)
-    packed = {p.name: p.shape for p in draw.packed_params}
     if draw.dist == "Categorical":
-        expr = params.get("probs", params.get("logits"))
-        shape = expr.shape if expr is not None else packed.get("logits", packed.get("probs"))
-        classes = shape[-1]
+        classes = (facts if facts is not None else ModelFacts(ir)).classes(var.name)
         return _support_of_constraint(constraints.integer_interval(0, classes - 1),
                                       integer_dtype=True)
     if draw.dist == "Binomial":
@@ -181,6 +186,130 @@ def _input_support(var: Variable) -> Support:
         placeholder = 1.0 / var.shape[-1] if var.shape else 1.0
         return _support_of_constraint(constraints.simplex, event_rank=1, placeholder=placeholder)
     return _REAL
+
+
+# ---------------------------------------------------------------- integer uses
+
+
+@dataclass(frozen=True)
+class _Bound:
+    """What one use of an integer value takes: whole numbers in ``0..high`` (no upper bound
+    when `high` is None). `says` completes "row 3 holds 10, but ..."; `span` is the use."""
+
+    high: int | None
+    says: str
+    span: Span | None = None
+
+    def allows(self, values: torch.Tensor) -> torch.Tensor:
+        ok = values >= 0
+        if values.is_floating_point():
+            ok &= values == values.round()
+        if self.high is not None:
+            ok &= values <= self.high
+        return ok
+
+    @property
+    def expected(self) -> str:
+        taken = "a whole number >= 0" if self.high is None else f"a whole number in 0..{self.high}"
+        return taken + (f" (the use at {self.span})" if self.span is not None else "")
+
+
+@dataclass(frozen=True)
+class _TotalCount:
+    """A Binomial variable `target` whose total_count is the value of variable `source`
+    (an input, or other data), of shape `shape` (broadcast against the target's shape)."""
+
+    target: str
+    source: str
+    shape: tuple[int, ...]
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The rules the uses of integer values add to the supports, for one model."""
+
+    bounds: Mapping[str, tuple[_Bound, ...]]
+    total_counts: tuple[_TotalCount, ...]
+
+
+def _variable_behind(facts: ModelFacts, expr) -> str | None:
+    """The variable `expr` is, looking through lets that only rename one; None otherwise."""
+    seen: set[str] = set()
+    while isinstance(expr, Ref) and expr.name in facts.lets and expr.name not in seen:
+        seen.add(expr.name)
+        expr = facts.lets[expr.name]
+    if isinstance(expr, Ref) and expr.name in facts.variables:
+        return expr.name
+    return None
+
+
+def _rules(facts: ModelFacts) -> _Rules:
+    """Every bound on a `data` or `input` value from its uses: ``onehot(y, K)``, an index
+    ``mu[c]``, a Binomial total_count (also through lets that rename the value)."""
+    bounds: dict[str, list[_Bound]] = {}
+    checked_roles = ("data", "input")
+    for used, uses in facts.integer_uses.items():
+        name = _variable_behind(facts, Ref(used, ()))
+        if name is None or facts.variables[name].role not in checked_roles:
+            continue
+        for use in uses:
+            if use.kind == "onehot":
+                says = f"onehot({used}, {use.limit}) takes 0..{use.limit - 1}"
+            else:
+                says = f"it indexes a dimension of size {use.limit} (0..{use.limit - 1})"
+            bounds.setdefault(name, []).append(_Bound(use.limit - 1, says, use.span))
+    total_counts = []
+    for target, draw in facts.draws.items():
+        if draw.dist != "Binomial" or facts.variables[target].role not in checked_roles:
+            continue
+        count = draw.param("total_count")
+        source = _variable_behind(facts, count) if count is not None else None
+        if source is None or facts.variables[source].role not in checked_roles:
+            continue
+        says = f"it is the total_count of Binomial '{target}', a whole number >= 0"
+        bounds.setdefault(source, []).append(_Bound(None, says, count.span))
+        total_counts.append(_TotalCount(target, source, tuple(count.shape), count.span))
+    return _Rules({k: tuple(v) for k, v in bounds.items()}, tuple(total_counts))
+
+
+def _check_bounds(what: str, values: torch.Tensor, missing: torch.Tensor,
+                  bounds: tuple[_Bound, ...]) -> None:
+    for bound in bounds:
+        ok = bound.allows(values) | missing
+        if not bool(ok.all()):
+            index = _first(~ok)
+            raise DGMDataError(f"{what}: {_position(index)} holds {_shown(values[index])}, "
+                               f"but {bound.says}", hint=f"expected {bound.expected}")
+
+
+def _check_total_counts(ir: ModelIR, rules: _Rules, values: Mapping[str, torch.Tensor],
+                        observed: Mapping[str, torch.Tensor]) -> None:
+    """Each count of a Binomial whose total_count comes from another variable is at most
+    that row's total_count (entries missing on either side are not compared)."""
+    for rule in rules.total_counts:
+        if rule.target not in values or rule.source not in values:
+            continue
+        counts, totals = values[rule.target], values[rule.source]
+        extra = counts.dim() - totals.dim()  # event dims the total_count broadcasts over
+        totals = totals.reshape(totals.shape[0], *(1,) * extra, *totals.shape[1:])
+        ok = counts <= totals
+        for name, shaped in ((rule.target, None), (rule.source, totals.shape)):
+            if name in observed:
+                seen = observed[name]
+                ok |= ~(seen if shaped is None else seen.reshape(shaped))
+        if not bool(ok.all()):
+            index = _first(~ok)
+            total_index = tuple(0 if size == 1 else j for j, size in zip(index, totals.shape))
+            source = ir.variable(rule.source)
+            owner = f"input '{source.name}'" if source.role == "input" else f"'{source.name}'"
+            raise DGMDataError(
+                f"{_describe(ir.variable(rule.target), ir)}: {_position(index)} holds "
+                f"{_shown(counts[index])}, more than its total_count ({owner} holds "
+                f"{_shown(totals[total_index])} in row {index[0]})",
+                hint="a Binomial count lies in 0..total_count, row by row"
+                     + (f" (the total_count at {rule.span})" if rule.span is not None else ""),
+            )
 
 
 # ---------------------------------------------------------------- conversion
@@ -235,10 +364,11 @@ def _shown(x: torch.Tensor) -> str:
 
 
 def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
-             observed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             observed: torch.Tensor | None, facts: ModelFacts,
+             rules: _Rules) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Check one variable; its tensor and (for data with missing entries) its observed mask."""
     what = _describe(var, ir)
-    support = support_of(ir, var)
+    support = support_of(ir, var, facts=facts)
     tensor = _to_tensor(var.name, what, value)
     expected = "(n" + "".join(f", {d}" for d in var.shape) + ")"
     if tensor.dim() != len(var.shape) + 1 or tuple(tensor.shape[1:]) != var.shape:
@@ -289,6 +419,7 @@ def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
             where, shown = _position(index), _shown(checkable[index])
         raise DGMDataError(f"{what}: {where} holds {shown}, outside its support",
                            hint=f"expected {support.description}")
+    _check_bounds(what, checkable, missing, rules.bounds.get(var.name, ()))
     return checkable, (~missing if bool(missing.any()) else None)
 
 
@@ -327,11 +458,13 @@ def _row_count(converted: dict[str, torch.Tensor]) -> int:
 
 
 def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing: bool = False,
-                 mask: Mapping[str, Any] | None = None) -> Dataset:
-    """Check and convert `data` (every `data` and `input` variable) for `purpose`.
+                 mask: Mapping[str, Any] | None = None, facts: ModelFacts | None = None) -> Dataset:
+    """Check and convert `data` (every `data` and `input` variable) for `purpose`: shapes,
+    dtypes, supports, and every use of an integer value (see the module's docstring).
 
     With `allow_missing` (invert), NaN entries and False entries of `mask` are missing, and a
-    `data` variable left out entirely is missing everywhere.
+    `data` variable left out entirely is missing everywhere. `facts` (the model's
+    `ModelFacts`) saves building them again.
 
     >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
@@ -341,6 +474,8 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
     (tensor([[0.5000, 0.0000]]), tensor([[ True, False]]))
     """
     given = _as_dict(ir, data, purpose)
+    facts = facts if facts is not None else ModelFacts(ir)
+    rules = _rules(facts)
     data_names, input_names = ir.names("data"), ir.names("input")
     declared = ir.names("data", "input")
     _check_names(given, declared, purpose)
@@ -374,14 +509,16 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
                     f"mask for '{name}' has shape {tuple(m.shape)} but the data has {tuple(tensor.shape)}",
                     hint="the mask is shaped like the data, True where observed",
                 )
-        values[name], obs = _convert(ir, var, given[name], allow_missing=allow_missing, observed=m)
+        values[name], obs = _convert(ir, var, given[name], allow_missing=allow_missing, observed=m,
+                                     facts=facts, rules=rules)
         if obs is not None:
             observed[name] = obs
     n = _row_count(values)
+    _check_total_counts(ir, rules, values, observed)
     for name in data_names:
         if name not in values:  # missing everywhere: a placeholder row per data point
             var = ir.variable(name)
-            support = support_of(ir, var)
+            support = support_of(ir, var, facts=facts)
             dtype = torch.long if support.integer_dtype else torch.get_default_dtype()
             values[name] = torch.full((n, *var.shape), support.placeholder, dtype=dtype)
             observed[name] = torch.zeros((n, *var.shape), dtype=torch.bool)
@@ -398,9 +535,11 @@ def _mask_tensor(var: Variable, mask: Any) -> torch.Tensor:
     return tensor
 
 
-def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int) -> dict[str, torch.Tensor]:
-    """Check the `input` variables for drawing `n` samples; a value shaped like one data
-    point (a scalar for a scalar input) is repeated for all n.
+def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
+                   facts: ModelFacts | None = None) -> dict[str, torch.Tensor]:
+    """Check the `input` variables for drawing `n` samples, as `prepare_data` checks them
+    (every use of an integer value included); a value shaped like one data point (a scalar
+    for a scalar input) is repeated for all n.
 
     >>> from dgmlang.ir import ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("y", "input", (), type="int"),), ())
@@ -418,6 +557,8 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int) -> dic
             f"sample: no values for the input(s) {', '.join(map(repr, absent))}",
             hint="pass inputs={name: array shaped (n, *shape) or one value for all}",
         )
+    facts = facts if facts is not None else ModelFacts(ir)
+    rules = _rules(facts)
     values = {}
     for name in input_names:
         var = ir.variable(name)
@@ -427,5 +568,6 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int) -> dic
         elif tensor.dim() >= 1 and tensor.shape[0] != n and tuple(tensor.shape[1:]) == var.shape:
             raise DGMDataError(f"input '{name}' has {tensor.shape[0]} rows but {n} samples were asked for",
                                hint="give one row per sample, or one value for all")
-        values[name], _ = _convert(ir, var, tensor, allow_missing=False, observed=None)
+        values[name], _ = _convert(ir, var, tensor, allow_missing=False, observed=None,
+                                   facts=facts, rules=rules)
     return values

@@ -397,14 +397,17 @@ def split_missing(ir: ModelIR, arrays: Mapping[str, np.ndarray]) -> tuple[dict, 
 
 
 def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purpose: str,
-             allow_missing: bool = False, mask: Mapping[str, np.ndarray] | None = None) -> None:
-    """Run the model's own data checks now (support, dtypes, ...), with `source` leading the
-    message, so a bad file fails before training starts rather than deep inside it."""
+             allow_missing: bool = False, mask: Mapping[str, np.ndarray] | None = None,
+             facts=None) -> None:
+    """Run the model's own data checks now (support, dtypes, every use of an integer value,
+    ...: `dgmlang.data.prepare_data`), with `source` leading the message, so a bad file fails
+    before training starts rather than deep inside it. `facts` (the model's `ModelFacts`)
+    saves building them again."""
     from dgmlang.data import prepare_data
 
     try:
         prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
-                     mask=dict(mask) if mask else None)
+                     mask=dict(mask) if mask else None, facts=facts)
     except DGMDataError as err:
         raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
 

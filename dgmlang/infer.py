@@ -53,6 +53,7 @@ from pyro.poutine.util import prune_subsample_sites
 from dgmlang.data import Dataset, prepare_data, prepare_inputs, support_of
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMCheckpointError, DGMTrainingError, DGMUsageError
+from dgmlang.facts import ModelFacts
 from dgmlang.graph import build_graph, topological_order
 from dgmlang.ir import ModelIR
 from dgmlang.nets import seeded
@@ -120,6 +121,7 @@ class CompiledModel:
         self.fitted = False
         kinds = {step.latent: step.kind for step in plan.steps}
         graph = build_graph(ir)
+        self.facts = ModelFacts(ir, graph)
         self._globals = ir.names("global")
         self._data = [n for n in topological_order(graph) if n in ir.names("data")]
         self._inputs = ir.names("input")
@@ -170,8 +172,9 @@ class CompiledModel:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or math.isinf(lr):
             raise DGMUsageError(f"lr must be a positive number, not {lr!r}")
         loss_fn = self._objective(objective, num_particles)
-        dataset = prepare_data(self.ir, data, purpose="fit")
-        held_out = prepare_data(self.ir, validation, purpose="validation") if validation is not None else None
+        dataset = prepare_data(self.ir, data, purpose="fit", facts=self.facts)
+        held_out = prepare_data(self.ir, validation, purpose="validation",
+                                facts=self.facts) if validation is not None else None
 
         n = dataset.n
         rows_per_step = min(batch_size, n)
@@ -255,14 +258,13 @@ class CompiledModel:
             raise DGMTrainingError(
                 f"training stopped at step {step}: a distribution got invalid parameters "
                 f"({str(err).splitlines()[0]})",
-                hint="the model keeps the parameters from before this step; try a smaller lr",
+                hint=_failure_hint(first_update=not self.fitted),
             ) from None
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DGMTrainingError(
                 f"training stopped at step {step}: the loss is {value}",
-                hint="the model keeps the parameters from before this step; try a smaller lr "
-                     "or check the data",
+                hint=_failure_hint(first_update=not self.fitted),
             )
         if optimizer is None or not loss.requires_grad:
             return value
@@ -274,7 +276,7 @@ class CompiledModel:
                     optimizer.zero_grad(set_to_none=True)
                     raise DGMTrainingError(
                         f"training stopped at step {step}: the gradient of {name} is not finite",
-                        hint="the model keeps the parameters from before this step; try a smaller lr",
+                        hint=_failure_hint(first_update=not self.fitted),
                     )
         optimizer.step()
         return value
@@ -387,7 +389,7 @@ class CompiledModel:
         `inputs` holds every input variable, ``(n, *shape)`` or one value for all n.
         """
         _positive_int("n", n)
-        given_inputs = prepare_inputs(self.ir, inputs, n)
+        given_inputs = prepare_inputs(self.ir, inputs, n, facts=self.facts)
         with seeded(seed), torch.no_grad():
             model = self.model
             if self._globals and self.fitted:
@@ -412,7 +414,7 @@ class CompiledModel:
         batch = {}
         for name in self._inputs + self._data:
             var = self.ir.variable(name)
-            support = support_of(self.ir, var)
+            support = support_of(self.ir, var, facts=self.facts)
             dtype = torch.long if support.integer_dtype else torch.get_default_dtype()
             batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype)
         return batch
@@ -429,7 +431,7 @@ class CompiledModel:
         """
         _positive_int("num_samples", num_samples)
         self._check_importance_weighting("log_prob")
-        dataset = prepare_data(self.ir, data, purpose="log_prob")
+        dataset = prepare_data(self.ir, data, purpose="log_prob", facts=self.facts)
         points = max(1, min(dataset.n, CHUNK_CELLS // num_samples))
         particles = max(1, min(num_samples, CHUNK_CELLS // points))
         result = []
@@ -459,7 +461,8 @@ class CompiledModel:
         """
         _positive_int("num_samples", num_samples)
         self._check_importance_weighting("invert")
-        dataset = prepare_data(self.ir, data, purpose="invert", allow_missing=True, mask=mask)
+        dataset = prepare_data(self.ir, data, purpose="invert", allow_missing=True, mask=mask,
+                               facts=self.facts)
         with seeded(seed), torch.no_grad():
             globals_ = self._guide_globals(num_samples)
             complete = torch.ones(dataset.n, dtype=torch.bool)
@@ -759,6 +762,18 @@ def _gradients_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
     overflows fails it too, so the caller confirms entry by entry before stopping."""
     sums = [param.grad.sum() for _, param in named if param.grad is not None]
     return not sums or bool(torch.stack(sums).isfinite().all())
+
+
+def _failure_hint(*, first_update: bool) -> str:
+    """What to try when training fails. On the model's first update
+    nothing has been learned yet, so the learning rate cannot be the cause: the model or the
+    data is; after updates, they may have gone too far."""
+    if first_update:
+        return ("it failed on the first step, before any update: check the model's parameters "
+                "(their initial values, an unconstrained param where a positive one is needed) "
+                "and the data")
+    return ("the model keeps the parameters from before this step; try a smaller lr "
+            "or check the data")
 
 
 def _positive_int(name: str, value: Any) -> None:

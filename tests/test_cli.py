@@ -314,3 +314,33 @@ def test_ctrl_c_keeps_the_model_after_the_last_completed_step(workdir):
     fitted = dgmlang.load_fitted(out / CHECKPOINT)
     assert info["interrupted"] and info["steps"] >= 1
     assert fitted.fitted and len(fitted.history["loss"]) == info["steps"]
+
+
+# ---------------------------------------------------------------- integer data against every use
+
+
+def test_a_label_outside_its_onehot_is_refused_by_every_command(tiny_run, workdir, tmp_path, capsys):
+    with np.load(workdir / "tiny.npz") as archive:
+        x, y = archive["x"][:4], archive["y"][:4].copy()
+    y[2] = 3  # tiny reads onehot(y, 3)
+    bad = tmp_path / "bad_labels.npz"
+    np.savez(bad, x=x, y=y)
+    message = "input 'y' (int): row 2 holds 3, but onehot(y, 3) takes 0..2"
+    runs = {
+        "fit": ["fit", workdir / "tiny.dgm", "--data", bad, "--steps", 1, "--out", tmp_path / "run", "-q"],
+        "fit --validation": ["fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--validation", bad,
+                             "--steps", 1, "--out", tmp_path / "run", "-q"],
+        "score": ["score", tiny_run, "--data", bad, "-o", tmp_path / "s.csv", "-q"],
+        "invert": ["invert", tiny_run, "--data", bad, "-o", tmp_path / "i.npz", "-q"],
+    }
+    for command, args in runs.items():
+        assert dgm(*args) == 1, command
+        err = capsys.readouterr().err
+        assert f"{bad}: {message}" in err, (command, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert dgm("sample", tiny_run, "-n", 2, "--input", "y=3", "-o", tmp_path / "s.npz") == 1
+    assert "input 'y' (int): row 0 holds 3, but onehot(y, 3) takes 0..2" in capsys.readouterr().err
+    np.savez(tmp_path / "inputs.npz", y=y)
+    assert dgm("sample", tiny_run, "--inputs", tmp_path / "inputs.npz", "-o", tmp_path / "s.npz") == 1
+    assert message in capsys.readouterr().err

@@ -243,3 +243,109 @@ def test_prepare_inputs_broadcasts_one_value_to_all_samples():
         prepare_inputs(ir, {"s": 1.0, "p": 0.5, "ww": torch.zeros(3)}, 3)
     with pytest.raises(DGMDataError, match="input 's' \\(positive\\): row 0 holds 0"):
         prepare_inputs(ir, {"s": 0.0, "p": 0.5, "w": torch.zeros(3)}, 3)
+
+
+# ---------------------------------------------------------------- every use of an integer value
+
+USES = {m.ir.name: m for m in check_source("""
+model uses {
+    input n : int
+    input y : int
+    input j : int
+    data k[2]
+    data c
+    let yy = y
+    const mu = [1.0, 2.0, 3.0]
+    c ~ Categorical(logits = zeros(3))
+    k ~ Binomial(n, logits = mu[c] + mu[j] + onehot(yy, 4)[0])
+}
+model counts_from_data {
+    data n
+    data k[2]
+    n ~ Poisson(3.0)
+    k ~ Binomial(n, 0.5)
+}
+""", "uses.dgm")}
+
+
+def good_uses(n=3):
+    return {"n": torch.full((n,), 5), "y": torch.arange(n) % 4, "j": torch.arange(n) % 3,
+            "k": torch.ones(n, 2, dtype=torch.long), "c": torch.arange(n) % 3}
+
+
+def use_error(data, model="uses", **options) -> str:
+    checked = USES[model]
+    with pytest.raises(DGMDataError) as info:
+        prepare_data(checked.ir, data, facts=checked.facts, **options)
+    return str(info.value)
+
+
+def test_good_data_passes_every_use():
+    out = prepare_data(USES["uses"].ir, good_uses(), facts=USES["uses"].facts)
+    assert out.values["y"].tolist() == [0, 1, 2]
+    prepare_data(USES["uses"].ir, good_uses())  # the facts are built when not given
+
+
+@pytest.mark.parametrize("value", [4, -1])
+def test_onehot_takes_zero_to_k_minus_one_through_a_let(value):
+    text = use_error({**good_uses(), "y": torch.tensor([0, value, 1])})
+    assert f"input 'y' (int): row 1 holds {value}, but onehot(yy, 4) takes 0..3" in text
+    assert "expected a whole number in 0..3 (the use at uses.dgm:11:46)" in text
+
+
+def test_an_index_stays_inside_the_indexed_dimension():
+    text = use_error({**good_uses(), "j": torch.tensor([0, 2, 3])})
+    assert "input 'j' (int): row 2 holds 3, but it indexes a dimension of size 3 (0..2)" in text
+    assert "the use at uses.dgm:11:41" in text
+
+
+def test_a_categorical_label_is_checked_against_its_classes():
+    assert "data variable 'c' (Categorical): row 0 holds 3, outside its support" in use_error(
+        {**good_uses(), "c": torch.tensor([3, 0, 1])})
+
+
+def test_binomial_counts_stay_at_most_the_total_count_of_their_row():
+    k = torch.tensor([[1, 2], [0, 6], [5, 5]])
+    text = use_error({**good_uses(), "k": k})
+    assert ("data variable 'k' (Binomial): row 1, column 1 holds 6, more than its total_count "
+            "(input 'n' holds 5 in row 1)") in text
+    assert "the total_count at uses.dgm:11:18" in text
+    # a count of another row's size is fine where that row allows it
+    prepare_data(USES["uses"].ir, {**good_uses(), "n": torch.tensor([2, 6, 5]), "k": k})
+
+
+def test_a_total_count_from_an_input_is_a_whole_number_at_least_zero():
+    text = use_error({**good_uses(), "n": torch.tensor([5, -2, 5])})
+    assert "input 'n' (int): row 1 holds -2, but it is the total_count of Binomial 'k'" in text
+
+
+def test_a_total_count_from_other_data_is_compared_row_by_row_and_missing_entries_skipped():
+    good = {"n": torch.tensor([3.0, 1.0]), "k": torch.tensor([[3.0, 0.0], [1.0, 1.0]])}
+    prepare_data(USES["counts_from_data"].ir, good)
+    text = use_error({**good, "k": torch.tensor([[3.0, 0.0], [2.0, 1.0]])}, model="counts_from_data")
+    assert "row 1, column 0 holds 2, more than its total_count ('n' holds 1 in row 1)" in text
+    prepare_data(USES["counts_from_data"].ir, {"n": torch.tensor([3.0, float("nan")]),
+                                              "k": torch.tensor([[3.0, 0.0], [2.0, 1.0]])},
+                 allow_missing=True)
+    prepare_data(USES["counts_from_data"].ir, {"n": torch.tensor([3.0, 1.0]),
+                                              "k": torch.tensor([[3.0, 0.0], [float("nan"), 1.0]])},
+                 allow_missing=True)
+
+
+def test_missing_entries_are_not_held_to_the_uses():
+    data = {**good_uses(), "c": torch.tensor([0, 0, 1])}
+    out = prepare_data(USES["uses"].ir, data, allow_missing=True,
+                       mask={"c": torch.tensor([True, False, True])})
+    assert out.observed["c"].tolist() == [True, False, True]
+
+
+def test_prepare_inputs_checks_every_use_too():
+    checked = USES["uses"]
+    ok = {"n": 5, "y": 3, "j": 2}
+    assert prepare_inputs(checked.ir, ok, 2, facts=checked.facts)["y"].tolist() == [3, 3]
+    with pytest.raises(DGMDataError, match=r"input 'y' \(int\): row 0 holds 4, but onehot\(yy, 4\)"):
+        prepare_inputs(checked.ir, {**ok, "y": 4}, 2)
+    with pytest.raises(DGMDataError, match=r"input 'j' \(int\): row 1 holds 3, but it indexes"):
+        prepare_inputs(checked.ir, {**ok, "j": torch.tensor([0, 3])}, 2)
+    with pytest.raises(DGMDataError, match=r"input 'n' \(int\): row 0 holds -1, but it is the total_count"):
+        prepare_inputs(checked.ir, {**ok, "n": -1}, 2)

@@ -138,6 +138,57 @@ def test_bad_data_is_refused_before_training():
     assert all(torch.equal(before[k], v) for k, v in state(m).items()) and not m.fitted
 
 
+COUNTS = """
+model counts {
+    input  n : int
+    input  j : int
+    data   k[2]
+    latent z
+    const  shift = [0.0, 1.0, -1.0]
+    z ~ Normal(0, 1)
+    k ~ Binomial(n, logits = z + shift[j])
+}
+"""
+BAD_LABEL = r"input 'k' \(int\): row 1 holds 3, but onehot\(k, 3\) takes 0..2"
+
+
+@pytest.mark.parametrize("entry", ["fit", "validation", "log_prob", "invert", "sample"])
+def test_a_label_outside_its_onehot_is_a_data_error_in_every_entry_point(entry):
+    m = dgmlang.compile(COND)
+    good = {"x": torch.zeros(3, 2), "k": torch.tensor([0, 1, 2])}
+    bad = {"x": torch.zeros(3, 2), "k": torch.tensor([0, 3, 2])}
+    before = state(m)
+    calls = {
+        "fit": lambda: m.fit(bad, steps=1, progress=False),
+        "validation": lambda: m.fit(good, steps=1, validation=bad, progress=False),
+        "log_prob": lambda: m.log_prob(bad, num_samples=2),
+        "invert": lambda: m.invert(bad, num_samples=2),
+        "sample": lambda: m.sample(3, {"k": bad["k"]}),
+    }
+    with pytest.raises(DGMDataError, match=BAD_LABEL) as info:
+        calls[entry]()
+    assert "(the use at <string>:7:23)" in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in state(m).items()) and not m.fitted
+
+
+@pytest.mark.parametrize("entry", ["fit", "log_prob", "invert"])
+def test_binomial_counts_from_an_input_total_count_and_indices_are_checked_row_by_row(entry):
+    m = dgmlang.compile(COUNTS)
+    good = {"n": torch.tensor([4, 2]), "j": torch.tensor([0, 2]), "k": torch.tensor([[4, 0], [1, 2]])}
+    getattr(m, entry)(good, **({"steps": 1, "progress": False} if entry == "fit" else {"num_samples": 2}))
+    over = {**good, "k": torch.tensor([[4, 0], [1, 3]])}
+    outside = {**good, "j": torch.tensor([0, 3])}
+    for data, message in ((over, "data variable 'k' (Binomial): row 1, column 1 holds 3, more than "
+                                 "its total_count (input 'n' holds 2 in row 1)"),
+                          (outside, "input 'j' (int): row 1 holds 3, but it indexes a dimension of size 3")):
+        with pytest.raises(DGMDataError) as info:
+            getattr(m, entry)(data, **({"steps": 1, "progress": False} if entry == "fit"
+                                       else {"num_samples": 2}))
+        assert message in str(info.value)
+    with pytest.raises(DGMDataError, match="input 'n' \\(int\\): row 0 holds -1, but it is the total_count"):
+        m.sample(2, {"n": -1, "j": 0})
+
+
 def bomb(m, monkeypatch, make_value, after_calls: int):
     """Make the training loss subtract `make_value()` (as a `pyro.factor` of that value in the
     model would) from call `after_calls` on, on the fast and the general path alike."""
@@ -180,6 +231,27 @@ def test_a_nan_gradient_stops_training_too(monkeypatch):
     assert not all(torch.equal(good[k], v) for k, v in state(m).items())  # step 1 did update
     assert all(torch.isfinite(v).all() for v in state(m).values())
 
+
+@pytest.mark.parametrize("bad", ["loss", "gradient"])
+def test_a_failure_on_the_first_update_blames_the_model_or_the_data_not_the_lr(monkeypatch, bad):
+    m = dgmlang.compile(TINY)
+    x = data_of(m, 8)["x"]
+    if bad == "loss":
+        bomb(m, monkeypatch, lambda: torch.tensor(-math.inf), after_calls=0)
+    else:
+        bomb(m, monkeypatch, lambda: (m.model.params.value("mu") * 0.0).sqrt().sum(), after_calls=0)
+    with pytest.raises(DGMTrainingError, match="training stopped at step 1") as info:
+        m.fit(x, steps=3, batch_size=8, seed=0, progress=False)
+    text = str(info.value)
+    assert "it failed on the first step, before any update: check the model's parameters" in text
+    assert "and the data" in text and "lr" not in text and not m.fitted
+    # once the model has been updated, a later failure may be the step size
+    monkeypatch.undo()
+    m.fit(x, steps=1, batch_size=8, seed=0, progress=False)
+    bomb(m, monkeypatch, lambda: torch.tensor(-math.inf), after_calls=0)
+    with pytest.raises(DGMTrainingError, match="step 1: the loss") as info:
+        m.fit(x, steps=1, batch_size=8, seed=0, progress=False)
+    assert "try a smaller lr" in str(info.value)
 
 def test_iwae_objective_trains_and_refuses_a_model_it_cannot_serve():
     m = dgmlang.compile(TINY)
