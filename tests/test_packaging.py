@@ -74,6 +74,14 @@ def _packages_in(wheel: Path) -> set[str]:
                 if name.endswith("/__init__.py")}
 
 
+def _site_folders() -> list[str]:
+    """The site-packages folders the tests run with, those a .pth file added included (the
+    checkout itself, on sys.path under pytest or through an editable install, is not one)."""
+    folders = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], *sys.path]
+    return [folder for folder in dict.fromkeys(folders)
+            if Path(folder).name in ("site-packages", "dist-packages") and Path(folder).is_dir()]
+
+
 def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     """A virtual environment with the wheel installed (no dependencies) and, after the install,
     the running interpreter's site-packages visible through a .pth line."""
@@ -85,9 +93,7 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
           wheel], cwd=tmp, env=_clean_env())
     purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                         cwd=tmp, env=_clean_env()).strip())
-    ours = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
-    (purelib / "_dgmlang_test_dependencies.pth").write_text(
-        "".join(f"{folder}\n" for folder in dict.fromkeys(ours)))
+    (purelib / "_dgmlang_test_dependencies.pth").write_text("".join(f"{folder}\n" for folder in _site_folders()))
     return venv
 
 
