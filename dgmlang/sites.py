@@ -249,7 +249,10 @@ def _to_support(info: LatentShape, support) -> list:
         result.append(ReshapeTransform((info.size,), info.unconstrained))
     bijection = biject_to(support)
     if bijection is not identity_transform:
-        result.append(bijection)
+        # Cached, so log q of a draw inverts nothing: the flow before it finds its own
+        # output again (an autoregressive flow's inverse is sequential, and Pyro's builds
+        # it in float32 whatever the model's dtype).
+        result.append(bijection.with_cache(1))
     return result
 
 
