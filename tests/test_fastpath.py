@@ -293,14 +293,14 @@ def test_validation_errors_surface_as_in_pyro():
     # A distribution given an invalid parameter fails the same way on both paths.
     m = dgmlang.compile("""
 model bad {
-    param  s
+    param  s : positive
     data   x
     latent z
     z ~ Normal(0, 1)
     x ~ Normal(z, s)
 }""")
-    with torch.no_grad():
-        m.model.params.s_unconstrained.fill_(-1.0)
+    with torch.no_grad():  # exp(-inf) = 0 is no scale
+        m.model.params.s_unconstrained.fill_(float("-inf"))
     fast = fastpath.build(*_parts(m))
     batch = {"x": torch.zeros(3)}
     with pyro.validation_enabled(True):
