@@ -36,7 +36,9 @@ from typing import Callable, Iterable, Iterator
 import networkx as nx
 
 from dgmlang import ast
+from dgmlang import check_ranges as ranges
 from dgmlang import ir
+from dgmlang.check_ranges import Range, leaves, value_fits
 from dgmlang.distributions import (
     ACTIVATIONS,
     BUILTINS,
@@ -59,6 +61,7 @@ from dgmlang.errors import (
     did_you_mean,
 )
 from dgmlang.parse import paused_gc
+from dgmlang.printer import format_expr
 from dgmlang.source import Span
 
 __all__ = ["check"]
@@ -730,6 +733,69 @@ def _count_not_fixed(name: str, spec: DistSpec, span: Span | None) -> DGMError:
     )
 
 
+def _discrete_latent_vector(name: str, shape: Shape, span: Span | None) -> DGMError:
+    return DGMGuideError(
+        f"discrete latent '{name}' has shape {list(shape)}; only scalar discrete latents can "
+        "be summed out",
+        span,
+        hint="declare one scalar latent per component",
+    )
+
+
+_TYPE_FOR = {"positive": "positive", "unit": "unit", "simplex": "simplex"}
+
+
+def _range_hint(constraint: str, text: str, declare: list[str], net: bool = False) -> str:
+    """How to make a value fit `constraint`: declare the params or inputs it reads with a
+    type (`declare`: their declarations), let a network map its output (`net`: the value
+    is computed from one), else map it."""
+    if net:
+        onto = {"positive": "positive values", "unit": "(0, 1)", "simplex": "a simplex"}[constraint]
+        return (f"a network call that is the whole argument is mapped onto {onto} by itself; "
+                "arithmetic on its output is not")
+    if declare:
+        typed = " and ".join(f"`{d} : {_TYPE_FOR[constraint]}`" for d in declare)
+        return f"declare it {typed}" if len(declare) == 1 else f"declare {typed}"
+    shown = text if len(text) <= 24 else "..."
+    if constraint == "positive":
+        return f"map it onto positive values, e.g. softplus({shown}) or exp({shown})"
+    if constraint == "unit":
+        return f"map it into (0, 1) with sigmoid({shown}), or give it as logits instead of probs"
+    return f"map it onto a simplex with softmax({shown}), or give it as logits instead of probs"
+
+
+def _not_shown(spec: DistSpec, param: ParamSpec, text: str, value_range: Range, declare: list[str],
+               net: bool, span: Span | None) -> DGMError:
+    constraint = param.constraint
+    return DGMTypeError(
+        f"{spec.name}'s {param.name} must be {_CONSTRAINT_WORDS[constraint]}, but '{text}' "
+        f"{ranges.problem(value_range, constraint)}",
+        span,
+        hint=_range_hint(constraint, text, declare, net),
+    )
+
+
+def _outside_domain(func: str, needs: str, text: str, why: str, declare: list[str],
+                    span: Span | None) -> DGMError:
+    hint = "outside it the value is NaN"
+    if func == "log":
+        hint = "log(0) is -inf and the log of a negative number NaN"
+    return DGMTypeError(
+        f"{func} needs {needs}, but '{text}' {why}",
+        span,
+        hint=f"{hint}; " + _range_hint("positive", text, declare),
+    )
+
+
+def _bounds_not_ordered(text_low: str, text_high: str, known: bool, span: Span | None) -> DGMError:
+    what = "is not above" if known else "is not known to be above"
+    return DGMTypeError(
+        f"Uniform's high must be above its low, but '{text_high}' {what} '{text_low}'",
+        span,
+        hint="give bounds whose order is fixed, e.g. Uniform(0, 1) or Uniform(-1, exp(a))",
+    )
+
+
 def _categorical_classes_unknown(spec: DistSpec) -> str:
     return (
         f"{spec.name}'s number of classes is not written anywhere; write it into the "
@@ -798,31 +864,6 @@ def _fmt_value(value) -> str:
     return repr(value)
 
 
-def _leaves(value) -> Iterator:
-    if isinstance(value, tuple):
-        for v in value:
-            yield from _leaves(v)
-    else:
-        yield value
-
-
-def _value_fits(value, constraint: str) -> bool:
-    """Whether a literal number or nested tuple satisfies `constraint`."""
-    if constraint == "positive":
-        return all(v > 0 for v in _leaves(value))
-    if constraint == "unit":
-        return all(0 <= v <= 1 for v in _leaves(value))
-    if constraint in ("nonneg_int", "int"):
-        return all(isinstance(v, int) and (v >= 0 or constraint == "int") for v in _leaves(value))
-    if constraint == "simplex":
-        if not isinstance(value, tuple):
-            return False
-        if isinstance(value[0], tuple):
-            return all(_value_fits(v, "simplex") for v in value)
-        return all(v >= 0 for v in value) and abs(sum(value) - 1) < 1e-6
-    return True
-
-
 def _walk(expr) -> Iterator:
     """Every node of an expression, in source order (pre-order, left to right), iteratively."""
     stack = [expr]
@@ -870,14 +911,15 @@ class _Dep:
 @dataclass(frozen=True)
 class _Value:
     """A checked expression: its IR, whether it is integer-valued (and then, when known, an
-    exclusive upper bound of its values), and the first per-data-point and first random
-    variable it reads."""
+    exclusive upper bound of its values), the first per-data-point and first random
+    variable it reads, and the range its values are known to lie in."""
 
     expr: ir.IRExpr
     is_int: bool = False
     bound: int | None = None
     local: _Dep | None = None
     random: _Dep | None = None
+    range: Range = ranges.REAL
 
     @property
     def shape(self) -> Shape:
@@ -904,6 +946,46 @@ _NONE = _Want()
 
 def _merge(a: _Dep | None, b: _Dep | None) -> _Dep | None:
     return a if a is not None else b
+
+
+#: What a network output is mapped onto, by the constraint of what it feeds.
+_NET_RANGES = {
+    "real": ranges.REAL,
+    "positive": ranges.POSITIVE,
+    "unit": ranges.UNIT,
+    "simplex": ranges.SIMPLEX,
+    "nonneg_int": ranges.NONNEGATIVE,
+}
+
+#: The values a param or input of each declared type takes (a param is kept inside its
+#: constraint by a bijection, so never on its edge; an input may be exactly 0 or 1).
+_PARAM_RANGES = {"positive": ranges.POSITIVE, "unit": ranges.UNIT, "simplex": ranges.SIMPLEX}
+_INPUT_RANGES = {"positive": ranges.POSITIVE, "unit": ranges.UNIT_CLOSED, "simplex": ranges.ONEHOT}
+
+#: The values a random variable takes, by its distribution's support (a continuous draw
+#: lies inside its support; a count may be 0).
+_SUPPORT_RANGES = {
+    "positive": ranges.POSITIVE,
+    "unit": ranges.UNIT,
+    "simplex": ranges.SIMPLEX,
+    "boolean": ranges.UNIT_CLOSED,
+    "finite_int": ranges.NONNEGATIVE,
+    "nonneg_int": ranges.NONNEGATIVE,
+}
+
+
+def _builtin_range(func: str, rule: str, values: list) -> Range:
+    first = values[0]
+    if rule in ("elementwise", "last_dim"):
+        return ranges.function(func, first.range)
+    if rule == "reduce":
+        shape = first.shape
+        return ranges.reduce(func, first.range, _flat(shape), shape[-1] if shape else 1)
+    if rule in ("dot", "matmul"):
+        inner = first.shape[-1]
+        product = ranges.mul(first.range.entries(), values[1].range.entries())
+        return ranges.reduce("sum", product, inner, inner)
+    return ranges.hull(v.range for v in values)
 
 
 @dataclass
@@ -1174,10 +1256,10 @@ class _ModelChecker:
             dims = tuple(self.const_int(d, "a dimension", positive=True) for d in decl.dims)
             if dims != shape:
                 raise _const_dims(name, dims, shape, decl.name_span)
-        is_int = all(isinstance(v, int) for v in _leaves(value))
+        is_int = all(isinstance(v, int) for v in leaves(value))
         info.type = "int" if is_int else "real"
         if decl.type is not None and decl.type != "real":
-            if not _value_fits(value, decl.type):
+            if not value_fits(value, decl.type):
                 raise _const_type(name, decl.type, decl.value.span)
             info.type = decl.type
         info.value, info.shape = value, shape
@@ -1214,7 +1296,7 @@ class _ModelChecker:
                 if shape != first:
                     raise _list_items_differ(first, shape, item.span)
             values = tuple(v for v, _ in items)
-            if not all(isinstance(v, int) for v in _leaves(values)):
+            if not all(isinstance(v, int) for v in leaves(values)):
                 values = _to_float(values)
             return values, (len(items),) + first
         raise _bad_const(f"'{_source_text(expr)}' is not", expr.span)
@@ -1342,7 +1424,7 @@ class _ModelChecker:
         for a in args:
             local, random = _merge(local, a.local), _merge(random, a.random)
         expr = ir.NetCall(name, tuple(a.expr for a in args), shape, want.constraint, span=call.span)
-        return _Value(expr, local=local, random=random)
+        return _Value(expr, local=local, random=random, range=_NET_RANGES[want.constraint])
 
     @staticmethod
     def make_net(name, kind, options, sizes, shape, span, anonymous) -> ir.Net:
@@ -1476,22 +1558,113 @@ class _ModelChecker:
             return value is not None and value.shape == ()
         return False
 
+    # -------------------------------------------------------------- ranges
+
+    def variable_range(self, name: str) -> Range:
+        """The values variable `name` takes: a const's own, a param's or input's by its
+        declared type, a random variable's by its distribution's support (read from the
+        draw's syntax, so in any order; Uniform's from literal bounds)."""
+        info = self.vars[name]
+        role = info.decl.role
+        if role == "const":
+            return ranges.literal(info.value)
+        if role == "param":
+            return _PARAM_RANGES.get(info.type, ranges.REAL)
+        if role == "input":
+            return _INPUT_RANGES.get(info.type, ranges.REAL)
+        draws = self.draws.get(name)
+        spec = DISTRIBUTIONS.get(draws[0].dist.func) if draws else None
+        if spec is None:
+            return ranges.REAL
+        if spec.name == "Uniform":
+            return self.uniform_range(draws[0].dist)
+        return _SUPPORT_RANGES.get(spec.support, ranges.REAL)
+
+    def uniform_range(self, call: ast.Call) -> Range:
+        given = dict(zip(("low", "high"), call.args))
+        given.update((k.name, k.value) for k in call.kwargs)
+        low, high = self.written_number(given.get("low")), self.written_number(given.get("high"))
+        if low is None or high is None or not low < high:
+            return ranges.REAL
+        return Range(low, high, True, True)
+
+    def written_number(self, expr) -> float | None:
+        """The number an expression is written as: a literal, maybe negated, or a scalar const."""
+        if isinstance(expr, ast.Num):
+            return expr.value
+        if isinstance(expr, ast.UnaryOp):
+            inner = self.written_number(expr.operand)
+            return None if inner is None else -inner
+        if isinstance(expr, ast.Name):
+            info = self.vars.get(expr.name)
+            if info is not None and info.decl.role == "const" and info.shape == ():
+                return info.value
+        return None
+
+    def binop_range(self, e: ast.BinOp, left: _Value, right: _Value) -> Range:
+        if e.op == "+":
+            return ranges.add(left.range, right.range)
+        if e.op == "-":
+            return ranges.sub(left.range, right.range)
+        if e.op == "*":
+            return ranges.mul(left.range, right.range)
+        if e.op == "/":
+            return ranges.div(left.range, right.range)
+        exponent = right.expr.value if isinstance(right.expr, ir.Lit) else None
+        whole = isinstance(exponent, (int, float)) and float(exponent).is_integer()
+        if left.range.low < 0 and not whole:
+            raise _outside_domain(
+                "**", "a non-negative base unless its exponent is a whole number",
+                format_expr(e.left), "can be negative",
+                self.declarations_to_type(e.left, "positive"), e.left.span,
+            )
+        return ranges.power(left.range, right.range, whole)
+
+    def check_domain(self, func: str, arg_expr: ast.Expr, arg: _Value) -> None:
+        """log and sqrt of a value that may be negative (or 0, for log) are NaN or -inf."""
+        if func == "log" and not arg.range.fits("positive"):
+            needs = "a positive argument"
+        elif func == "sqrt" and arg.range.low < 0:
+            needs = "a non-negative argument"
+        else:
+            return
+        why = ranges.problem(arg.range, "positive")
+        declare = self.declarations_to_type(arg_expr, "positive")
+        raise _outside_domain(func, needs, format_expr(arg_expr), why, declare, arg_expr.span)
+
+    def declarations_to_type(self, expr: ast.Expr, constraint: str) -> list[str]:
+        """The params and inputs `expr` reads whose declared type does not show `constraint`
+        (as `param sigma` or `input s[3]`, for a hint)."""
+        found: list[str] = []
+        for node in _walk(expr):
+            if isinstance(node, ast.Name) and node.name in self.vars:
+                info = self.vars[node.name]
+                if info.decl.role in ("param", "input") and info.shape is not None \
+                        and info.type != "int" and (info.shape or constraint != "simplex") \
+                        and not self.variable_range(node.name).fits(constraint):
+                    dims = _fmt(info.shape) if info.shape else ""
+                    text = f"{info.decl.role} {node.name}{dims}"
+                    if text not in found:
+                        found.append(text)
+        return found
+
     # -------------------------------------------------------------- expressions
 
     def expr(self, e: ast.Expr, want: _Want = _NONE) -> _Value:
         if isinstance(e, ast.Num):
             bound = e.value + 1 if isinstance(e.value, int) and e.value >= 0 else None
             return _Value(ir.Lit(e.value, (), isinstance(e.value, int), span=e.span),
-                          isinstance(e.value, int), bound)
+                          isinstance(e.value, int), bound, range=ranges.literal(e.value))
         if isinstance(e, ast.Name):
             return self.name(e, want)
         if isinstance(e, ast.UnaryOp):
             inner = self.expr(e.operand, want.inner())
             if isinstance(inner.expr, ir.Lit) and not isinstance(inner.expr.value, tuple):
                 lit = inner.expr
-                return _Value(ir.Lit(-lit.value, (), lit.is_int, span=e.span), inner.is_int)
+                return _Value(ir.Lit(-lit.value, (), lit.is_int, span=e.span), inner.is_int,
+                              range=ranges.literal(-lit.value))
             return _Value(ir.Unary("-", inner.expr, inner.shape, span=e.span), inner.is_int,
-                          None, inner.local, inner.random)
+                          None, inner.local, inner.random, ranges.neg(inner.range))
         if isinstance(e, ast.BinOp):
             return self.binop(e, want)
         if isinstance(e, ast.ListExpr):
@@ -1515,12 +1688,14 @@ class _ModelChecker:
                 bound = info.value + 1 if info.value >= 0 else None
             else:
                 bound = self.bounds.get(e.name)
-            return _Value(ir.Ref(e.name, info.shape, span=e.span), is_int, bound, local, random)
+            return _Value(ir.Ref(e.name, info.shape, span=e.span), is_int, bound, local, random,
+                          self.variable_range(e.name))
         if e.name in self.lets:
             value = self.let_value(e.name, want)
             local = _Dep(value.local.name, e.span, e.name) if value.local else None
             random = _Dep(value.random.name, e.span, e.name) if value.random else None
-            return _Value(ir.Ref(e.name, value.shape, span=e.span), value.is_int, value.bound, local, random)
+            return _Value(ir.Ref(e.name, value.shape, span=e.span), value.is_int, value.bound, local, random,
+                          value.range)
         if e.name in self.netinfo:
             self.netinfo[e.name].called = True  # used, wrongly: one error, not two
             raise _net_as_value(e.name, e.span)
@@ -1552,6 +1727,7 @@ class _ModelChecker:
             None,
             _merge(left.local, right.local),
             _merge(left.random, right.random),
+            self.binop_range(e, left, right),
         )
 
     def list_expr(self, e: ast.ListExpr, want: _Want) -> _Value:
@@ -1577,11 +1753,12 @@ class _ModelChecker:
             value = tuple(i.expr.value for i in items)
             if not is_int:
                 value = _to_float(value)
-            return _Value(ir.Lit(value, shape, is_int, span=e.span), is_int)
+            return _Value(ir.Lit(value, shape, is_int, span=e.span), is_int, range=ranges.literal(value))
         local = random = None
         for i in items:
             local, random = _merge(local, i.local), _merge(random, i.random)
-        return _Value(ir.Stack(tuple(i.expr for i in items), shape, span=e.span), is_int, None, local, random)
+        return _Value(ir.Stack(tuple(i.expr for i in items), shape, span=e.span), is_int, None, local, random,
+                      ranges.hull(i.range for i in items))
 
     def index(self, e: ast.Index) -> _Value:
         value = self.expr(e.value, _Want(None, why="its value is indexed, which does not tell its size"))
@@ -1625,12 +1802,15 @@ class _ModelChecker:
             items.append(index.expr)
             local, random = _merge(local, index.local), _merge(random, index.random)
         out.extend(shape[len(e.indices):])
+        # indexing leading dimensions keeps whole rows of a simplex
+        kept = value.range if len(e.indices) < len(shape) else value.range.entries()
         return _Value(
             ir.IndexExpr(value.expr, tuple(items), tuple(out), span=e.span),
             value.is_int,
             None,
             local,
             random,
+            kept,
         )
 
     def call(self, e: ast.Call, want: _Want) -> _Value:
@@ -1659,7 +1839,8 @@ class _ModelChecker:
         if rule == "fill":
             dims = tuple(self.const_int(a, f"a dimension of {e.func}", positive=True) for a in e.args)
             args = tuple(ir.Lit(d, (), True, span=a.span) for d, a in zip(dims, e.args))
-            return _Value(ir.BuiltinCall(e.func, args, dims, span=e.span))
+            fill = ranges.literal(0 if e.func == "zeros" else 1)
+            return _Value(ir.BuiltinCall(e.func, args, dims, span=e.span), range=fill)
         if rule == "onehot":
             y = self.expr(e.args[0], _Want(None, why="it is onehot's value"))
             if not y.is_int:
@@ -1671,11 +1852,13 @@ class _ModelChecker:
             if y.bound is None and isinstance(e.args[0], ast.Name) and e.args[0].name in self.vars:
                 self.pending_bounds.append((e.args[0].name, k, f"onehot(..., {k})", e.args[0].span))
             args = (y.expr, ir.Lit(k, (), True, span=e.args[1].span))
-            return _Value(ir.BuiltinCall(e.func, args, y.shape + (k,), span=e.span), False, None, y.local, y.random)
+            return _Value(ir.BuiltinCall(e.func, args, y.shape + (k,), span=e.span), False, None, y.local, y.random,
+                          ranges.ONEHOT)
         if rule in ("elementwise", "last_dim"):
             arg = self.expr(e.args[0], want.inner())
             if rule == "last_dim" and not arg.shape:
                 raise _needs_vector(e.func, e.args[0].span)
+            self.check_domain(e.func, e.args[0], arg)
             shape = arg.shape
             values = [arg]
         else:
@@ -1692,6 +1875,7 @@ class _ModelChecker:
             None,
             local,
             random,
+            _builtin_range(e.func, rule, values),
         )
 
     def builtin_shape(self, e: ast.Call, shapes: list[Shape]) -> Shape:
@@ -1813,6 +1997,13 @@ class _ModelChecker:
                 failed = True
         if failed:
             raise _Skip
+        if spec.name == "Uniform" and "low" in values and "high" in values:
+            low, high = values["low"].range, values["high"].range
+            if not (high.low > low.high or (high.low == low.high and (high.low_open or low.high_open))):
+                (low_expr, _), (high_expr, _) = given["low"], given["high"]
+                known = all(isinstance(values[n].expr, ir.Lit) for n in ("low", "high"))
+                raise _bounds_not_ordered(format_expr(low_expr), format_expr(high_expr), known,
+                                          high_expr.span)
         params = tuple((p.name, values[p.name].expr) for p in spec.params if p.name in values)
         classes = None
         if spec.name == "Categorical":
@@ -1888,8 +2079,13 @@ class _ModelChecker:
                 raise _param_shape(spec, param.name, shape, d.target, tshape, expr.span)
         elif not _broadcasts_to(shape, tshape):
             raise _param_shape(spec, param.name, shape, d.target, tshape, expr.span)
-        if isinstance(value.expr, ir.Lit) and not _value_fits(value.expr.value, param.constraint):
-            raise _bad_literal(spec, param, value.expr.value, expr.span)
+        if isinstance(value.expr, ir.Lit):
+            if not value_fits(value.expr.value, param.constraint):
+                raise _bad_literal(spec, param, value.expr.value, expr.span)
+        elif param.constraint in ranges.RANGE_CONSTRAINTS and not value.range.fits(param.constraint):
+            declare = self.declarations_to_type(expr, param.constraint)
+            net = any(self.is_net_call(node) for node in _walk(expr))
+            raise _not_shown(spec, param, format_expr(expr), value.range, declare, net, expr.span)
         if param.constraint == "nonneg_int" and not value.is_int:
             raise _count_not_int(spec, param, expr.span)
         return value
@@ -1942,6 +2138,8 @@ class _ModelChecker:
                     if spec.discrete and self.fixed_int(value) is None:
                         self.report(_count_not_fixed(d.target, spec, value.expr.span))
                         break
+            if spec.discrete and spec.finite and role == "latent" and info.shape:
+                self.report(_discrete_latent_vector(d.target, info.shape, decl.name_span or decl.span))
             if spec.discrete and info.family_span is not None:
                 self.report(_family_on_discrete(d.target, spec, info.family_span))
 
