@@ -29,6 +29,11 @@ Pieces (docs/testing.md has the whole story):
   `assert_faithful_inverse`;
 * comparison -- `assert_guide_matches_posterior`, `compare_to_posterior`.
 
+Underneath, `dgmlang.testing.plans` answers what the kit asks of a compiled model (its guide
+plan and IR facts, which latents the guide samples) and `dgmlang.testing.runtime` holds the
+torch/Pyro helpers (batches, prior and guide draws, the model's own enumeration); the modules
+above import them, and none reads another's private names.
+
 The pytest plugin `dgmlang.pytest_plugin` adds fixtures (`dgm_sbc_dir`, `dgm_seed`, ...).
 """
 from dgmlang.testing.compare import (

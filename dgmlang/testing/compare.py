@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from dgmlang.testing.exact import DiscretePosterior, GaussianPosterior
+from dgmlang.testing.exact import DiscretePosterior, GaussianPosterior, enumerate_posterior
+from dgmlang.testing.plans import DISCRETE_KINDS, facts_of, latent_kinds, plan_of
 
 #: How many Monte Carlo standard errors are allowed on top of `tol`.
 MC_SLACK = 3.5
@@ -134,7 +135,7 @@ def compare_to_posterior(
     reference; see the module docs. `latents` restricts the latents compared (default: every
     latent and global the reference knows). `posterior` as draws: a dict of arrays shaped
     `(S, n, *shape)` per local latent and `(S, *shape)` per global."""
-    from dgmlang.testing._pyro import as_batch
+    from dgmlang.testing.runtime import as_batch
 
     statistics = tuple(statistics)
     unknown = [s for s in statistics if s not in STATISTICS]
@@ -142,10 +143,8 @@ def compare_to_posterior(
         raise ValueError(f"unknown statistic(s) {unknown}; choose from {STATISTICS}")
     ir = model.ir
     batch = as_batch(model, data)
-    plan = _plan(model)
-    kinds = {s.latent: s.kind for s in plan.steps}
-    discrete = {name for name, kind in kinds.items()
-                if kind in ("enumerated_in_guide", "enumerated_in_model")}
+    kinds = latent_kinds(plan_of(model))
+    discrete = {name for name, kind in kinds.items() if kind in DISCRETE_KINDS}
     wanted = list(latents) if latents is not None else list(kinds)
 
     reference, label = _reference(model, batch, posterior, wanted, discrete,
@@ -199,12 +198,6 @@ def compare_to_posterior(
 # ---------------------------------------------------------------- internals
 
 
-def _plan(model):
-    from dgmlang.testing.sbc import _plan_of
-
-    return _plan_of(model)
-
-
 def _labels(name: str, shape) -> list[str]:
     if not shape:
         return [name]
@@ -236,7 +229,7 @@ class _GuideDraws:
     guide's draws of everything else)."""
 
     def __init__(self, model, batch, guide, num_samples, seed, kinds):
-        from dgmlang.testing._pyro import guide_draws, seeded, to_numpy
+        from dgmlang.testing.runtime import guide_draws, seeded, to_numpy
 
         self.model, self.batch, self.kinds, self.size = model, batch, kinds, num_samples
         self.guide = guide or model.guide
@@ -255,39 +248,16 @@ class _GuideDraws:
         return x.reshape(x.shape[0], x.shape[1], -1)
 
     def class_probs(self, name: str) -> np.ndarray:
-        from dgmlang.testing._pyro import support_size
+        from dgmlang.testing.runtime import model_marginals, support_size
 
-        k = support_size(self.model.ir, name)
+        k = support_size(facts_of(self.model), name)
         if self.kinds[name] == "enumerated_in_model":
-            return _model_marginals(self.model, self.batch, self.guide, name, k, self.size, self.seed,
-                                    bool(self.globals))
+            return model_marginals(self.model, self.batch, self.guide, name, k, self.size, self.seed,
+                                   bool(self.globals))
         x = self.draws[name].astype(int)
         if name in self.globals:
             x = x[:, None]
         return np.stack([(x == c).mean(0) for c in range(k)], -1)
-
-
-def _model_marginals(model, batch, guide, name, k, num_samples, seed, has_globals,
-                     conditioned: Callable | None = None) -> np.ndarray:
-    """p(name = c | x, everything the guide samples), averaged over the guide's draws:
-    `(n, k)`. Pyro's `TraceEnum_ELBO.compute_marginals` does the exact sum."""
-    import pyro
-    import torch
-
-    from dgmlang.testing._pyro import class_probs, repeat_rows, seeded
-
-    n = len(next(iter(batch.values())))
-    chunks = min(num_samples, 50) if has_globals else 1
-    per_chunk = max(1, num_samples // chunks)
-    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=model.model.max_plate_nesting)
-    total = np.zeros((n, k))
-    with seeded(seed), torch.no_grad():
-        for _ in range(chunks):
-            marginals = elbo.compute_marginals(conditioned or model.model, guide,
-                                               repeat_rows(batch, per_chunk))
-            probs = class_probs(marginals[name], k)
-            total += probs.reshape(per_chunk, n, k).mean(0)
-    return total / chunks
 
 
 class _Reference:
@@ -337,8 +307,6 @@ def _reference(model, batch, posterior, wanted, discrete, reference_samples, war
         return _reference_from_draws(ir, posterior, discrete, model), "the given draws"
     continuous = [n for n in ir.names("latent", "global") if n not in discrete]
     if not continuous:
-        from dgmlang.testing.exact import enumerate_posterior
-
         exact = enumerate_posterior(model, batch)
         return _Reference(exact.names, probs={n: exact.marginal(n) for n in exact.names}), \
             "exact (enumeration)"
@@ -353,7 +321,7 @@ def _reference(model, batch, posterior, wanted, discrete, reference_samples, war
 
 
 def _reference_from_draws(ir, draws: Mapping[str, Any], discrete, model, ess: bool = False) -> _Reference:
-    from dgmlang.testing._pyro import support_size, to_numpy
+    from dgmlang.testing.runtime import support_size, to_numpy
 
     moments, probs, sizes = {}, {}, []
     for name, value in draws.items():
@@ -361,7 +329,7 @@ def _reference_from_draws(ir, draws: Mapping[str, Any], discrete, model, ess: bo
         if name in ir.names("global"):
             x = x[:, None]
         if name in discrete:
-            k = support_size(ir, name)
+            k = support_size(facts_of(model), name)
             probs[name] = np.stack([(x.reshape(len(x), x.shape[1]) == c).mean(0) for c in range(k)], -1)
         else:
             x = x.reshape(x.shape[0], x.shape[1], -1)
@@ -397,7 +365,7 @@ def _nuts(model, batch, num_samples, warmup_steps, seed, chains: int = 2) -> dic
     from pyro.infer.autoguide.initialization import init_to_sample
     from pyro.ops.stats import split_gelman_rubin
 
-    from dgmlang.testing._pyro import seeded
+    from dgmlang.testing.runtime import seeded
 
     def conditioned():
         return model.model(batch)
@@ -431,19 +399,18 @@ def _rao_blackwell(model, batch, draws, names, seed) -> dict[str, np.ndarray]:
     """p(y | x) = E_{z ~ NUTS} p(y | z, x), exact in y, for model-enumerated latents."""
     import pyro.poutine as poutine
 
-    from dgmlang.testing._pyro import support_size
+    from dgmlang.testing.runtime import model_marginals, support_size
 
-    ir = model.ir
     probs = {}
     for name in names:
-        k = support_size(ir, name)
+        k = support_size(facts_of(model), name)
         total, count = 0.0, 0
         step = max(1, len(next(iter(draws.values()))) // 100)
         for s in range(0, len(next(iter(draws.values()))), step):
             values = {v: draws[v][s] for v in draws}
             conditioned = poutine.condition(model.model, data=values)
-            total = total + _model_marginals(model, batch, _empty_guide, name, k, 1, seed,
-                                             has_globals=False, conditioned=conditioned)
+            total = total + model_marginals(model, batch, _empty_guide, name, k, 1, seed,
+                                            has_globals=False, conditioned=conditioned)
             count += 1
         probs[name] = total / count
     return probs

@@ -165,9 +165,11 @@ def enumerate_posterior(compiled, data: Mapping, *, latents=None) -> DiscretePos
     import torch
     import pyro.poutine as poutine
 
-    from dgmlang.testing._pyro import as_batch, point_log_prob, support_size
+    from dgmlang.testing.plans import facts_of
+    from dgmlang.testing.runtime import as_batch, point_log_prob, support_size
 
     ir = compiled.ir
+    facts = facts_of(compiled)
     names = list(latents) if latents is not None else ir.names("latent")
     continuous = [n for n in ir.names("latent", "global") if n not in names]
     if continuous:
@@ -180,7 +182,7 @@ def enumerate_posterior(compiled, data: Mapping, *, latents=None) -> DiscretePos
     coords = []  # (latent, index within its shape, number of classes)
     for name in names:
         shape = ir.variable(name).shape
-        k = support_size(ir, name)
+        k = support_size(facts, name)
         for idx in itertools.product(*(range(d) for d in shape)):
             coords.append((name, idx, k))
     labels = tuple(f"{name}[{', '.join(map(str, idx))}]" if idx else name for name, idx, _ in coords)
@@ -203,11 +205,10 @@ def enumerated_marginals(compiled, data: Mapping, *, latents=None, num_samples: 
     everything else and averaged over `num_samples` of them (exact when the guide samples
     nothing). Compare with `enumerate_posterior` or a `DiscreteModel.posterior`.
     """
-    from dgmlang.testing._pyro import as_batch, support_size
-    from dgmlang.testing.compare import _model_marginals, _plan
+    from dgmlang.testing.plans import facts_of, plan_of, summed_out_latents
+    from dgmlang.testing.runtime import as_batch, model_marginals, support_size
 
-    plan = _plan(compiled)
-    summed = [s.latent for s in plan.steps if s.kind == "enumerated_in_model"]
+    summed = summed_out_latents(plan_of(compiled))
     names = summed if latents is None else list(latents)
     unknown = [n for n in names if n not in summed]
     if unknown:
@@ -215,8 +216,8 @@ def enumerated_marginals(compiled, data: Mapping, *, latents=None, num_samples: 
     batch = as_batch(compiled, data)
     has_globals = bool(compiled.ir.names("global"))
     return {
-        name: _model_marginals(compiled, batch, guide or compiled.guide, name,
-                               support_size(compiled.ir, name), num_samples, seed, has_globals)
+        name: model_marginals(compiled, batch, guide or compiled.guide, name,
+                              support_size(facts_of(compiled), name), num_samples, seed, has_globals)
         for name in names
     }
 

@@ -21,12 +21,7 @@ import networkx as nx
 import numpy as np
 
 from dgmlang.testing.exact import GaussianPosterior
-
-
-def _plan(model):
-    from dgmlang.testing.sbc import _plan_of
-
-    return _plan_of(model)
+from dgmlang.testing.plans import plan_of
 
 
 def train_guide(
@@ -55,11 +50,11 @@ def train_guide(
     import torch
 
     from dgmlang.lower import elbo_for
-    from dgmlang.testing._pyro import draw_inputs, prior_draw, seeded
+    from dgmlang.testing.runtime import draw_inputs, prior_draw, seeded
 
     ir = model.ir
     keep = set(ir.names("data", "input"))
-    elbo = elbo_for(ir, _plan(model), num_particles=num_particles,
+    elbo = elbo_for(ir, plan_of(model), num_particles=num_particles,
                     vectorize_particles=num_particles > 1)
     losses: list[float] = []
     # The batches come from the model itself, so Pyro's argument validation (a third of a
@@ -67,7 +62,7 @@ def train_guide(
     with seeded(seed), pyro.validation_enabled(False):
 
         def fresh_batch():
-            given = draw_inputs(ir, batch_size, inputs)
+            given = draw_inputs(model, batch_size, inputs)
             values = prior_draw(model, given, batch_size)
             return {k: v for k, v in {**given, **values}.items() if k in keep}
 
@@ -99,7 +94,7 @@ def guide_samples(model, data: Any, num_samples: int = 1000, *, guide: Callable 
                   seed: int | None = 0, latents: Iterable[str] | None = None) -> dict[str, np.ndarray]:
     """Draws from the guide for each point of `data`: locals `(num_samples, n, *shape)`,
     globals `(num_samples, *shape)`, as float64 numpy arrays. `guide` replaces the model's."""
-    from dgmlang.testing._pyro import as_batch, guide_draws, seeded, to_numpy
+    from dgmlang.testing.runtime import as_batch, guide_draws, seeded, to_numpy
 
     batch = as_batch(model, data)
     with seeded(seed):
@@ -180,7 +175,7 @@ def gaussian_kl(model, posterior: GaussianPosterior, data: Any, *, num_samples: 
     import pyro.poutine as poutine
     import torch
 
-    from dgmlang.testing._pyro import as_batch, repeat_rows, seeded, to_numpy
+    from dgmlang.testing.runtime import as_batch, repeat_rows, seeded, to_numpy
 
     batch = as_batch(model, data)
     n = len(next(iter(batch.values())))

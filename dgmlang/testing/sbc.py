@@ -32,6 +32,9 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from scipy import stats
 
+from dgmlang.testing.plans import plan_of, sampled_latents
+from dgmlang.testing.strategies import simulate
+
 #: The binomial band drawn on rank histograms: the central 99% of each bin's count.
 BAND = 0.99
 
@@ -270,12 +273,10 @@ def sbc(
     Latents enumerated in the model (no guide site) are not ranked. Returns an `SBCResult`;
     with `plot`, also writes the rank histograms there.
     """
-    from dgmlang.testing._pyro import as_batch, guide_draws, seeded, to_numpy
-    from dgmlang.testing.strategies import simulate
+    from dgmlang.testing.runtime import as_batch, guide_draws, seeded, to_numpy
 
     rng = np.random.default_rng(seed)
-    plan = _plan_of(model)
-    ranked = _latents_to_rank(model.ir, plan, latents)
+    ranked = _latents_to_rank(plan_of(model), latents)
     if fit is None:
         if model.ir.names("global"):
             raise ValueError(
@@ -317,18 +318,8 @@ def sbc(
     return result
 
 
-def _plan_of(model):
-    plan = getattr(model, "plan", None)
-    if plan is None:
-        from dgmlang.frontend import check_irs
-
-        (checked,) = check_irs([model.ir])
-        plan = checked.plan
-    return plan
-
-
-def _latents_to_rank(ir, plan, latents) -> list[str]:
-    sampled = [s.latent for s in plan.steps if s.kind != "enumerated_in_model"]
+def _latents_to_rank(plan, latents) -> list[str]:
+    sampled = sampled_latents(plan)
     if latents is None:
         return sampled
     latents = list(latents)
@@ -342,9 +333,7 @@ def _latents_to_rank(ir, plan, latents) -> list[str]:
 
 def _fresh_copy(model):
     """A new compiled model of the same program (same plan), parameters from the initial draw."""
-    from dgmlang.infer import CompiledModel
-
-    return CompiledModel(model.ir, _plan_of(model), source=model.source, filename=model.filename)
+    return type(model)(model.ir, plan_of(model), source=model.source, filename=model.filename)
 
 
 __all__ = [

@@ -359,12 +359,12 @@ def simulate(model: Any, n: int, *, seed: int = 0, inputs: Mapping[str, Any] | N
     """One `Simulation` of `n` data points from the model's prior (see `data_for`)."""
     import torch
 
-    from dgmlang.testing._pyro import draw_inputs, prior_draw
+    from dgmlang.testing.runtime import draw_inputs, prior_draw
 
     compiled = model.compile() if hasattr(model, "compile") and hasattr(model, "text") else model
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        given = draw_inputs(compiled.ir, n, inputs)
+        given = draw_inputs(compiled, n, inputs)
         values = prior_draw(compiled, given, n)
     ir = compiled.ir
     data = {k: v for k, v in {**given, **values}.items() if k in ir.names("data", "input")}

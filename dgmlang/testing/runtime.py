@@ -1,85 +1,53 @@
-"""Small Pyro/torch helpers shared by the testing kit: batches, prior draws, per-point scores,
-and drawing from a guide for every data point at once."""
+"""The torch and Pyro helpers the testing kit shares: batches, inputs and prior draws,
+per-point scores, drawing from a guide for every data point at once, and the model's own
+class probabilities of the latents it sums out.
+
+The other modules of `dgmlang.testing` import this one inside the functions that run a
+model, so ``import dgmlang.testing`` itself does not load torch.
+"""
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import pyro
 import pyro.poutine as poutine
 import torch
 
-from dgmlang import ir as irm
+from dgmlang.data import prepare_data
+from dgmlang.facts import ModelFacts
+from dgmlang.testing.plans import facts_of
 
 
 def as_batch(compiled, data: Any) -> dict[str, torch.Tensor]:
     """User data (dict of arrays, or one array) checked and converted to the model's tensors."""
-    from dgmlang.data import prepare_data
-
     return dict(prepare_data(compiled.ir, data, purpose="testing").values)
 
 
-def support_size(ir: irm.ModelIR, name: str) -> int:
+def support_size(facts: ModelFacts, name: str) -> int:
     """How many values a scalar finite discrete variable takes (Bernoulli 2, Categorical K,
-    Binomial total_count + 1)."""
-    draw = ir.draw(name)
-    if draw.dist == "Bernoulli":
-        return 2
-    if draw.dist == "Categorical":
-        if draw.packed is not None:
-            return draw.packed_params[0].shape[-1]
-        expr = draw.param("logits") or draw.param("probs")
-        return expr.shape[-1]
+    Binomial total_count + 1): `ModelFacts.classes`, with a reason when it has none."""
+    k = facts.classes(name)
+    if k is not None:
+        return k
+    draw = facts.draws[name]
     if draw.dist == "Binomial":
-        count = draw.param("total_count")
-        if count is None:
-            return 2
-        if isinstance(count, irm.Lit) and not isinstance(count.value, tuple):
-            return int(count.value) + 1
         raise ValueError(f"'{name}' has a total_count that is not a single literal")
     raise ValueError(f"'{name}' ({draw.dist}) is not a finite discrete variable")
 
 
-def _int_input_classes(ir: irm.ModelIR, name: str) -> int:
-    """The K of `onehot(name, K)` or the size of a dimension `name` indexes; 2 if unused."""
-    found: list[int] = []
-
-    def visit(expr):
-        if isinstance(expr, irm.BuiltinCall):
-            if expr.func == "onehot" and isinstance(expr.args[0], irm.Ref) and expr.args[0].name == name:
-                found.append(int(expr.args[1].value))
-            for a in expr.args:
-                visit(a)
-        elif isinstance(expr, irm.IndexExpr):
-            visit(expr.value)
-            value_shape = getattr(expr.value, "shape", ())
-            for i, item in enumerate(expr.items):
-                if isinstance(item, irm.Ref) and item.name == name and i < len(value_shape):
-                    found.append(value_shape[i])
-                elif not isinstance(item, irm.SliceItem):
-                    visit(item)
-        elif isinstance(expr, (irm.Unary,)):
-            visit(expr.operand)
-        elif isinstance(expr, irm.Binary):
-            visit(expr.left)
-            visit(expr.right)
-        elif isinstance(expr, (irm.Stack, irm.NetCall)):
-            for a in getattr(expr, "items", ()) or getattr(expr, "args", ()):
-                visit(a)
-
-    for draw in ir.draws:
-        for _, expr in draw.params:
-            visit(expr)
-        if draw.packed is not None:
-            visit(draw.packed)
-    for let in ir.lets:
-        visit(let.value)
-    return min(found) if found else 2
+def int_input_classes(facts: ModelFacts, name: str) -> int:
+    """How many values an integer `name` may take where it is used: the smallest K of its
+    `onehot(name, K)` and of the dimensions it indexes (`ModelFacts.integer_uses`); 2 if unused."""
+    return min((use.limit for use in facts.integer_uses.get(name, ())), default=2)
 
 
-def draw_inputs(ir: irm.ModelIR, n: int, given: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """Every `input` for `n` points: `given` ones as they are, others drawn (reals standard
-    normal, positives log-normal, units uniform, ints uniform over the classes they index)."""
+def draw_inputs(compiled, n: int, given: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Every `input` of a compiled model for `n` points: `given` ones as they are, others drawn
+    (reals standard normal, positives log-normal, units uniform, ints uniform over the classes
+    they index)."""
+    ir = compiled.ir
     given = dict(given or {})
     out = {}
     for var in ir.variables:
@@ -90,7 +58,7 @@ def draw_inputs(ir: irm.ModelIR, n: int, given: Mapping[str, Any] | None = None)
             continue
         shape = (n, *var.shape)
         if var.type == "int":
-            out[var.name] = torch.randint(0, _int_input_classes(ir, var.name), shape)
+            out[var.name] = torch.randint(0, int_input_classes(facts_of(compiled), var.name), shape)
         elif var.type == "positive":
             out[var.name] = torch.randn(shape).exp()
         elif var.type == "unit":
@@ -148,7 +116,7 @@ def guide_draws(
         if site["type"] != "sample" or site["is_observed"] or (names and name not in names):
             continue
         value = site["value"].detach()
-        if value.dim() >= 1 and value.shape[0] == n * num_samples and _in_plate(site):
+        if value.dim() >= 1 and value.shape[0] == n * num_samples and in_plate(site):
             out[name] = value.reshape(num_samples, n, *value.shape[1:])
         else:
             global_sites.append(name)
@@ -163,7 +131,8 @@ def guide_draws(
     return out
 
 
-def _in_plate(site) -> bool:
+def in_plate(site) -> bool:
+    """Whether a trace site lies inside a plate (the data plate: a local site)."""
     return any(frame.name is not None and frame.dim is not None for frame in site["cond_indep_stack"])
 
 
@@ -188,3 +157,30 @@ def class_probs(dist, k: int) -> np.ndarray:
     with torch.no_grad():
         values = [torch.full(dist.batch_shape, float(c)) for c in range(k)]
         return np.stack([to_numpy(dist.log_prob(v).exp()) for v in values], axis=-1)
+
+
+def model_marginals(model, batch: Mapping[str, torch.Tensor], guide: Callable, name: str, k: int,
+                    num_samples: int, seed: int, has_globals: bool,
+                    conditioned: Callable | None = None) -> np.ndarray:
+    """p(name = c | x, everything the guide samples), averaged over the guide's draws:
+    `(n, k)`. Pyro's `TraceEnum_ELBO.compute_marginals` does the exact sum; `conditioned`
+    replaces the model (e.g. the model conditioned on reference draws)."""
+    n = len(next(iter(batch.values())))
+    chunks = min(num_samples, 50) if has_globals else 1
+    per_chunk = max(1, num_samples // chunks)
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=model.model.max_plate_nesting)
+    total = np.zeros((n, k))
+    with seeded(seed), torch.no_grad():
+        for _ in range(chunks):
+            marginals = elbo.compute_marginals(conditioned or model.model, guide,
+                                               repeat_rows(batch, per_chunk))
+            probs = class_probs(marginals[name], k)
+            total += probs.reshape(per_chunk, n, k).mean(0)
+    return total / chunks
+
+
+__all__ = [
+    "as_batch", "support_size", "int_input_classes", "draw_inputs", "prior_draw",
+    "point_log_prob", "repeat_rows", "guide_draws", "in_plate", "to_numpy", "seeded",
+    "class_probs", "model_marginals",
+]
