@@ -15,7 +15,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import dgmlang
-from dgmlang.infer import CompiledModel
 from dgmlang.inverse import naive_inverse
 from dgmlang.testing import (
     GuideMismatch,
@@ -195,8 +194,8 @@ def test_faithful_guide_is_closer_than_naive_reversal():
     """On the tree a->b, a->c, b->d, c->e, naive reversal gives b<-{d}, c<-{e}, which cannot
     represent that b and c stay dependent given d and e; the faithful inverse can."""
     faithful = TREE.compile()
-    naive = CompiledModel(faithful.ir, naive_inverse(TREE.checked.graph), source=TREE.text,
-                          filename="<tree>")
+    naive = type(faithful)(faithful.ir, naive_inverse(TREE.checked.graph), source=TREE.text,
+                           filename="<tree>")  # the same compiled model class, another plan
     assert faithful.guide_plan == [("c", ["d", "e"]), ("b", ["c", "d"]), ("a", ["b", "c"])]
     assert naive.guide_plan == [("b", ["d"]), ("c", ["e"]), ("a", ["b", "c"])]
     for model in (faithful, naive):
