@@ -1997,13 +1997,6 @@ class _ModelChecker:
                 failed = True
         if failed:
             raise _Skip
-        if spec.name == "Uniform" and "low" in values and "high" in values:
-            low, high = values["low"].range, values["high"].range
-            if not (high.low > low.high or (high.low == low.high and (high.low_open or low.high_open))):
-                (low_expr, _), (high_expr, _) = given["low"], given["high"]
-                known = all(isinstance(values[n].expr, ir.Lit) for n in ("low", "high"))
-                raise _bounds_not_ordered(format_expr(low_expr), format_expr(high_expr), known,
-                                          high_expr.span)
         params = tuple((p.name, values[p.name].expr) for p in spec.params if p.name in values)
         classes = None
         if spec.name == "Categorical":
@@ -2112,6 +2105,7 @@ class _ModelChecker:
         """What a latent, global or data variable may not be drawn from."""
         role, decl = info.decl.role, info.decl
         fspan = _head(d.dist.span, len(d.dist.func))
+        moving = False  # the support moves with a random variable (reported)
         declared = decl.type
         actual = SUPPORT_TYPES[spec.support]
         if declared not in (None, "real", actual):
@@ -2134,6 +2128,7 @@ class _ModelChecker:
                         continue
                     if value.random is not None:
                         self.report(_support_depends(d.target, spec, param, value.random, value.random.span))
+                        moving = True
                         break
                     if spec.discrete and self.fixed_int(value) is None:
                         self.report(_count_not_fixed(d.target, spec, value.expr.span))
@@ -2142,6 +2137,21 @@ class _ModelChecker:
                 self.report(_discrete_latent_vector(d.target, info.shape, decl.name_span or decl.span))
             if spec.discrete and info.family_span is not None:
                 self.report(_family_on_discrete(d.target, spec, info.family_span))
+        if spec.name == "Uniform" and not moving and "low" in draw.values and "high" in draw.values:
+            self.check_bounds(d, draw)
+
+    def check_bounds(self, d: ast.Draw, draw: "_BoundDraw") -> None:
+        """Uniform's high must be shown to lie above its low."""
+        low, high = draw.values["low"], draw.values["high"]
+        a, b = low.range, high.range
+        if b.low > a.high or (b.low == a.high and (b.low_open or a.high_open)):
+            return
+        call = d.dist
+        given = dict(zip(("low", "high"), call.args))
+        given.update((k.name, k.value) for k in call.kwargs)
+        known = isinstance(low.expr, ir.Lit) and isinstance(high.expr, ir.Lit)
+        self.report(_bounds_not_ordered(format_expr(given["low"]), format_expr(given["high"]), known,
+                                        given["high"].span))
 
     # -------------------------------------------------------------- the end
 
