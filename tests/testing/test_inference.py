@@ -290,3 +290,22 @@ def test_enumeration_matches_the_exact_posterior(dm):
     # The brute-force enumeration through Pyro traces agrees with the numpy one.
     brute = enumerate_posterior(compiled, data)
     assert np.abs(brute.probs - exact.probs).max() < 1e-5
+
+
+def test_integer_inputs_are_drawn_within_every_use():
+    """`simulate` draws an int input uniformly over the values every use of it accepts: the
+    smallest of its `onehot` K and the sizes of the dimensions it indexes; 0..1 if unused."""
+    m = dgmlang.compile("""
+    model ints {
+        const offsets = [0.0, 1.0, -1.0]
+        input  y : int
+        input  g : int
+        input  u : int
+        data   x[2]
+        latent z
+        z ~ Normal(0, 1)
+        x ~ Normal(z + offsets[g] + offsets[y] + sum(onehot(y, 5)), 1)
+    }""")
+    sim = simulate(m, 500, seed=0)
+    assert {k: sorted(set(sim.data[k].tolist())) for k in "ygu"} == {
+        "y": [0, 1, 2], "g": [0, 1, 2], "u": [0, 1]}
