@@ -9,7 +9,7 @@ from dgmlang import ir
 from dgmlang.check_errors import bounds_not_ordered, outside_domain
 from dgmlang.check_ranges import Range
 from dgmlang.check_shapes import flat_size, fmt_shape
-from dgmlang.check_spans import walk_ast
+from dgmlang.check_spans import argument_exprs, walk_ast
 from dgmlang.check_values import BoundDraw, Value
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.printer import format_expr
@@ -156,9 +156,7 @@ class ConstraintChecker:
         a, b = low.range, high.range
         if b.low > a.high or (b.low == a.high and (b.low_open or a.high_open)):
             return
-        call = d.dist
-        given = dict(zip(("low", "high"), call.args))
-        given.update((k.name, k.value) for k in call.kwargs)
+        given = argument_exprs(("low", "high"), d.dist)
         known = isinstance(low.expr, ir.Lit) and isinstance(high.expr, ir.Lit)
         self.report(bounds_not_ordered(format_expr(given["low"]), format_expr(given["high"]), known,
                                         given["high"].span))

@@ -10,6 +10,7 @@ from dgmlang.check_errors import (
     cannot_pack,
     count_not_fixed,
     count_not_int,
+    data_support_depends,
     declared_type_mismatch,
     discrete_global,
     discrete_latent_vector,
@@ -44,8 +45,8 @@ from dgmlang.check_shape_errors import (
     param_shape,
 )
 from dgmlang.check_shapes import Shape, broadcasts_to, flat_size
-from dgmlang.check_spans import head_span, name_span_in, walk_ast
-from dgmlang.check_values import BoundDraw, NO_WANT, Skip, Value, VarInfo, Want
+from dgmlang.check_spans import argument_exprs, head_span, name_span_in, walk_ast
+from dgmlang.check_values import BoundDraw, Dep, NO_WANT, Skip, Value, VarInfo, Want
 from dgmlang.distributions import (
     BUILTINS,
     DISTRIBUTIONS,
@@ -275,8 +276,35 @@ class DrawChecker:
                 self.report(discrete_latent_vector(d.target, info.shape, decl.name_span or decl.span))
             if spec.discrete and info.family_span is not None:
                 self.report(family_on_discrete(d.target, spec, info.family_span))
+        if role == "data":
+            given = argument_exprs(spec.param_names, d.dist)
+            for param in spec.support_depends_on:
+                dep = self.hidden_read(given[param]) if param in given else None
+                if dep is not None:
+                    dep_role = self.vars[dep.name].decl.role
+                    self.report(data_support_depends(d.target, spec, param, dep, dep_role))
+                    moving = True
+                    break
         if spec.name == "Uniform" and not moving and "low" in draw.values and "high" in draw.values:
             self.check_bounds(d, draw)
+
+    def hidden_read(self, expr: ast.Expr) -> Dep | None:
+        """The first latent or global `expr` reads, directly or through lets (where: the
+        reference in `expr`)."""
+        queue: list[tuple[ast.Expr, str | None, object]] = [(expr, None, None)]
+        seen: set[str] = set()
+        while queue:
+            root, via, via_span = queue.pop(0)
+            for node in walk_ast(root):
+                if not isinstance(node, ast.Name):
+                    continue
+                info = self.vars.get(node.name)
+                if info is not None and info.decl.role in ("latent", "global"):
+                    return Dep(node.name, via_span or node.span, via)
+                if node.name in self.lets and node.name not in seen:
+                    seen.add(node.name)
+                    queue.append((self.lets[node.name].value, via or node.name, via_span or node.span))
+        return None
 
     def undrawn(self) -> list[str]:
         """Random variables without a distribution, in declaration order."""

@@ -375,6 +375,18 @@ def support_depends(name: str, spec: DistSpec, param: str, dep: "Dep", span) -> 
     )
 
 
+def data_support_depends(name: str, spec: DistSpec, param: str, dep: Dep, role: str) -> DGMError:
+    through = f", through let '{dep.via}'" if dep.via else ""
+    return DGMGuideError(
+        f"the support of data variable '{name}' depends on the {ROLE_WORDS[role]} '{dep.name}' "
+        f"(through {spec.name}'s {param}{through})",
+        dep.span,
+        hint=f"values of '{dep.name}' that the guide draws or sums over can leave observed values "
+        f"of '{name}' outside the support (the data would be impossible); use bounds that do not "
+        "move with a latent or global (numbers, consts, params, inputs)",
+    )
+
+
 def count_not_fixed(name: str, spec: DistSpec, span: Span | None) -> DGMError:
     return DGMGuideError(
         f"latent '{name}' needs a fixed total_count to be summed out",

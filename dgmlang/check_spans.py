@@ -68,6 +68,14 @@ def walk_ast(expr) -> Iterator:
         stack.extend(reversed(children))
 
 
+def argument_exprs(param_names: tuple[str, ...], call: ast.Call) -> dict[str, ast.Expr]:
+    """The arguments of a distribution call by parameter name (positional in `param_names`
+    order, then keywords), as written."""
+    given = dict(zip(param_names, call.args))
+    given.update((k.name, k.value) for k in call.kwargs)
+    return given
+
+
 def declared_span(stmt) -> Span | None:
     """Where a declaration, let or net statement names what it declares."""
     if isinstance(stmt, ast.Decl):

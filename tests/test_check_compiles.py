@@ -234,6 +234,22 @@ CASES = {
             u ~ Uniform(s, s + 1)
             y ~ Normal(u, 1)
         }""", "the support of 'u' depends on the random variable 's'"),
+    "uniform_data_bounds_depend_on_a_latent": ("""
+        model m {
+            data   x
+            data   y
+            latent s
+            s ~ Gamma(2, 2)
+            y ~ Uniform(0, s)
+            x ~ Normal(y, 1)
+        }""", "the support of data variable 'y' depends on the latent 's'"),
+    "binomial_data_count_is_a_summed_out_latent": ("""
+        model m {
+            data   x
+            latent k
+            k ~ Binomial(3, probs = 0.5)
+            x ~ Binomial(k, probs = 0.5)
+        }""", "the support of data variable 'x' depends on the latent 'k'"),
     "uniform_bounds_reversed": ("""
         model m {
             data   x
@@ -333,6 +349,34 @@ CASES = {
             latent u
             u ~ Uniform(-1, exp(a))
             y ~ Normal(u, 1)
+        }""", None),
+    "uniform_data_with_data_bound": ("""
+        model m {
+            data  s
+            data  y
+            s ~ Gamma(2, 2)
+            y ~ Uniform(0, s)
+        }""", None),
+    "uniform_global_with_param_bound": ("""
+        model m {
+            data   y
+            param  a : positive
+            global u
+            u ~ Uniform(0, a)
+            y ~ Normal(u, 1)
+        }""", None),
+    "guide_families_on_constrained_latents": ("""
+        model m {
+            data   x[2]
+            data   c
+            latent s[2] guide(family = mvn)
+            latent w[3] guide(family = flow)
+            latent h guide(family = delta)
+            s ~ Gamma(2, 2)
+            w ~ Dirichlet(ones(3))
+            h ~ HalfCauchy(1)
+            x ~ Normal(0, s + h)
+            c ~ Categorical(probs = w)
         }""", None),
     "uniform_latent_as_scale": ("""
         model m {
