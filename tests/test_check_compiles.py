@@ -11,6 +11,7 @@ of `compile` + `fit`).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -449,3 +450,32 @@ def test_the_hint_of_a_refusal_gives_a_model_that_fits(name):
     fixed = text.replace(old, new)
     assert fixed != text and checks(fixed) is None, str(checks(fixed))
     assert_compiles_and_fits(fixed)
+
+
+# ---------------------------------------------------------------- golden good programs and their mutants
+
+PROGRAMS = Path(__file__).parent / "programs" / "good"
+#: The small single-model programs (the image models take seconds to fit a step).
+SMALL = sorted(p for p in PROGRAMS.glob("*.dgm")
+               if "deconv" not in p.read_text() and "[64]" not in p.read_text()
+               and p.read_text().count("model ") == 1)
+
+
+def _good_mutants(text: str) -> list[str]:
+    """The program with one type dropped from a param or input, or one positive-making
+    function removed, each in turn."""
+    out = []
+    for match in re.finditer(r"\b(?:param|input)\s+\w+(?:\[[^\]]*\])?( : (?:positive|unit|simplex))", text):
+        out.append(text[:match.start(1)] + text[match.end(1):])
+    for match in re.finditer(r"\b(?:softplus|exp|sigmoid|softmax)\(", text):
+        out.append(text[:match.start()] + text[match.end() - 1:])
+    return out
+
+
+@pytest.mark.parametrize("path", SMALL, ids=lambda p: p.stem)
+def test_a_golden_good_program_and_its_mutants_the_checker_accepts_fit(path):
+    text = path.read_text(encoding="utf-8")
+    assert checks(text) is None
+    assert_compiles_and_fits(text)
+    for mutant in _good_mutants(text):
+        verdict_agrees(mutant)
