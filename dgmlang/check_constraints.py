@@ -10,8 +10,9 @@ from dgmlang.check_errors import bounds_not_ordered, outside_domain
 from dgmlang.check_ranges import Range
 from dgmlang.check_shapes import flat_size, fmt_shape
 from dgmlang.check_spans import argument_exprs, walk_ast
-from dgmlang.check_values import BoundDraw, Value
+from dgmlang.check_values import NO_WANT, BoundDraw, Skip, Value
 from dgmlang.distributions import DISTRIBUTIONS
+from dgmlang.errors import DGMError
 from dgmlang.printer import format_expr
 
 
@@ -103,6 +104,47 @@ class ConstraintChecker:
                 return info.value
         return None
 
+    def linear_terms(self, expr: ast.Expr, scale: float, terms: dict) -> None:
+        """Add `scale * expr` to `terms` as a sum of numbers (key None) and other terms
+        (keyed by their text), through + - and multiplication by a number."""
+        number = self.written_number(expr)
+        if number is not None:
+            coefficient, _ = terms.get(None, (0.0, None))
+            terms[None] = (coefficient + scale * number, None)
+        elif isinstance(expr, ast.UnaryOp):
+            self.linear_terms(expr.operand, -scale, terms)
+        elif isinstance(expr, ast.BinOp) and expr.op in ("+", "-"):
+            self.linear_terms(expr.left, scale, terms)
+            self.linear_terms(expr.right, scale if expr.op == "+" else -scale, terms)
+        elif isinstance(expr, ast.BinOp) and expr.op == "*" and self.written_number(expr.left) is not None:
+            self.linear_terms(expr.right, scale * self.written_number(expr.left), terms)
+        elif isinstance(expr, ast.BinOp) and expr.op == "*" and self.written_number(expr.right) is not None:
+            self.linear_terms(expr.left, scale * self.written_number(expr.right), terms)
+        else:
+            key = format_expr(expr)
+            coefficient, _ = terms.get(key, (0.0, expr))
+            terms[key] = (coefficient + scale, expr)
+
+    def difference_range(self, high: ast.Expr, low: ast.Expr) -> Range:
+        """The range of `high - low`, the terms both share cancelled."""
+        terms: dict = {}
+        self.linear_terms(high, 1.0, terms)
+        self.linear_terms(low, -1.0, terms)
+        total = ranges.literal(0)
+        for key, (coefficient, expr) in terms.items():
+            if coefficient == 0:
+                continue
+            if key is None:
+                term = ranges.literal(coefficient)
+            else:
+                try:
+                    value = self.expr(expr, NO_WANT)  # checked already: only its range is new
+                except (DGMError, Skip):
+                    return ranges.REAL
+                term = ranges.mul(value.range.entries(), ranges.literal(coefficient))
+            total = ranges.add(total, term)
+        return total
+
     def binop_range(self, e: ast.BinOp, left: Value, right: Value) -> Range:
         if e.op == "+":
             return ranges.add(left.range, right.range)
@@ -151,12 +193,15 @@ class ConstraintChecker:
         return found
 
     def check_bounds(self, d: ast.Draw, draw: "BoundDraw") -> None:
-        """Uniform's high must be shown to lie above its low."""
+        """Uniform's high must be shown to lie above its low: by the bounds' ranges, or by the
+        range of their difference once the terms they share cancel (`Uniform(a, a + 1)`)."""
         low, high = draw.values["low"], draw.values["high"]
         a, b = low.range, high.range
         if b.low > a.high or (b.low == a.high and (b.low_open or a.high_open)):
             return
         given = argument_exprs(("low", "high"), d.dist)
+        if self.difference_range(given["high"], given["low"]).fits("positive"):
+            return
         known = isinstance(low.expr, ir.Lit) and isinstance(high.expr, ir.Lit)
         self.report(bounds_not_ordered(format_expr(given["low"]), format_expr(given["high"]), known,
                                         given["high"].span))

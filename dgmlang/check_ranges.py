@@ -103,9 +103,17 @@ def value_fits(value, constraint: str) -> bool:
     return True
 
 
+def _float(x) -> float:
+    """A number as a float (an integer too large for one is infinite)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return INF if x > 0 else -INF
+
+
 def literal(value) -> Range:
     """The exact range of a literal number or nested tuple of numbers."""
-    numbers = list(leaves(value))
+    numbers = [_float(v) for v in leaves(value)]
     return _range(min(numbers), max(numbers), False, False,
                   isinstance(value, tuple) and value_fits(value, "simplex"))
 

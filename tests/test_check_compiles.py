@@ -358,6 +358,14 @@ CASES = {
             s ~ Gamma(2, 2)
             y ~ Uniform(0, s)
         }""", None),
+    "uniform_latent_between_an_input_and_the_input_plus_one": ("""
+        model m {
+            input  a
+            data   x
+            latent s
+            s ~ Uniform(a - 0.5, a + 0.5 * exp(a))
+            x ~ Normal(s, 0.1)
+        }""", None),
     "uniform_global_with_param_bound": ("""
         model m {
             data   y
