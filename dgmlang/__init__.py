@@ -12,23 +12,24 @@ Importing dgmlang does not import torch; the compiled model does, when first ask
 from __future__ import annotations
 
 from dgmlang.errors import DGMError
-from dgmlang.frontend import compile, load
+from dgmlang.frontend import compile, load, load_fitted
 
 __version__ = "0.1.0"
 
-__all__ = ["DGMError", "Model", "compile", "load", "load_fitted", "datasets", "__version__"]
+__all__ = ["DGMError", "CompiledModel", "Model", "compile", "load", "load_fitted", "datasets",
+           "__version__"]
 
 
 def __getattr__(name: str):
-    # Lazy: the fitted-model loader needs torch; submodules load on first use; the DSL's
-    # names (Model, Normal, mlp, ...) come from dgmlang.dsl.
+    # Lazy: the compiled model needs torch; submodules load on first use; the DSL's names
+    # (Model, Normal, mlp, ...) come from dgmlang.dsl.
     import importlib
     import importlib.util
 
-    if name == "load_fitted":
-        from dgmlang.infer import load_fitted
+    if name == "CompiledModel":
+        from dgmlang.compiled import CompiledModel
 
-        return load_fitted
+        return CompiledModel
     if not name.startswith("_") and importlib.util.find_spec(f"dgmlang.{name}") is not None:
         return importlib.import_module(f"dgmlang.{name}")
     import dgmlang.dsl as dsl

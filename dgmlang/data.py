@@ -47,7 +47,7 @@ from torch.distributions import constraints
 
 import pyro.distributions as pyro_dist
 
-from dgmlang.errors import DGMDataError, did_you_mean
+from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.facts import ModelFacts
 from dgmlang.ir import Lit, ModelIR, Ref, Variable
 from dgmlang.source import Span
@@ -86,6 +86,24 @@ class Dataset:
         observed = {k: v[index] for k, v in self.observed.items()}
         n = next(iter(values.values())).shape[0] if values else 0
         return Dataset(values, observed, n)
+
+    def repeated(self, times: int) -> "Dataset":
+        """Every row repeated `times` times, block after block (row ``s * n + i`` is row i)."""
+        values = {k: v.repeat(times, *(1,) * (v.dim() - 1)) for k, v in self.values.items()}
+        observed = {k: v.repeat(times, *(1,) * (v.dim() - 1)) for k, v in self.observed.items()}
+        return Dataset(values, observed, self.n * times)
+
+
+def positive_int(name: str, value: Any) -> None:
+    """Refuse an argument (a count of steps, samples, rows) that is not a positive integer.
+
+    >>> positive_int("num_samples", 0)
+    Traceback (most recent call last):
+    ...
+    dgmlang.errors.DGMUsageError: num_samples must be a positive integer, not 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DGMUsageError(f"{name} must be a positive integer, not {value!r}")
 
 
 _REAL = Support(constraints.real, "a finite real number")

@@ -1,7 +1,9 @@
 """The one driver of the pipeline: text -> AST -> checked IR -> graph -> guide plan -> compiled model.
 
 Everything up to the guide plan runs without torch, so `dgm check` starts fast; the
-compiled model (torch, Pyro) is imported only when a user asks for one.
+compiled model (`dgmlang.compiled`, torch and Pyro) is imported only when a user asks for
+one. `load_fitted` drives the same road from a checkpoint (`dgmlang.checkpoint` reads the
+file, this module compiles its source, the checkpoint's parameters are put back).
 
 >>> models = check_source('''
 ... model ppca {
@@ -30,7 +32,7 @@ from dgmlang.ir import ModelIR
 from dgmlang.inverse import GuidePlan
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily at run time (torch)
-    from dgmlang.infer import CompiledModel
+    from dgmlang.compiled import CompiledModel
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,10 +106,11 @@ def select(models: tuple[CheckedModel, ...], name: str | None, where: str) -> Ch
 
 
 def compile_checked(checked: CheckedModel, *, source: str, filename: str) -> "CompiledModel":
-    """A compiled model (Pyro model + derived guide) from a checked one."""
-    from dgmlang.infer import CompiledModel
+    """A compiled model (Pyro model + derived guide) from a checked one, with its facts."""
+    from dgmlang.compiled import CompiledModel
 
-    return CompiledModel(checked.ir, checked.plan, source=source, filename=filename)
+    return CompiledModel(checked.ir, checked.plan, source=source, filename=filename,
+                         facts=checked.facts)
 
 
 def compile_source(text: str, *, model: str | None = None, filename: str = "<string>") -> "CompiledModel":
@@ -124,3 +127,16 @@ def compile(text: str, model: str | None = None) -> "CompiledModel":  # noqa: A0
 def load(path: str | Path, model: str | None = None) -> "CompiledModel":
     """Compile a model from a `.dgm` file: ``dgmlang.load("vae.dgm").fit(data)``."""
     return compile_source(read_source(path), model=model, filename=str(path))
+
+
+def load_fitted(path: str | Path) -> "CompiledModel":
+    """A model saved with `CompiledModel.save`: the saved source is compiled again and the
+    parameters restored. Only plain tensors and strings are read; a file holding pickled
+    objects, another kind of file, or a newer format is a `DGMCheckpointError`
+    (see `dgmlang.checkpoint`)."""
+    from dgmlang import checkpoint
+
+    saved = checkpoint.read(path)
+    compiled = compile_source(saved.source, model=saved.model, filename=saved.filename)
+    checkpoint.restore(compiled, saved)
+    return compiled

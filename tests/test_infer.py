@@ -9,7 +9,7 @@ import torch
 
 import dgmlang
 from corpus_models import CORPUS
-from dgmlang import infer
+from dgmlang import checkpoint, posterior
 from dgmlang.errors import DGMCheckpointError, DGMDataError, DGMTrainingError, DGMUsageError
 
 TINY = """
@@ -68,13 +68,13 @@ def test_fit_counts_steps_and_handles_the_last_partial_batch(monkeypatch):
     m = dgmlang.compile(TINY)
     x = data_of(m, 10)["x"]
     rows = []
-    objective = m._objective  # record the rows of every minibatch the loss sees (either path)
+    objective = m.objective  # record the rows of every minibatch the loss sees (either path)
 
     def counting(*args):
         loss = objective(*args)
         return lambda batch, size: rows.append(len(batch["x"])) or loss(batch, size)
 
-    monkeypatch.setattr(m, "_objective", counting)
+    monkeypatch.setattr(m, "objective", counting)
     losses = m.fit(x, epochs=2, batch_size=4, seed=0, progress=False)
     assert len(losses) == 6 and rows == [4, 4, 2, 4, 4, 2]
     assert m.history["loss"] == losses and m.fitted
@@ -193,7 +193,7 @@ def bomb(m, monkeypatch, make_value, after_calls: int):
     """Make the training loss subtract `make_value()` (as a `pyro.factor` of that value in the
     model would) from call `after_calls` on, on the fast and the general path alike."""
     calls = []
-    objective = m._objective
+    objective = m.objective
 
     def patched(*args):
         loss = objective(*args)
@@ -205,7 +205,7 @@ def bomb(m, monkeypatch, make_value, after_calls: int):
 
         return bombed
 
-    monkeypatch.setattr(m, "_objective", patched)
+    monkeypatch.setattr(m, "objective", patched)
 
 
 def test_an_infinite_loss_stops_training_naming_the_step_and_keeps_the_last_good_parameters(monkeypatch):
@@ -371,7 +371,7 @@ def test_log_prob_matches_the_exact_marginal_whatever_the_chunks(monkeypatch):
     mu = m.model.params.value("mu").detach()
     exact = torch.distributions.Normal(mu, math.sqrt(1.25)).log_prob(x).sum(-1)  # x = z + mu + noise
     assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
-    monkeypatch.setattr(infer, "CHUNK_CELLS", 700)  # 1 point and 700 particles at a time
+    monkeypatch.setattr(posterior, "CHUNK_CELLS", 700)  # 1 point and 700 particles at a time
     assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
 
 
@@ -418,11 +418,11 @@ def test_a_newer_format_is_refused_clearly(tmp_path):
 
     def newer(payload):
         meta = json.loads(payload["metadata"])
-        meta["format_version"] = infer.FORMAT_VERSION + 1
+        meta["format_version"] = checkpoint.FORMAT_VERSION + 1
         payload["metadata"] = json.dumps(meta)
 
     _rewrite(path, newer)
-    with pytest.raises(DGMCheckpointError, match=f"format {infer.FORMAT_VERSION + 1}") as info:
+    with pytest.raises(DGMCheckpointError, match=f"format {checkpoint.FORMAT_VERSION + 1}") as info:
         dgmlang.load_fitted(path)
     assert "upgrade dgmlang" in str(info.value)
 
@@ -432,3 +432,51 @@ def test_parameters_that_do_not_fit_the_source_are_refused(tmp_path):
     _rewrite(path, lambda p: p.__setitem__("source", TINY.replace("mu", "nu")))
     with pytest.raises(DGMCheckpointError, match="do not fit model 'tiny'"):
         dgmlang.load_fitted(path)
+
+
+def test_a_checkpoint_records_the_versions_and_reads_back_without_compiling(tmp_path):
+    m = dgmlang.compile(TINY)
+    path = _saved(m, tmp_path / "m.pt")
+    meta = json.loads(torch.load(path, weights_only=True)["metadata"])
+    assert meta["dgmlang_version"] == dgmlang.__version__ and meta["torch_version"] == torch.__version__
+    saved = checkpoint.read(path)
+    assert saved.source == TINY and saved.model == "tiny" and not saved.fitted
+    assert set(saved.model_state) == set(m.model.state_dict())
+
+
+# ---------------------------------------------------------------- the layout
+
+
+def test_the_compiled_model_takes_the_checked_models_facts_and_the_graph_is_built_once(monkeypatch):
+    import dgmlang.facts
+    import dgmlang.graph
+    from dgmlang.frontend import check_source, compile_checked
+
+    calls = []
+    build = dgmlang.graph.build_graph
+
+    def counting(ir):
+        calls.append(ir.name)
+        return build(ir)
+
+    monkeypatch.setattr(dgmlang.graph, "build_graph", counting)
+    monkeypatch.setattr(dgmlang.facts, "build_graph", counting)
+    m = dgmlang.compile(SEMI)
+    assert calls == ["semi"]
+    checked = check_source(SEMI)[0]
+    compiled = compile_checked(checked, source=SEMI, filename="<semi>")
+    assert compiled.facts is checked.facts and compiled.facts.graph is checked.graph
+    assert m.roles.model_enumerated == () and m.roles.guide_enumerated == ("y",)
+    assert m.roles.data == ("x",) and m.roles.guide_locals == ("y", "z")
+
+
+def test_the_older_module_name_still_serves_and_sets_the_tuning_constants(monkeypatch):
+    from dgmlang import gibbs, infer
+
+    assert infer.CompiledModel is dgmlang.CompiledModel and infer.load_fitted is dgmlang.load_fitted
+    assert infer.FORMAT_VERSION == checkpoint.FORMAT_VERSION
+    monkeypatch.setattr(infer, "WARMUP_SWEEPS", 1)
+    monkeypatch.setattr(infer, "CHUNK_CELLS", 7)
+    assert gibbs.WARMUP_SWEEPS == 1 and gibbs.CHUNK_CELLS == posterior.CHUNK_CELLS == 7
+    monkeypatch.undo()
+    assert gibbs.WARMUP_SWEEPS == 20 and posterior.CHUNK_CELLS == 16384

@@ -1,0 +1,209 @@
+"""Training a compiled model: `fit`, its objectives, one checked step, the held-out loss.
+
+`fit` runs stochastic variational inference on shuffled minibatches: the model's data plate
+is told the full size N, so a minibatch's likelihood is scaled by N/B and every step
+estimates the whole data set's objective — the ELBO (`Trace_ELBO`, or `TraceEnum_ELBO` when
+discrete latents are summed out) or the importance-weighted bound (``objective="iwae"``,
+`dgmlang.weights.iwae_bound`). Models the fast path serves (`dgmlang.fastpath`) get the same
+estimator without Pyro's per-step tracing. Every step is checked before the optimizer moves:
+a NaN or infinite loss or gradient, or a distribution handed invalid parameters, stops
+training with a `DGMTrainingError`, the parameters left as they were before that step.
+
+Every function takes the compiled model (`dgmlang.compiled.CompiledModel`) and reads its
+public attributes only: `ir`, `plan`, `model`, `guide`, `facts`, `roles`, `history`,
+`fitted`, `name`, `objective`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+import pyro
+
+from dgmlang import fastpath
+from dgmlang.data import Dataset, positive_int, prepare_data
+from dgmlang.errors import DGMTrainingError, DGMUsageError
+from dgmlang.lower import elbo_for
+from dgmlang.nets import seeded
+from dgmlang.weights import check_importance_weighting, iwae_bound
+
+__all__ = ["DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
+           "objective", "step"]
+
+#: Training length when neither `epochs` nor `steps` is given.
+DEFAULT_EPOCHS = 200
+OBJECTIVES = ("elbo", "iwae")
+
+Loss = Callable[..., torch.Tensor]
+
+
+def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None = None,
+        batch_size: int = 128, lr: float = 1e-3, num_particles: int = 1, objective: str = "elbo",
+        validation: Any = None, seed: int | None = None, progress: bool = True) -> list[float]:
+    """Fit `model` (its Pyro model and guide) to `data`; the loss per step, per data point.
+    The options are `CompiledModel.fit`'s. The loss comes from ``model.objective(...)``."""
+    positive_int("batch_size", batch_size)
+    positive_int("num_particles", num_particles)
+    if epochs is not None and steps is not None:
+        raise DGMUsageError("give epochs or steps, not both")
+    if epochs is not None:
+        positive_int("epochs", epochs)
+    if steps is not None:
+        positive_int("steps", steps)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or math.isinf(lr):
+        raise DGMUsageError(f"lr must be a positive number, not {lr!r}")
+    loss_fn = model.objective(objective, num_particles)
+    dataset = prepare_data(model.ir, data, purpose="fit", facts=model.facts)
+    held_out = None
+    if validation is not None:
+        held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts)
+
+    n = dataset.n
+    rows_per_step = min(batch_size, n)
+    steps_per_epoch = math.ceil(n / rows_per_step)
+    total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    losses: list[float] = []
+    named = named_parameters(model)
+    # a model with nothing to learn (fixed distributions only) is scored, not updated
+    optimizer = torch.optim.Adam([p for _, p in named], lr=lr) if named else None
+    with seeded(seed), tqdm(total=total, disable=not progress, desc=f"fit {model.name}",
+                            unit="step") as bar:
+        while len(losses) < total:
+            order = torch.randperm(n)
+            for start in range(0, n, rows_per_step):
+                if len(losses) == total:
+                    break
+                batch = dataset.rows(order[start:start + rows_per_step]).values
+                loss = step(loss_fn, batch, n, optimizer, named, len(losses) + 1,
+                            first_update=not model.fitted)
+                losses.append(loss / n)
+                model.history["loss"].append(loss / n)
+                model.fitted = True
+                bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
+                bar.update()
+            if held_out is not None:
+                score = held_out_loss(loss_fn, held_out, rows_per_step)
+                model.history["validation"].append(score)
+                bar.set_postfix(loss=f"{losses[-1]:.4g}", validation=f"{score:.4g}", refresh=False)
+    return losses
+
+
+def objective(model: Any, name: str, num_particles: int) -> Loss:
+    """The training loss ``loss(batch, size)`` (a differentiable scalar, the whole data
+    set's negative bound estimated from the minibatch) for the objective `name`.
+
+    Models the fast path serves (see `dgmlang.fastpath`) get the same estimator computed
+    without Pyro's per-step tracing; the others, and every error, come from Pyro's path."""
+    fast = fastpath.build(model.ir, model.plan, model.model, model.guide,
+                          objective=name, num_particles=num_particles)
+    if fast is not None:
+        return fast.loss
+    if name == "elbo":
+        elbo = elbo_for(model.ir, model.plan, num_particles=num_particles,
+                        vectorize_particles=num_particles > 1)
+
+        def loss(batch, size):
+            try:
+                return elbo.differentiable_loss(model.model, model.guide, batch, size=size)
+            except ValueError as err:
+                # nothing the loss depends on is learned (no params, or unused ones): Pyro
+                # refuses a differentiable loss, so score it plainly and skip the update
+                if "cannot be differentiated" not in str(err):
+                    raise
+                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size))
+
+        return loss
+    if name == "iwae":
+        check_importance_weighting(model, "objective='iwae'")
+        if model.roles.guide_enumerated:
+            raise DGMUsageError(
+                f"objective='iwae' cannot train latent '{model.roles.guide_enumerated[0]}': it is "
+                "a discrete latent enumerated in the guide, and the importance-weighted bound "
+                "would need a score-function gradient for it",
+                hint="use objective='elbo' for this model",
+            )
+        return lambda batch, size: -iwae_bound(model, batch, size, num_particles)
+    raise DGMUsageError(f"unknown objective {name!r}", hint="use 'elbo' or 'iwae'")
+
+
+def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | None,
+         named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool) -> float:
+    """Step `number` of a fit: the loss on `batch`, checked, then one optimizer update
+    (none when there is nothing to learn). `first_update` says whether the model has never
+    been updated, which decides the hint of a failure. The loss's value is returned."""
+    try:
+        # Pyro's argument validation finds a model's mistakes on the first step; later
+        # steps skip it (it costs up to a fifth of a step) and rely on the finiteness
+        # checks below, the data having been validated before training.
+        with pyro.validation_enabled(False) if number > 1 else contextlib.nullcontext():
+            loss = loss_fn(batch, size)
+    except ValueError as err:
+        if "Expected parameter" not in str(err) and "Expected value" not in str(err):
+            raise
+        raise DGMTrainingError(
+            f"training stopped at step {number}: a distribution got invalid parameters "
+            f"({str(err).splitlines()[0]})",
+            hint=failure_hint(first_update=first_update),
+        ) from None
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise DGMTrainingError(f"training stopped at step {number}: the loss is {value}",
+                               hint=failure_hint(first_update=first_update))
+    if optimizer is None or not loss.requires_grad:
+        return value
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not _gradients_finite(named):
+        for name, param in named:
+            if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                optimizer.zero_grad(set_to_none=True)
+                raise DGMTrainingError(
+                    f"training stopped at step {number}: the gradient of {name} is not finite",
+                    hint=failure_hint(first_update=first_update),
+                )
+    optimizer.step()
+    return value
+
+
+def failure_hint(*, first_update: bool) -> str:
+    """What to try when training fails. Before the model's first update nothing has been
+    learned yet, so the learning rate cannot be the cause: the model or the data is; after
+    updates, they may have gone too far."""
+    if first_update:
+        return ("it failed on the first step, before any update: check the model's parameters "
+                "(their initial values, an unconstrained param where a positive one is needed) "
+                "and the data")
+    return ("the model keeps the parameters from before this step; try a smaller lr "
+            "or check the data")
+
+
+def held_out_loss(loss_fn: Loss, held_out: Dataset, rows: int) -> float:
+    """The objective on held-out data per data point: each chunk estimates the whole
+    set's loss (scaled by N/B), averaged with the chunks' sizes as weights."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, held_out.n, rows):
+            chunk = held_out.rows(slice(start, start + rows))
+            total += float(loss_fn(chunk.values, held_out.n)) * chunk.n / held_out.n
+    return total / held_out.n
+
+
+def named_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters of the model and the guide (each once)."""
+    seen: dict[int, tuple[str, torch.nn.Parameter]] = {}
+    for prefix, module in (("model", model.model), ("guide", model.guide)):
+        for name, param in module.named_parameters():
+            seen.setdefault(id(param), (f"{prefix}.{name}", param))
+    return list(seen.values())
+
+
+def _gradients_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
+    """Whether every gradient is finite, in one cheap test (a tenth of checking each entry):
+    a gradient holding NaN or an infinity has a non-finite sum. A finite gradient whose sum
+    overflows fails it too, so the caller confirms entry by entry before stopping."""
+    sums = [param.grad.sum() for _, param in named if param.grad is not None]
+    return not sums or bool(torch.stack(sums).isfinite().all())
