@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import dgmlang
-from dgmlang.infer import CompiledModel
+from dgmlang.compiled import CompiledModel
 from dgmlang.inverse import naive_inverse
 from dgmlang.testing import (
     LinearEdge,

@@ -137,7 +137,7 @@ def run_pipeline(text: str, timing: Timing) -> None:
     """Every stage once on `text`, into `timing`."""
     from dgmlang.check import check
     from dgmlang.graph import build_graph
-    from dgmlang.infer import CompiledModel
+    from dgmlang.compiled import CompiledModel
     from dgmlang.inverse import invert
     from dgmlang.parse import parse
 

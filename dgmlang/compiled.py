@@ -161,10 +161,6 @@ class CompiledModel:
         from Pyro traces (`dgmlang.weights.iwae_bound`)."""
         return weights.iwae_bound(self, batch, size, particles)
 
-    # the names these had before the split (tests outside this package call them)
-    _objective = objective
-    _iwae_bound = iwae_bound
-
     # ------------------------------------------------------------------ posterior queries
 
     def sample(self, n: int, inputs: Mapping[str, Any] | None = None, *,

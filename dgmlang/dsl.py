@@ -67,7 +67,7 @@ from dgmlang.parse import KEYWORDS, MAX_NESTING
 from dgmlang.source import Source, Span
 
 if TYPE_CHECKING:  # pragma: no cover - imported lazily (torch)
-    from dgmlang.infer import CompiledModel
+    from dgmlang.compiled import CompiledModel
     from dgmlang.ir import ModelIR
 
 __all__ = ["Model", "Expr", "Distribution", "Network"]  # extended below by the generated wrappers

@@ -26,7 +26,8 @@ from pyro.infer import infer_discrete
 from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.data import Dataset
-from dgmlang.weights import CHUNK_CELLS, importance_weights
+from dgmlang import weights as importance
+from dgmlang.weights import importance_weights
 
 __all__ = ["GIBBS_SWEEPS", "WARMUP_SWEEPS", "gibbs", "run_chains"]
 
@@ -46,7 +47,7 @@ def gibbs(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: i
         runs = [run_chains(model, part, {g: v[s] for g, v in globals_.items()})
                 for s in range(draws)]
         return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}
-    points = max(1, min(part.n, CHUNK_CELLS // draws))
+    points = max(1, min(part.n, importance.CHUNK_CELLS // draws))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
         chunk = part.rows(slice(start, start + points))

@@ -53,7 +53,6 @@ from pyro.nn import PyroModule, PyroParam
 
 from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
-from dgmlang.errors import DGMGuideError
 from dgmlang.facts import ModelFacts
 from dgmlang.lower import PLATE_NAME, LoweredModel, safe_attribute
 from dgmlang.nets import FlatMLP, seeded
@@ -151,14 +150,7 @@ class AmortizedGuide(PyroModule):
                 if step.kind == "enumerated_in_model":
                     continue
                 model_site = lowered.site(step.latent)
-                if step.kind == "global":
-                    if spec.discrete:
-                        raise DGMGuideError(
-                            f"global '{step.latent}' is discrete ({spec.name}); the guide of a "
-                            "global has continuous variational parameters",
-                            facts.variables[step.latent].span,
-                            hint="make it a latent (one per data point) or a param",
-                        )
+                if step.kind == "global":  # continuous: the checker refuses discrete globals
                     info = latent_shape(facts, step.latent)
                     family = GlobalFamily(info)
                     variational.add(step.latent, family)

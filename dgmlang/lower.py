@@ -37,10 +37,10 @@ from pyro.util import check_model_guide_match, check_site_shape, check_traceenum
 from torch import nn
 
 from dgmlang import ir as irm
-from dgmlang.errors import DGMDataError, DGMGuideError, DGMTypeError, DGMUsageError, did_you_mean
+from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
-from dgmlang.nets import HEAD_CONSTRAINTS, build_net, seeded, to_constraint
+from dgmlang.nets import build_net, seeded
 from dgmlang.sites import ModelSite
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
@@ -122,11 +122,6 @@ class LoweredModel(PyroModule):
         self.max_plate_nesting = MAX_PLATE_NESTING
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
         self.input_names = ir.names("input")
-        for name in (*facts.global_order, *facts.local_order):
-            if name not in facts.draws:
-                raise DGMTypeError(f"'{name}' has no distribution", facts.variables[name].span)
-            self._check_enumerable(name)
-        _check_heads(ir)
 
         net_keys: dict[str, str] = {}
         nets = nn.ModuleDict()
@@ -138,12 +133,7 @@ class LoweredModel(PyroModule):
                 nets[key] = build_net(net)
             for var in ir.variables:
                 if var.role == "param":
-                    constraint = PARAM_CONSTRAINTS.get(var.type)
-                    if constraint is None:
-                        raise DGMTypeError(
-                            f"param '{var.name}' cannot have type '{var.type}'", var.span,
-                            hint="a param is a learned real, positive, unit or simplex value",
-                        )
+                    constraint = PARAM_CONSTRAINTS[var.type]  # the checker refuses others
                     params.add(var.name, initial_value(var.shape, constraint), constraint)
         self._net_keys = net_keys
         self.nets = nets
@@ -253,16 +243,6 @@ class LoweredModel(PyroModule):
             )
         return tensor
 
-    def _check_enumerable(self, name: str) -> None:
-        var = self.facts.variables[name]
-        if var.role == "latent" and self.facts.enumerable(name) and var.shape:
-            raise DGMGuideError(
-                f"discrete latent '{name}' has shape {list(var.shape)}; only scalar discrete "
-                "latents can be summed out",
-                var.span,
-                hint="declare one scalar latent per component",
-            )
-
     def _sample(self, site: ModelSite, env: dict, obs, observed) -> torch.Tensor:
         base = site.distribution(env)
         if observed is not None:
@@ -293,18 +273,6 @@ class LoweredModel(PyroModule):
         """The value of an IR expression, shaped ``(*batch, *expr.shape)`` (see
         `dgmlang.evaluate.Evaluator.evaluate`)."""
         return self.evaluator.evaluate(expr, env)
-
-
-def _check_heads(ir: irm.ModelIR) -> None:
-    """Every network output must map onto a constraint a head exists for (not an integer)."""
-    exprs = [e for d in ir.draws for e in d.expressions] + [let.value for let in ir.lets]
-    for expr in irm.walk(exprs):
-        if isinstance(expr, irm.NetCall) and expr.constraint not in HEAD_CONSTRAINTS:
-            to_constraint(torch.zeros(()), expr.constraint, span=expr.span)
-    for draw in ir.draws:
-        for packed in draw.packed_params:
-            if packed.constraint not in HEAD_CONSTRAINTS:
-                to_constraint(torch.zeros(()), packed.constraint, span=draw.packed.span)
 
 
 def lower(ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None) -> LoweredModel:

@@ -24,7 +24,8 @@ from pyro.infer import infer_discrete
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs, support_of
 from dgmlang.gibbs import gibbs
 from dgmlang.nets import seeded
-from dgmlang.weights import CHUNK_CELLS, check_importance_weighting, importance_weights, in_particles
+from dgmlang import weights as importance
+from dgmlang.weights import check_importance_weighting, importance_weights, in_particles
 
 __all__ = ["SIR_PROPOSALS", "SIR_PROPOSALS_PER_GLOBAL", "guide_globals", "invert", "log_prob",
            "resample", "sample", "sample_enumerated"]
@@ -88,8 +89,8 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
     positive_int("num_samples", num_samples)
     check_importance_weighting(model, "log_prob")
     dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts)
-    points = max(1, min(dataset.n, CHUNK_CELLS // num_samples))
-    particles = max(1, min(num_samples, CHUNK_CELLS // points))
+    points = max(1, min(dataset.n, importance.CHUNK_CELLS // num_samples))
+    particles = max(1, min(num_samples, importance.CHUNK_CELLS // points))
     result = []
     with seeded(seed), torch.no_grad():
         for start in range(0, dataset.n, points):
@@ -151,7 +152,7 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
         per_group = 1
     groups = draws if globals_ else 1
     particles = groups * per_group
-    points = max(1, min(part.n, CHUNK_CELLS // particles))
+    points = max(1, min(part.n, importance.CHUNK_CELLS // particles))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
         batch = part.rows(slice(start, start + points)).values

@@ -37,7 +37,7 @@ import pyro.distributions as pdist
 
 from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
-from dgmlang.errors import DGMDataError, DGMGuideError
+from dgmlang.errors import DGMDataError
 from dgmlang.evaluate import Env, Evaluator, broadcast_shape, concat_features, flatten_event, pad_event
 from dgmlang.facts import ModelFacts
 from dgmlang.nets import POSITIVE_FLOOR, to_constraint
@@ -348,12 +348,8 @@ class GuideSite:
         the model's arguments, as Uniform's does)."""
         if self.info.support is not None:
             return self.info.support
-        try:
-            return self.model_site.distribution(dict(env)).support
-        except DGMDataError as err:
-            raise DGMGuideError(
-                f"the support of '{self.name}' depends on a value its guide does not see",
-            ) from err
+        # the checker lets such bounds read only consts, params and inputs: all given here
+        return self.model_site.distribution(dict(env)).support
 
     def distribution(self, env: Env) -> pdist.TorchDistribution:
         """q of the latent given the values in `env`."""

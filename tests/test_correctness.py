@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dgmlang
-from dgmlang import infer
+from dgmlang import gibbs
 from dgmlang.data import support_of
 from dgmlang.errors import DGMError
 from dgmlang.frontend import check_source, compile_checked
@@ -78,8 +78,8 @@ def test_every_model_compiles_fits_samples_scores_and_inverts(name, monkeypatch)
     for g in m.ir.names("global"):
         assert out[g].shape == (3, *m.ir.variable(g).shape)
     # one missing entry per point: the chains run (shortened here) and fill it in
-    monkeypatch.setattr(infer, "WARMUP_SWEEPS", 1)
-    monkeypatch.setattr(infer, "GIBBS_SWEEPS", 2)
+    monkeypatch.setattr(gibbs, "WARMUP_SWEEPS", 1)
+    monkeypatch.setattr(gibbs, "GIBBS_SWEEPS", 2)
     first = m.ir.names("data")[0]
     mask = {first: torch.ones_like(data[first], dtype=torch.bool)}
     mask[first].reshape(n, -1)[:, 0] = False
@@ -222,8 +222,8 @@ def test_iwae_trains_and_its_bound_is_at_least_the_elbo():
     elbo = m.log_prob(x, num_samples=1, seed=SEED).mean()  # one sample: the ELBO's estimate
     iwae = m.log_prob(x, num_samples=10, seed=SEED).mean()
     assert iwae > elbo + 0.1
-    iwae_loss = m._objective("iwae", 10)
-    elbo_loss = m._objective("elbo", 1)
+    iwae_loss = m.objective("iwae", 10)
+    elbo_loss = m.objective("elbo", 1)
     with torch.no_grad():
         bounds = [(-float(iwae_loss({"x": x}, 400)), -float(elbo_loss({"x": x}, 400))) for _ in range(5)]
     assert sum(i for i, _ in bounds) > sum(e for _, e in bounds)

@@ -143,7 +143,7 @@ model semi {
 """
 
 
-def _compile(name: str) -> dgmlang.infer.CompiledModel:
+def _compile(name: str) -> dgmlang.CompiledModel:
     text = EXTRA[name] if name in EXTRA else (EXAMPLES / f"{name}.dgm").read_text()
     return dgmlang.compile(text)
 
@@ -177,7 +177,7 @@ def _general(m, objective: str, particles: int):
     if objective == "elbo":
         elbo = elbo_for(m.ir, m.plan, num_particles=particles, vectorize_particles=particles > 1)
         return lambda batch, size: elbo.differentiable_loss(m.model, m.guide, batch, size=size)
-    return lambda batch, size: -m._iwae_bound(batch, size, particles)
+    return lambda batch, size: -m.iwae_bound(batch, size, particles)
 
 
 def _loss_and_grads(loss_fn, m, batch, size, seed: int):

@@ -8,7 +8,6 @@ there) gives models or a `DGMError`.
 """
 from __future__ import annotations
 
-import importlib.resources
 import re
 from collections import Counter
 
@@ -18,7 +17,7 @@ from hypothesis.extra.lark import from_lark
 from lark import Lark
 
 from dgmlang.errors import DGMError, DGMSyntaxError
-from dgmlang.parse import KEYWORDS, parse
+from dgmlang.parse import KEYWORDS, grammar_text, parse
 from dgmlang.printer import format_program
 
 from test_parse import CORPUS
@@ -46,7 +45,7 @@ def roundtrip_holds(program) -> bool:
 
 
 def grammar_for_generation() -> Lark:
-    text = importlib.resources.files("dgmlang").joinpath("grammar/dgm.lark").read_text("utf-8")
+    text = grammar_text()
     return Lark(text, parser="lalr", maybe_placeholders=True)
 
 

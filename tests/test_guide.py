@@ -11,7 +11,7 @@ import pyro
 import pyro.distributions as pdist
 from pyro import poutine
 
-from dgmlang.errors import DGMDataError, DGMGuideError
+from dgmlang.errors import DGMDataError
 from dgmlang.frontend import check_source
 from dgmlang.guide import DECONV_GUIDE_HIDDEN, DEFAULT_HIDDEN, build_guide, guide_hidden
 from dgmlang.lower import elbo_for, lower
@@ -290,18 +290,6 @@ def test_binomial_and_bernoulli_latents_enumerated_in_the_guide():
     with pyro.settings.context(module_local_params=True):
         loss = elbo_for(model.ir, model.plan)(lowered, guide)({"x": torch.randn(6, 3)})
     assert math.isfinite(loss.item())
-
-
-def test_a_discrete_global_is_refused():
-    from dgmlang.graph import build_graph
-    from dgmlang.inverse import invert
-    from dgmlang.ir import Draw, Lit, ModelIR, Ref, Variable
-
-    ir = ModelIR("switch", (Variable("x", "data", ()), Variable("k", "global", (), "int")), (
-        Draw("k", "Bernoulli", (("probs", Lit(0.5, ())),)),
-        Draw("x", "Normal", (("loc", Ref("k", ())), ("scale", Lit(1.0, ()))))))
-    with pytest.raises(DGMGuideError, match="global 'k' is discrete"):
-        build_guide(ir, invert(build_graph(ir)), lower(ir))
 
 
 def test_a_latent_nothing_observed_depends_on_gets_a_learned_constant():

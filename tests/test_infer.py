@@ -9,7 +9,7 @@ import torch
 
 import dgmlang
 from corpus_models import CORPUS
-from dgmlang import checkpoint, posterior
+from dgmlang import checkpoint, weights
 from dgmlang.errors import DGMCheckpointError, DGMDataError, DGMTrainingError, DGMUsageError
 
 TINY = """
@@ -371,7 +371,7 @@ def test_log_prob_matches_the_exact_marginal_whatever_the_chunks(monkeypatch):
     mu = m.model.params.value("mu").detach()
     exact = torch.distributions.Normal(mu, math.sqrt(1.25)).log_prob(x).sum(-1)  # x = z + mu + noise
     assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
-    monkeypatch.setattr(posterior, "CHUNK_CELLS", 700)  # 1 point and 700 particles at a time
+    monkeypatch.setattr(weights, "CHUNK_CELLS", 700)  # 1 point and 700 particles at a time
     assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
 
 
@@ -470,13 +470,3 @@ def test_the_compiled_model_takes_the_checked_models_facts_and_the_graph_is_buil
     assert m.roles.data == ("x",) and m.roles.guide_locals == ("y", "z")
 
 
-def test_the_older_module_name_still_serves_and_sets_the_tuning_constants(monkeypatch):
-    from dgmlang import gibbs, infer
-
-    assert infer.CompiledModel is dgmlang.CompiledModel and infer.load_fitted is dgmlang.load_fitted
-    assert infer.FORMAT_VERSION == checkpoint.FORMAT_VERSION
-    monkeypatch.setattr(infer, "WARMUP_SWEEPS", 1)
-    monkeypatch.setattr(infer, "CHUNK_CELLS", 7)
-    assert gibbs.WARMUP_SWEEPS == 1 and gibbs.CHUNK_CELLS == posterior.CHUNK_CELLS == 7
-    monkeypatch.undo()
-    assert gibbs.WARMUP_SWEEPS == 20 and posterior.CHUNK_CELLS == 16384

@@ -11,11 +11,11 @@ import pyro
 import pyro.distributions as pdist
 from pyro import poutine
 
-from dgmlang.errors import DGMDataError, DGMGuideError, DGMTypeError, DGMUsageError
+from dgmlang.errors import DGMDataError, DGMUsageError
 from dgmlang.frontend import check_source
 from dgmlang.guide import build_guide
 from dgmlang.ir import (
-    BuiltinCall, Binary, Draw, IndexExpr, Lit, ModelIR, Net, NetCall, Ref, SliceItem, Stack,
+    BuiltinCall, Binary, IndexExpr, Lit, ModelIR, Net, NetCall, Ref, SliceItem, Stack,
     Unary, Variable,
 )
 from dgmlang.lower import elbo_for, lower
@@ -415,12 +415,6 @@ def test_params_start_from_a_seeded_draw_through_their_constraint():
     assert a.state_dict().keys() == b.state_dict().keys()
 
 
-def test_an_int_param_is_a_type_error():
-    ir = ModelIR("bad", (Variable("k", "param", (), "int"),), ())
-    with pytest.raises(DGMTypeError, match="param 'k' cannot have type 'int'"):
-        lower(ir)
-
-
 def test_variable_names_that_shadow_module_attributes():
     model = checked("""
     model shadows {
@@ -486,25 +480,3 @@ def test_missing_input_wrong_shape_and_inconsistent_sizes_are_data_errors():
         lowered({"z": torch.zeros(3, 16), "y": torch.zeros(3)})
     with pytest.raises(DGMUsageError, match="batch_size"):
         lower(corpus("ppca").ir)({})
-
-
-def test_a_vector_of_discrete_latents_cannot_be_summed_out():
-    ir = ModelIR(
-        "vec", (Variable("c", "latent", (4,), "int"), Variable("x", "data", (4,))),
-        (Draw("c", "Bernoulli", (("probs", Lit(0.5, ())),)),
-         Draw("x", "Normal", (("loc", Ref("c", (4,))), ("scale", Lit(1.0, ()))))),
-    )
-    with pytest.raises(DGMGuideError, match="only scalar discrete latents"):
-        lower(ir)
-
-
-def test_a_network_feeding_an_integer_parameter_fails_at_build_time():
-    ir = ModelIR(
-        "counts", (Variable("z", "latent", (2,)), Variable("x", "data", (), "int")),
-        (Draw("z", "Normal", (("loc", Lit(0.0, ())), ("scale", Lit(1.0, ())))),
-         Draw("x", "Binomial", (("total_count", NetCall("f", (Ref("z", (2,)),), (), "nonneg_int")),
-                                ("probs", Lit(0.5, ()))))),
-        nets=(Net("f", "mlp", (2,), 1, (), hidden=(4,)),),
-    )
-    with pytest.raises(DGMTypeError, match="cannot produce a value constrained to be 'nonneg_int'"):
-        lower(ir)

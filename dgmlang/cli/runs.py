@@ -34,7 +34,7 @@ MAX_SCORED_ROWS = 5000
 
 def open_run(run: Path):
     """The fitted model of a run folder (or a .dgmfit file) and the run's info dict."""
-    from dgmlang.infer import load_fitted
+    from dgmlang.frontend import load_fitted
 
     run = Path(run)
     if run.is_dir():
