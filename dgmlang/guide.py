@@ -135,7 +135,7 @@ class AmortizedGuide(PyroModule):
             self._build(ir, plan, lowered, seed)
 
     def _build(self, ir: irm.ModelIR, plan, lowered: LoweredModel, seed: int) -> None:
-        super().__init__(name=f"{lowered._pyro_name}.guide{next(_instance_ids)}")
+        super().__init__(name=f"{lowered.unique_name}.guide{next(_instance_ids)}")
         object.__setattr__(self, "_lowered", lowered)  # the model's module, not a submodule
         facts = lowered.facts
         self.ir = ir

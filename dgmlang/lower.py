@@ -116,7 +116,9 @@ class LoweredModel(PyroModule):
             self._build(ir, seed, facts if facts is not None else ModelFacts(ir))
 
     def _build(self, ir: irm.ModelIR, seed: int, facts: ModelFacts) -> None:
-        super().__init__(name=f"{ir.name}.{next(_instance_ids)}")
+        #: the module's name in Pyro's param store, unique per build (``gmm.0``)
+        self.unique_name = f"{ir.name}.{next(_instance_ids)}"
+        super().__init__(name=self.unique_name)
         self.ir = ir
         self.facts = facts
         self.max_plate_nesting = MAX_PLATE_NESTING
