@@ -75,7 +75,7 @@ def _build_graph(ir: irm.ModelIR) -> nx.DiGraph:
             finite=bool(spec and spec.finite),
         )
         parents: set[str] = set()
-        for ref in _refs(_draw_expressions(draw)):
+        for ref in _refs(draw.expressions):
             if ref.name in refs_of_let:
                 parents |= refs_of_let[ref.name]
             elif ref.name in graph:
@@ -125,31 +125,9 @@ def _cycle_error(cycle: list[str], span) -> DGMModelError:
     )
 
 
-def _draw_expressions(draw: irm.Draw) -> list[irm.IRExpr]:
-    exprs = [value for _, value in draw.params]
-    if draw.packed is not None:
-        exprs.append(draw.packed)
-    return exprs
-
-
 def _refs(exprs: list[irm.IRExpr]) -> Iterator[irm.Ref]:
-    """Every `Ref` inside `exprs`, walked with an explicit stack (expressions may nest deeply)."""
-    stack = list(exprs)
-    while stack:
-        e = stack.pop()
-        if isinstance(e, irm.Ref):
-            yield e
-        elif isinstance(e, irm.Binary):
-            stack += (e.left, e.right)
-        elif isinstance(e, irm.Unary):
-            stack.append(e.operand)
-        elif isinstance(e, irm.IndexExpr):
-            stack.append(e.value)
-            stack += (item for item in e.items if not isinstance(item, irm.SliceItem))
-        elif isinstance(e, irm.Stack):
-            stack += e.items
-        elif isinstance(e, (irm.BuiltinCall, irm.NetCall)):
-            stack += e.args
+    """Every `Ref` inside `exprs`."""
+    return (e for e in irm.walk(exprs) if isinstance(e, irm.Ref))
 
 
 def _let_references(ir: irm.ModelIR, roles: dict[str, str]) -> dict[str, frozenset[str]]:
