@@ -60,7 +60,6 @@ class ModelFacts:
         self.global_order = [n for n in self.order if roles[n] == "global"]
         self.local_order = [n for n in self.order if roles[n] in ("data", "latent")]
         self.data_order = [n for n in self.order if roles[n] == "data"]
-        self._let_reads: dict[str, frozenset[str]] = {}
         self._constant: dict[int, bool] = {}
         self.onehot_classes: dict[str, int] = {}
         self.integer_uses: dict[str, list[IntegerUse]] = {}
@@ -69,21 +68,9 @@ class ModelFacts:
     # ------------------------------------------------------------------ names read
 
     def let_reads(self, name: str) -> frozenset[str]:
-        """Every name the let `name` reads, through other lets too (memoized, no recursion)."""
-        if name not in self._let_reads:
-            names: set[str] = set()
-            pending, seen = [self.lets[name]], {name}
-            while pending:
-                for e in irm.walk([pending.pop()]):
-                    if isinstance(e, irm.Ref):
-                        names.add(e.name)
-                        if e.name in self._let_reads:
-                            names |= self._let_reads[e.name]
-                        elif e.name in self.lets and e.name not in seen:
-                            seen.add(e.name)
-                            pending.append(self.lets[e.name])
-            self._let_reads[name] = frozenset(names)
-        return self._let_reads[name]
+        """Every name the let `name` reads, through other lets too (resolved once, by
+        `dgmlang.graph.build_graph`)."""
+        return self.graph.graph["let_reads"][name]
 
     def reads(self, exprs: Iterable[irm.IRExpr]) -> set[str]:
         """Every name `exprs` read, directly or through lets."""

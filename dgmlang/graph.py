@@ -10,7 +10,9 @@ order (params and consts are fixed or learned points, not nodes). Each node carr
 * `span` -- where the variable is declared.
 
 There is an edge parent -> child whenever the child's distribution arguments (a network
-that feeds all of them included) refer to the parent, directly or through `let`s.
+that feeds all of them included) refer to the parent, directly or through `let`s. The
+graph's attribute ``graph.graph["let_reads"]`` keeps, per `let`, every name it reads
+through other lets (resolved once here; `dgmlang.facts` serves it).
 
 >>> from dgmlang.ir import Draw, ModelIR, Ref, Variable
 >>> variables = (Variable("x", "data", (4,)), Variable("z2", "latent", (2,)),
@@ -61,7 +63,9 @@ def _build_graph(ir: irm.ModelIR) -> nx.DiGraph:
                 discrete=False, finite=False, span=var.span,
             )
     roles = {var.name: var.role for var in ir.variables}
-    refs_of_let = _let_references(ir, roles)
+    let_reads = graph.graph["let_reads"] = _let_references(ir, roles)
+    refs_of_let = {name: frozenset(n for n in reads if n in graph)
+                   for name, reads in let_reads.items()}
     draws = {}
     for draw in ir.draws:
         if roles.get(draw.target) not in irm.RANDOM_ROLES:
@@ -131,7 +135,8 @@ def _refs(exprs: list[irm.IRExpr]) -> Iterator[irm.Ref]:
 
 
 def _let_references(ir: irm.ModelIR, roles: dict[str, str]) -> dict[str, frozenset[str]]:
-    """For every `let`, the graph nodes its value depends on, through other lets too.
+    """For every `let`, every name its value reads (variables, params, consts and lets),
+    through other lets too.
 
     Each let is resolved once (memoized, iteratively: a chain of thousands of lets must not
     hit the recursion limit)."""
@@ -155,15 +160,14 @@ def _let_references(ir: irm.ModelIR, roles: dict[str, str]) -> dict[str, frozens
                     stack.append((r.name, iter(direct[r.name])))
                     break
             else:
-                nodes: set[str] = set()
+                names: set[str] = set()
                 for r in direct[name]:
                     if r.name in lets:
-                        nodes |= resolved[r.name]
-                    elif roles.get(r.name) in _NODE_ROLES:
-                        nodes.add(r.name)
+                        names |= resolved[r.name]
                     elif r.name not in roles:
                         raise DGMNameError(f"unknown name '{r.name}'", r.span)
-                resolved[name] = frozenset(nodes)
+                    names.add(r.name)
+                resolved[name] = frozenset(names)
                 on_path.discard(name)
                 stack.pop()
     return resolved
