@@ -130,17 +130,26 @@ class Evaluator:
         self._consts = {v.name: v for v in ir.variables if v.role == "const"}
         self._cache: dict[Any, Any] = {}
         self._cache_key: tuple | None = None
+        self.dtype: torch.dtype = torch.float32
+        self.device: torch.device = torch.device("cpu")
+        self.refresh()
 
     # ------------------------------------------------------------------ cached constants
 
-    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
-        """A value that never changes for this model (a constant expression, a distribution
-        with constant arguments), made once per dtype, device and Pyro validation setting (a
-        distribution keeps the setting it was built under)."""
-        state = (self.host.dtype, self.host.device, torch.distributions.Distribution._validate_args)
+    def refresh(self) -> None:
+        """Read the host's dtype and device, and Pyro's validation setting, once per call of
+        a consumer (the model, the guide, the fast loss); cached values made under another
+        setting are dropped (a distribution keeps the setting it was built under)."""
+        self.dtype, self.device = self.host.dtype, self.host.device
+        state = (self.dtype, self.device, torch.distributions.Distribution._validate_args)
         if state != self._cache_key:
             self._cache.clear()
             self._cache_key = state
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """A value that never changes for this model (a constant expression, a distribution
+        with constant arguments), made once per dtype, device and validation setting (as
+        read by the last `refresh`)."""
         value = self._cache.get(key)
         if value is None:
             value = self._cache[key] = make()
@@ -192,23 +201,24 @@ class Evaluator:
             def single(env: Env) -> torch.Tensor:
                 value = arg(env)
                 value = flatten_event(value, rank) if rank != 1 else value
-                dtype = self.host.dtype
+                dtype = self.dtype
                 return value if value.dtype == dtype else value.to(dtype)
 
             return single
         return lambda env: concat_features([flatten_event(f(env), r) for f, r in args],
-                                           self.host.dtype)
+                                           self.dtype)
 
     # ------------------------------------------------------------------ direct evaluation
 
     def evaluate(self, expr: irm.IRExpr, env: Env) -> torch.Tensor:
         """The value of `expr`, shaped ``(*batch, *expr.shape)``; `let`s, `const`s and
-        `param`s missing from `env` are filled in (lets are cached in `env`)."""
+        `param`s missing from `env` are filled in (lets are cached in `env`). Values are made
+        in the dtype and device of the last `refresh`."""
         return _EVALUATORS[type(expr)](self, expr, env)
 
     def _literal(self, expr: irm.Lit, env: Env) -> torch.Tensor:
         return self._cached_for("lit", expr, lambda: torch.as_tensor(
-            expr.value, dtype=self.host.dtype, device=self.host.device))
+            expr.value, dtype=self.dtype, device=self.device))
 
     def _ref(self, expr: irm.Ref, env: Env) -> torch.Tensor:
         name = expr.name
@@ -218,7 +228,7 @@ class Evaluator:
             value = env[name] = self.evaluate(self._lets[name], env)
         elif name in self._consts:
             value = env[name] = self.cached(("const", name), lambda: torch.as_tensor(
-                self._consts[name].value, dtype=self.host.dtype, device=self.host.device))
+                self._consts[name].value, dtype=self.dtype, device=self.device))
         else:
             value = self.host.param(name)
             if value is None:
@@ -237,7 +247,7 @@ class Evaluator:
 
     def _stack(self, expr: irm.Stack, env: Env) -> torch.Tensor:
         rank = len(expr.shape) - 1
-        items = [pad_event(self.evaluate(item, env), len(item.shape), rank).to(self.host.dtype)
+        items = [pad_event(self.evaluate(item, env), len(item.shape), rank).to(self.dtype)
                  for item in expr.items]
         return torch.stack(torch.broadcast_tensors(*items), dim=-rank - 1)
 
@@ -264,10 +274,10 @@ class Evaluator:
         return value
 
     def _builtin(self, expr: irm.BuiltinCall, env: Env) -> torch.Tensor:
-        func, dtype = expr.func, self.host.dtype
+        func, dtype = expr.func, self.dtype
         if func in ("zeros", "ones"):
             fill = torch.zeros if func == "zeros" else torch.ones
-            return fill(expr.shape, dtype=dtype, device=self.host.device)
+            return fill(expr.shape, dtype=dtype, device=self.device)
         if func == "onehot":
             value = self.evaluate(expr.args[0], env)
             classes = int(self.evaluate(expr.args[1], env))
@@ -313,7 +323,7 @@ class Evaluator:
     def net_output(self, call: irm.NetCall, env: Env) -> torch.Tensor:
         """The raw (flat, unconstrained) output of a network call: ``(*batch, output_size)``."""
         parts = [flatten_event(self.evaluate(a, env), len(a.shape)) for a in call.args]
-        return self.host.net(call.net)(concat_features(parts, self.host.dtype))
+        return self.host.net(call.net)(concat_features(parts, self.dtype))
 
 
 def _take(value: torch.Tensor, n_batch: int, dim: int, index: torch.Tensor) -> torch.Tensor:

@@ -88,8 +88,9 @@ class FastLoss:
 
     def loss(self, batch: Mapping[str, torch.Tensor], size: int) -> torch.Tensor:
         """The negative bound of the data set (`size` points) estimated from `batch`."""
-        lowered = self.lowered
-        dtype, device = lowered.dtype, lowered.device
+        evaluator = self.lowered.evaluator
+        evaluator.refresh()
+        dtype, device = evaluator.dtype, evaluator.device
         env: dict[str, torch.Tensor] = {}
         for name, value in batch.items():
             if value.dtype != dtype or value.device != device:

@@ -154,8 +154,9 @@ class AmortizedGuide(PyroModule):
                     info = latent_shape(facts, step.latent)
                     family = GlobalFamily(info)
                     variational.add(step.latent, family)
-                    sites.append(GuideSite(step, model_site, info=info, inputs=[], host=lowered,
-                                           variational=family, flow=family.flow))
+                    sites.append(GuideSite(step, model_site, info=info, inputs=[],
+                                           evaluator=lowered.evaluator, variational=family,
+                                           flow=family.flow))
                     continue
                 inputs = guide_inputs(step, facts)
                 for item in inputs:
@@ -174,8 +175,8 @@ class AmortizedGuide(PyroModule):
                 hidden, act = guide_hidden(facts, step.latent, mirrored=mirrored)
                 key = safe_attribute(nets, step.latent)
                 network = nets[key] = FlatMLP(in_features, hidden, out_features, act)
-                sites.append(GuideSite(step, model_site, info=info, inputs=inputs, host=lowered,
-                                       network=network, flow=flow))
+                sites.append(GuideSite(step, model_site, info=info, inputs=inputs,
+                                       evaluator=lowered.evaluator, network=network, flow=flow))
         self.nets = nets
         self.flows = flows
         self.variational = variational
@@ -197,6 +198,7 @@ class AmortizedGuide(PyroModule):
         as given, so a caller fills missing entries before calling it.
         """
         lowered = self._lowered
+        lowered.evaluator.refresh()
         batch = dict(batch or {})
         n_batch = lowered.batch_size_of(batch, batch_size)
         total = n_batch if size is None else int(size)
@@ -217,6 +219,7 @@ class AmortizedGuide(PyroModule):
 
     def network_input(self, latent: str, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The features the guide network of `latent` reads from the values in `env`."""
+        self._lowered.evaluator.refresh()
         return self._sites_by_name[latent].features(dict(env))
 
 

@@ -177,6 +177,7 @@ class LoweredModel(PyroModule):
         (True where observed): only observed entries enter the likelihood; the others may hold
         anything, NaN included.
         """
+        self.evaluator.refresh()
         batch = dict(batch or {})
         mask = dict(mask or {})
         n_batch = self.batch_size_of(batch, batch_size)
@@ -268,12 +269,14 @@ class LoweredModel(PyroModule):
         """The draw's distribution given the values in `env`, batch shape ``(*batch,)`` and
         event shape the variable's shape."""
         site = self.site(draw.target)
+        self.evaluator.refresh()
         base = site.distribution(env)
         return base.to_event(site.event_dims) if site.event_dims else base
 
     def evaluate(self, expr: irm.IRExpr, env: dict) -> torch.Tensor:
         """The value of an IR expression, shaped ``(*batch, *expr.shape)`` (see
         `dgmlang.evaluate.Evaluator.evaluate`)."""
+        self.evaluator.refresh()
         return self.evaluator.evaluate(expr, env)
 
 

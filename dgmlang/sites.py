@@ -300,12 +300,12 @@ class GuideSite:
 
     `network` is the amortized network (None for a global), `variational` a global's
     parameters (an object with ``parameters_of(info)``), `flow` the family's learned
-    transforms, `model_site` the model's description of the same variable, `host` what
-    supplies the ``dtype`` and ``device`` values are computed in (the lowered model).
+    transforms, `model_site` the model's description of the same variable, `evaluator` the
+    model's (its ``dtype`` and ``device`` are those values are computed in).
     """
 
     def __init__(self, step, model_site: ModelSite, *, info: LatentShape | None,
-                 inputs: list[GuideInput], host: Any,
+                 inputs: list[GuideInput], evaluator: Evaluator,
                  network: nn.Module | None = None, variational: Any = None,
                  flow: nn.ModuleList | None = None):
         self.name = step.latent
@@ -318,7 +318,7 @@ class GuideSite:
         self.variational = variational
         self.flow = flow
         self.model_site = model_site
-        self._host = host
+        self._evaluator = evaluator
         self._plain = len(inputs) == 1 and inputs[0].rank == 1 and not inputs[0].classes
 
     def features(self, env: Env) -> torch.Tensor:
@@ -329,7 +329,7 @@ class GuideSite:
             if value is not None:
                 return value  # a vector in the model's dtype, as it is
         if not self.inputs:
-            return torch.zeros(0, dtype=self._host.dtype, device=self._host.device)
+            return torch.zeros(0, dtype=self._evaluator.dtype, device=self._evaluator.device)
         parts = []
         for item in self.inputs:
             value = env.get(item.name)
@@ -341,7 +341,7 @@ class GuideSite:
             if item.classes:
                 value, rank = nn.functional.one_hot(value.long(), item.classes), rank + 1
             parts.append(flatten_event(value, rank))
-        return concat_features(parts, self._host.dtype)
+        return concat_features(parts, self._evaluator.dtype)
 
     def support(self, env: Env):
         """The support the latent's values lie in (read from the model when it depends on
