@@ -79,24 +79,19 @@ def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: 
     """`model.invert` over chunks of rows under one progress bar (in one call when the model
     has globals, so all rows share the same posterior draws of them)."""
     import numpy as np
-    import torch
+
+    from dgmlang.nets import seeded
 
     n = len(next(iter(values.values())))
     step = n if model.ir.names("global") else CHUNK_ROWS
     pieces: list[dict] = []
-    state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        with progress_bar(n, "invert", quiet) as bar:
-            for start in range(0, n, step):
-                chunk = {k: v[start:start + step] for k, v in values.items()}
-                chunk_mask = {k: v[start:start + step] for k, v in masks.items()} or None
-                result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples)
-                pieces.append({k: to_numpy(v) for k, v in result.items()})
-                bar.update(len(next(iter(chunk.values()))))
-    finally:
-        torch.random.set_rng_state(state)
+    with seeded(seed), progress_bar(n, "invert", quiet) as bar:
+        for start in range(0, n, step):
+            chunk = {k: v[start:start + step] for k, v in values.items()}
+            chunk_mask = {k: v[start:start + step] for k, v in masks.items()} or None
+            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples)
+            pieces.append({k: to_numpy(v) for k, v in result.items()})
+            bar.update(len(next(iter(chunk.values()))))
     globals_ = set(model.ir.names("global"))
     return {k: pieces[0][k] if k in globals_ else np.concatenate([p[k] for p in pieces], axis=1)
             for k in pieces[0]}

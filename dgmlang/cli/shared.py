@@ -53,21 +53,16 @@ def progress_bar(total: int, desc: str, quiet: bool):
 def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet: bool, desc: str):
     """log p(row) for every row, chunk by chunk under one progress bar."""
     import numpy as np
-    import torch
+
+    from dgmlang.nets import seeded
 
     n = len(next(iter(arrays.values())))
     out = []
-    generator_state = torch.random.get_rng_state()
-    if seed is not None:
-        torch.manual_seed(seed)
-    try:
-        with progress_bar(n, desc, quiet) as bar:
-            for start in range(0, n, CHUNK_ROWS):
-                chunk = {k: v[start:start + CHUNK_ROWS] for k, v in arrays.items()}
-                out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples)))
-                bar.update(len(out[-1]))
-    finally:
-        torch.random.set_rng_state(generator_state)
+    with seeded(seed), progress_bar(n, desc, quiet) as bar:
+        for start in range(0, n, CHUNK_ROWS):
+            chunk = {k: v[start:start + CHUNK_ROWS] for k, v in arrays.items()}
+            out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples)))
+            bar.update(len(out[-1]))
     return np.concatenate(out)
 
 
