@@ -98,6 +98,8 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
 
     Models the fast path serves (see `dgmlang.fastpath`) get the same estimator computed
     without Pyro's per-step tracing; the others, and every error, come from Pyro's path."""
+    if name == "iwae":
+        check_importance_weighting(model, "objective='iwae'")
     fast = fastpath.build(model.ir, model.plan, model.model, model.guide,
                           objective=name, num_particles=num_particles)
     if fast is not None:
@@ -118,7 +120,6 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
 
         return loss
     if name == "iwae":
-        check_importance_weighting(model, "objective='iwae'")
         if model.roles.guide_enumerated:
             raise DGMUsageError(
                 f"objective='iwae' cannot train latent '{model.roles.guide_enumerated[0]}': it is "

@@ -23,7 +23,6 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMUsageError
 
 __all__ = ["CHUNK_CELLS", "PARTICLES", "Weights", "check_importance_weighting", "importance_weights",
@@ -65,14 +64,17 @@ def in_particles(fn: Callable, particles: int | None) -> Callable:
 
 
 def check_importance_weighting(model: Any, what: str) -> None:
-    """Refuse a model whose weights do not split into data points (a discrete global)."""
-    discrete = [g for g in model.roles.globals if DISTRIBUTIONS[model.ir.draw(g).dist].discrete]
-    if discrete:
-        raise DGMUsageError(
-            f"{what} cannot serve this model: global '{discrete[0]}' is discrete and summed "
-            "out over the whole data set, so the weights do not split into data points",
-            hint="declare it per data point (latent) or make it continuous",
-        )
+    """Refuse a model whose guide has no density to weight draws with: a latent or global
+    with ``guide(family = delta)`` is a point estimate, and log p(x, z) at one point is not
+    an estimate of log p(x) (it can land above it)."""
+    for var in model.ir.variables:
+        if var.guide is not None and var.guide.family == "delta":
+            raise DGMUsageError(
+                f"{what} cannot serve this model: {var.role} '{var.name}' has a delta guide "
+                "(a point estimate), which has no density to weight samples with",
+                hint=f"give '{var.name}' a guide family with a density (normal, mvn or flow) "
+                     "to score or invert; with delta, fit finds a point estimate of it",
+            )
 
 
 def importance_weights(model: Any, batch: Mapping[str, torch.Tensor], *, particles: int | None,
