@@ -29,6 +29,7 @@ from dgmlang.data import Dataset, positive_int, prepare_data
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
+from dgmlang.diagnose import explain_failure
 from dgmlang.weights import check_importance_weighting, iwae_bound
 
 __all__ = ["DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
@@ -77,9 +78,10 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
             for start in range(0, n, rows_per_step):
                 if len(losses) == total:
                     break
-                batch = dataset.rows(order[start:start + rows_per_step]).values
+                rows = order[start:start + rows_per_step]
+                batch = dataset.rows(rows).values
                 loss = step(loss_fn, batch, n, optimizer, named, len(losses) + 1,
-                            first_update=not model.fitted)
+                            first_update=not model.fitted, model=model, rows=rows)
                 losses.append(loss / n)
                 model.history["loss"].append(loss / n)
                 model.fitted = True
@@ -132,10 +134,26 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
 
 
 def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | None,
-         named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool) -> float:
+         named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool,
+         model: Any = None, rows: torch.Tensor | None = None) -> float:
     """Step `number` of a fit: the loss on `batch`, checked, then one optimizer update
     (none when there is nothing to learn). `first_update` says whether the model has never
-    been updated, which decides the hint of a failure. The loss's value is returned."""
+    been updated, which decides the hint of a failure. The loss's value is returned.
+
+    A non-finite loss or gradient stops the fit; with `model` and the batch's data set
+    `rows`, the message names the site that went non-finite first and its rows, found by
+    recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step."""
+    rng_state = torch.random.get_rng_state()  # the step's draws, to recompute a failure
+
+    def stop(what: str, *, gradient: bool = False) -> DGMTrainingError:
+        cause = None
+        if model is not None and rows is not None:
+            cause = explain_failure(model, batch, rows=rows.tolist(), rng_state=rng_state,
+                                    parameters=named if gradient else ())
+        message = f"training stopped at step {number}: {what}"
+        return DGMTrainingError(message + (f"; {cause}" if cause else ""),
+                                hint=failure_hint(first_update=first_update))
+
     try:
         # Pyro's argument validation finds a model's mistakes on the first step; later
         # steps skip it (it costs up to a fifth of a step) and rely on the finiteness
@@ -152,8 +170,7 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
         ) from None
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise DGMTrainingError(f"training stopped at step {number}: the loss is {value}",
-                               hint=failure_hint(first_update=first_update))
+        raise stop(f"the loss is {value}")
     if optimizer is None or not loss.requires_grad:
         return value
     optimizer.zero_grad(set_to_none=True)
@@ -162,10 +179,7 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
         for name, param in named:
             if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
                 optimizer.zero_grad(set_to_none=True)
-                raise DGMTrainingError(
-                    f"training stopped at step {number}: the gradient of {name} is not finite",
-                    hint=failure_hint(first_update=first_update),
-                )
+                raise stop(f"the gradient of {name} is not finite", gradient=True)
     optimizer.step()
     return value
 
