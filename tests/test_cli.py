@@ -156,16 +156,24 @@ def test_sample_with_globals_notes_them_in_csv(workdir, tmp_path, capsys):
         assert archive["w"].shape == (3,) and archive["y"].shape == (5,) and archive["u"].shape == (5, 3)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--input", "yy=2", "-n", 3], "the model has no input 'yy'; its inputs are y\n    hint: did you mean 'y'?"),
-    (["--input", "y", "-n", 3], "expected NAME=VALUE"),
-    (["--input", "y=two", "-n", 3], "'two' is not a number"),
-    (["--input", "y=1.5", "-n", 3], "input 'y' (int) holds whole numbers but has floating dtype"),
-    (["--input", "y=2"], "how many samples? give -n N"),
-    (["-n", 3], "the model has the input(s) y: give their values\n    hint: --input y=VALUE for all samples"),
+def status(*args: str) -> int:
+    """`dgm`'s exit status, in-process: a usage error (argparse) exits 2 by SystemExit."""
+    try:
+        return dgm(*args)
+    except SystemExit as done:
+        return done.code
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--input", "yy=2", "-n", 3], 1, "the model has no input 'yy'; its inputs are y\n    hint: did you mean 'y'?"),
+    (["--input", "y", "-n", 3], 2, "expected NAME=VALUE"),
+    (["--input", "y=two", "-n", 3], 2, "'two' is not a number"),
+    (["--input", "y=1.5", "-n", 3], 1, "input 'y' (int) holds whole numbers but has floating dtype"),
+    (["--input", "y=2"], 2, "how many samples? give -n N"),
+    (["-n", 3], 1, "the model has the input(s) y: give their values\n    hint: --input y=VALUE for all samples"),
 ])
-def test_sample_mistakes(tiny_run, tmp_path, capsys, args, message):
-    assert dgm("sample", tiny_run, *args, "-o", tmp_path / "s.npz") == 1
+def test_sample_mistakes(tiny_run, tmp_path, capsys, args, code, message):
+    assert status("sample", tiny_run, *args, "-o", tmp_path / "s.npz") == code
     assert message in capsys.readouterr().err
 
 
@@ -215,7 +223,7 @@ def test_invert_mistakes(tiny_run, workdir, tmp_path, capsys):
     assert dgm("invert", tiny_run, "--data", workdir / "tiny.npz", "--mask", tmp_path / "mask.npy",
                "-o", tmp_path / "o.npz") == 1
     assert "the mask for 'x' has shape (3, 16) but the data has (48, 16)" in capsys.readouterr().err
-    assert dgm("invert", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "o.txt") == 1
+    assert status("invert", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "o.txt") == 2
     assert "unknown output format '.txt'" in capsys.readouterr().err
 
 
@@ -244,7 +252,7 @@ def test_score_threshold_as_a_number_or_a_quantile(tiny_run, workdir, tmp_path, 
     assert dgm("score", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "b.csv", "--threshold", "0",
                "-q") == 0
     assert np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1)[:, 2].all()
-    assert dgm("score", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "c.csv", "--threshold", "low") == 1
+    assert status("score", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "c.csv", "--threshold", "low") == 2
     assert "expected a number (a log-likelihood) or a percentage" in capsys.readouterr().err
 
 
@@ -261,7 +269,7 @@ def test_every_command_has_help(command, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["fit", "absent.dgm", "--data", "digits"], "no such model file: absent.dgm"),
-    (["fit", "tiny.dgm", "--data", "bad.csv"], "bad.csv: line 2 has 1 cells but the header has 2"),
+    (["fit", "tiny.dgm", "--out", "runs/never", "--data", "bad.csv"], "bad.csv: line 2 has 1 cells but the header has 2"),
 ])
 def test_user_errors_exit_1_without_a_traceback(workdir, args, message):
     (workdir / "bad.csv").write_text("x[0],y\n1\n")
@@ -272,9 +280,8 @@ def test_user_errors_exit_1_without_a_traceback(workdir, args, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["fit", "tiny.dgm", "--data", "absent.npz"], "no such data file: absent.npz"),
-    (["fit", "tiny.dgm", "--data", "digits"], "digits: 'x' has shape (1437, 64); expected (n, 16) for data x[16]"),
-    (["fit", "tiny.dgm", "--data", "tiny.npz", "--epochs", "2", "--steps", "3"], "give --epochs or --steps, not both"),
+    (["fit", "tiny.dgm", "--out", "runs/never", "--data", "absent.npz"], "no such data file: absent.npz"),
+    (["fit", "tiny.dgm", "--out", "runs/never", "--data", "digits"], "digits: 'x' has shape (1437, 64); expected (n, 16) for data x[16]"),
     (["sample", "nowhere", "-n", "2", "-o", "s.png"], "no run folder or checkpoint at nowhere"),
     (["score", ".", "--data", "tiny.npz", "-o", "s.csv"], ". holds no fitted model (model.dgmfit)"),
     (["score", "tiny.dgm", "--data", "tiny.npz", "-o", "s.csv"], "tiny.dgm is not a dgmlang checkpoint"),
@@ -344,3 +351,174 @@ def test_a_label_outside_its_onehot_is_refused_by_every_command(tiny_run, workdi
     np.savez(tmp_path / "inputs.npz", y=y)
     assert dgm("sample", tiny_run, "--inputs", tmp_path / "inputs.npz", "-o", tmp_path / "s.npz") == 1
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- output paths, run folders, limits (issue 11)
+
+
+ROOT = os.geteuid() == 0  # permissions do not stop root
+
+
+def _clean(err: str) -> None:
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["graph", "sample", "score", "invert"])
+def test_an_output_in_a_missing_folder_or_naming_a_folder_is_refused_before_any_work(
+        command, tiny_run, workdir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("dgmlang.frontend.load_fitted",
+                        lambda *a, **k: calls.append(a))  # loading the run is work: it must not happen
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "folder.csv").mkdir()
+    suffix = ".csv" if command == "score" else ".png"
+    args = {"graph": ["graph", workdir / "tiny.dgm"],
+            "sample": ["sample", tiny_run, "-n", 2, "--input", "y=1"],
+            "score": ["score", tiny_run, "--data", workdir / "tiny.npz"],
+            "invert": ["invert", tiny_run, "--data", workdir / "tiny.npz"]}[command]
+    for out, message in [(tmp_path / "nodir" / f"o{suffix}", "the folder '{}' does not exist".format(tmp_path / "nodir")),
+                         (tmp_path / f"folder{suffix}", "it is a folder")]:
+        assert dgm(*args, "-o", out) == 1
+        err = capsys.readouterr().err
+        assert f"cannot write '{out}'" in err and message in err, err
+        _clean(err)
+    assert calls == []
+
+
+@pytest.mark.skipif(ROOT, reason="permissions do not stop root")
+def test_an_output_in_a_folder_without_write_permission_is_refused(workdir, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert dgm("graph", workdir / "tiny.dgm", "-o", locked / "g.png") == 1
+        assert "no permission to write in the folder" in capsys.readouterr().err
+        assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--out", locked / "run") == 1
+        assert "no permission to write in the folder" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_unwritable_run_folder_is_refused_before_reading_data(workdir, tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("read data before checking the run folder")
+
+    monkeypatch.setattr("dgmlang.datafiles.read_data", never)
+    (tmp_path / "file").write_text("")
+    for out, message in [(tmp_path / "file", "it is a file"), (tmp_path / "file" / "run", "is not a folder")]:
+        assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--out", out) == 1
+        err = capsys.readouterr().err
+        assert message in err, err
+        _clean(err)
+
+
+def test_fit_into_an_existing_run_refuses_without_overwrite_and_clears_the_old_run_with_it(workdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    fit = ["fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--steps", 1, "--out", out, "-q"]
+    assert dgm(*fit) == 0
+    capsys.readouterr()
+    assert dgm(*fit) == 1
+    err = capsys.readouterr().err
+    assert f"the run folder '{out}' already holds a run" in err and "--overwrite" in err
+    (out / "samples-x.png").write_bytes(b"old")  # what a model with several data variables wrote
+    (out / "notes.txt").write_text("mine")  # not dgmlang's: kept
+    old_scores = (out / "reference_scores.csv").read_text()
+    assert dgm(*fit, "--no-score", "--overwrite") == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {CHECKPOINT, "loss.csv", "loss.png", "samples.png", "run.json", "notes.txt"}, names
+    assert old_scores and not (out / "reference_scores.csv").exists()
+    # --threshold P% now has no stale reference scores to read
+    assert dgm("score", out, "--data", workdir / "tiny.npz", "-o", tmp_path / "s.csv", "--threshold", "5%") == 1
+    assert "needs the reference scores" in capsys.readouterr().err
+
+
+def test_an_empty_or_foreign_folder_is_not_a_run(workdir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert dgm("fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--steps", 1, "--no-score",
+               "--out", tmp_path / "empty", "-q") == 0
+
+
+def test_writes_replace_a_planted_symlink_and_never_follow_it(tiny_run, workdir, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "loss.csv").symlink_to(victim)
+    fit = ["fit", workdir / "tiny.dgm", "--data", workdir / "tiny.npz", "--steps", 1, "--out", out, "-q"]
+    assert dgm(*fit) == 1  # a run file is there
+    assert dgm(*fit, "--overwrite") == 0
+    assert victim.read_text() == "precious"
+    assert not (out / "loss.csv").is_symlink() and (out / "loss.csv").read_text().startswith("step,loss")
+    for suffix, command in [(".csv", ["score", tiny_run, "--data", workdir / "tiny.npz", "-q"]),
+                            (".npz", ["sample", tiny_run, "-n", 2, "--input", "y=1"]),
+                            (".png", ["graph", workdir / "tiny.dgm"])]:
+        link = tmp_path / f"link{suffix}"
+        link.symlink_to(victim)
+        assert dgm(*command, "-o", link) == 0
+        assert victim.read_text() == "precious" and not link.is_symlink()
+    assert not [p for p in tmp_path.rglob(".*tmp*")]  # no temporary file left behind
+
+
+def test_written_files_get_ordinary_permissions(workdir, tmp_path):
+    assert dgm("graph", workdir / "tiny.dgm", "-o", tmp_path / "g.dot") == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "g.dot").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "RUN", "-n", "1000000000000", "-o", "s.npz"], "-n: expected a whole number in 1..10,000,000"),
+    (["sample", "RUN", "-n", "0", "-o", "s.npz"], "-n: expected a whole number in 1..10,000,000, not 0"),
+    (["sample", "RUN", "-n", "-3", "-o", "s.npz"], "expected a whole number in 1..10,000,000"),
+    (["sample", "RUN", "-n", "9" * 5000, "-o", "s.npz"], "not a 5000-digit one"),
+    (["sample", "RUN", "-o", "s.npz"], "how many samples? give -n N"),
+    (["sample", "RUN", "-n", "2", "--input", "y=" + "[" * 20000 + "]" * 20000, "-o", "s.npz"],
+     "lists nested deeper than 32"),
+    (["sample", "RUN", "-n", "2", "--input", "y=" + "1," * 60000 + "1", "-o", "s.npz"], "longer than 100,000"),
+    (["sample", "RUN", "-n", "2", "--input", "y=NaN", "-o", "s.npz"], "is not a number or a list of finite numbers"),
+    (["sample", "RUN", "-n", "2", "--input", 'y="a"', "-o", "s.npz"], "is not a number"),
+    (["sample", "RUN", "-n", "2", "--input", "y=1e999", "-o", "s.npz"], "is not a number"),
+    (["sample", "RUN", "-n", "2", "--input", "y=" + "9" * 30, "-o", "s.npz"], "is not a number"),
+    (["invert", "RUN", "--data", "d.npz", "--num-samples", "100001", "-o", "o.npz"], "1..100,000"),
+    (["score", "RUN", "--data", "d.npz", "--num-samples", "0", "-o", "o.csv"], "1..100,000"),
+    (["score", "RUN", "--data", "d.npz", "--threshold", "nan", "-o", "o.csv"], "expected a number"),
+    (["score", "RUN", "--data", "d.npz", "--threshold", "101%", "-o", "o.csv"], "between 0% and 100%"),
+    (["score", "RUN", "--data", "d.npz", "-o", "o.txt"], "unknown output format '.txt'"),
+    (["fit", "m.dgm", "--data", "d.npz", "--epochs", "2", "--steps", "3"], "not allowed with argument"),
+    (["fit", "m.dgm", "--data", "d.npz", "--steps", "0"], "1..1,000,000,000"),
+    (["fit", "m.dgm", "--data", "d.npz", "--batch-size", "100000000"], "1..10,000,000"),
+    (["fit", "m.dgm", "--data", "d.npz", "--num-particles", "100000"], "1..10,000"),
+    (["fit", "m.dgm", "--data", "d.npz", "--seed", "-1"], "0..9,223,372,036,854,775,807"),
+    (["graph", "m.dgm", "-o", "g.pdf"], "unknown output format '.pdf'"),
+    (["check", "m\0.dgm"], "NUL"),
+])
+def test_usage_errors_exit_2_with_a_usage_line_before_reading_anything(args, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dgm ") and message in err, err
+
+
+def test_input_values_are_checked_against_the_model(tiny_run, tmp_path, capsys):
+    assert dgm("sample", tiny_run, "-n", 2, "--input", "y=[1,2]", "-o", tmp_path / "s.npz") == 1
+    assert "y holds 1 number(s), but 2 were given" in capsys.readouterr().err
+    assert dgm("sample", tiny_run, "-n", 2, "--input", "y=[[1],[2,3]]", "-o", tmp_path / "s.npz") == 1
+    assert "different lengths" in capsys.readouterr().err
+    assert dgm("sample", tiny_run, "-n", 2, "--input", "y=[[1]]", "-o", tmp_path / "s.npz") == 0
+
+
+def test_a_tampered_run_folder_is_a_clear_error(tiny_run, workdir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "reference_scores.csv").write_text("row,log_prob\n0,abc\n")
+    assert dgm("score", run, "--data", workdir / "tiny.npz", "-o", tmp_path / "s.csv", "--threshold", "5%") == 1
+    assert "is not a table of reference scores" in capsys.readouterr().err
+    (run / "run.json").write_text('{"score": {"threshold": "low"}}')
+    assert dgm("score", run, "--data", workdir / "tiny.npz", "-o", tmp_path / "s.csv") == 1
+    assert "the stored threshold is not a number" in capsys.readouterr().err
+    (run / "run.json").write_text("[1, 2]")
+    assert dgm("score", run, "--data", workdir / "tiny.npz", "-o", tmp_path / "s.csv") == 1
+    assert "is not readable JSON" in capsys.readouterr().err

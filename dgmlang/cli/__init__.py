@@ -10,8 +10,13 @@
                           there is no --validation), for outlier thresholds
     RUN/run.json          how it was fitted, and the default outlier threshold
 
-A user's mistake exits 1 with the rendered DGMError and no traceback; Ctrl-C during `fit`
-saves the model as it was after the last completed step and exits 130. docs/cli.md is the
+A wrong command line (an unknown option, a value of the wrong type or beyond its limit)
+exits 2 with a usage line, as argparse does; a mistake found in what the command reads (a
+model file, a data file, a run folder, an output path, a value that does not fit the model)
+exits 1 with the rendered DGMError and no traceback. Ctrl-C during `fit` saves the model as
+it was after the last completed step and exits 130. Every file is written to a temporary
+file in its folder and renamed over the target (`shared.write_atomic`), so a symlink planted
+at an output path is replaced, never followed. docs/cli.md is the
 reference.
 
 The package, by concern: `arguments` (the argument parser), `runs` (run folders: writing,
@@ -27,8 +32,9 @@ from __future__ import annotations
 
 import sys
 
-from dgmlang.cli.arguments import build_parser
+from dgmlang.cli.arguments import build_parser, check_arguments
 from dgmlang.cli.model_files import summary
+from dgmlang.cli.shared import say
 from dgmlang.cli.runs import CHECKPOINT, REFERENCE_SCORES, RUN_INFO
 from dgmlang.errors import DGMError
 
@@ -38,10 +44,11 @@ __all__ = ["main", "build_parser", "summary", "CHECKPOINT", "RUN_INFO", "REFEREN
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     try:
         return args.handler(args)
     except DGMError as err:
-        print(err, file=sys.stderr)
+        say(err, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -13,6 +14,11 @@ from dgmlang.cli.model_files import cmd_check, cmd_graph
 from dgmlang.cli.runs import REFERENCE_SCORES, RUN_INFO, SCORE_SAMPLES, THRESHOLD_QUANTILE
 from dgmlang.cli.sample import cmd_sample
 from dgmlang.cli.score import cmd_score
+from dgmlang.cli.shared import (MAX_EPOCHS, MAX_INPUT_CHARS, MAX_INPUT_DEPTH, MAX_NUM_PARTICLES, MAX_NUM_SAMPLES,
+                                MAX_ROWS, MAX_SEED, MAX_STEPS, OUTPUT_FORMATS)
+
+GRAPH_FORMATS = (".dot", ".png", ".svg")
+SCORE_FORMATS = (".csv", ".npz")
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -32,28 +38,137 @@ class _Formatter(argparse.HelpFormatter):
         return text
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
-    return value
+def _shown(text: str, width: int = 40) -> str:
+    """`text` quoted for a message, cut short when long."""
+    return repr(text) if len(text) <= width else repr(text[:width]) + f"... ({len(text):,} characters)"
+
+
+def _whole(low: int, high: int):
+    """An argparse type: a whole number in low..high (anything else is a usage error, status 2)."""
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if len(digits.lstrip("+-")) > 30 and digits.lstrip("+-").isdecimal():
+            raise argparse.ArgumentTypeError(f"expected a whole number in {low}..{high:,}, "
+                                             f"not a {len(digits.lstrip('+-'))}-digit one")
+        try:
+            value = int(digits) if "_" not in digits else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {_shown(text)}")
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number in {low}..{high:,}, not {value}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
 
 
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {_shown(text)}") from None
     if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, not {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {_shown(text)}")
     return value
+
+
+def _output(allowed: tuple[str, ...]):
+    """An argparse type: an output file name whose suffix picks one of the allowed formats."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if path.suffix.lower() not in allowed:
+            raise argparse.ArgumentTypeError(f"cannot write {_shown(text)}: unknown output format "
+                                             f"{_shown(path.suffix or path.name, 20)} (use {', '.join(allowed)})")
+        return path
+    parse.__name__ = "output file"
+    return parse
+
+
+def _threshold(text: str) -> str:
+    """--threshold: a finite log-likelihood, or a percentage P% with 0 <= P <= 100."""
+    value = text.strip()
+    number = value[:-1] if value.endswith("%") else value
+    try:
+        parsed = float(number)
+    except ValueError:
+        parsed = math.nan
+    if not math.isfinite(parsed):
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: expected a number (a log-likelihood) or a percentage like 1%")
+    if value.endswith("%") and not 0 <= parsed <= 100:
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: expected a percentage between 0% and 100%")
+    return value
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char == "[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == "]":
+            depth -= 1
+    return deepest
+
+
+def _number(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _all_numbers(value) -> bool:
+    if isinstance(value, list):
+        return all(_all_numbers(v) for v in value)
+    return _number(value)
+
+
+def _input_value(text: str) -> tuple[str, object]:
+    """--input NAME=VALUE: VALUE a number, a comma-separated vector or a JSON list of numbers,
+    parsed with json (never eval) after its size and nesting are checked."""
+    name, sep, value = text.partition("=")
+    name, value = name.strip(), value.strip()
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: expected NAME=VALUE, e.g. --input y=3 or --input u=0.5,1,2")
+    shown = f"--input {_shown(text)}"
+    if len(value) > MAX_INPUT_CHARS:
+        raise argparse.ArgumentTypeError(f"{shown}: the value is longer than {MAX_INPUT_CHARS:,} characters "
+                                         "(give many values with --inputs DATA)")
+    if _nesting(value) > MAX_INPUT_DEPTH:
+        raise argparse.ArgumentTypeError(f"{shown}: lists nested deeper than {MAX_INPUT_DEPTH}")
+    try:
+        parsed = json.loads(value) if value.startswith("[") else [json.loads(v) for v in value.split(",")]
+    except (json.JSONDecodeError, RecursionError):
+        parsed = None
+    if parsed is None or not _all_numbers(parsed):
+        raise argparse.ArgumentTypeError(f"{shown}: {_shown(value)} is not a number or a list of finite numbers")
+    if not value.startswith("[") and len(parsed) == 1:
+        parsed = parsed[0]
+    return name, parsed
 
 
 DATA_HELP = ("a .npz (one array per variable), .npy (one array), .csv (columns x[0], x[1], ... and y) "
              "or a built-in data set: digits, digits:test")
+
+
+def _check_sample(parser: argparse.ArgumentParser, args) -> None:
+    if args.n is None and not args.inputs:
+        parser.error("how many samples? give -n N (e.g. -n 16), or --inputs DATA for one sample per row")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """What argparse cannot say about one option alone; a usage error (status 2) each. The
+    subcommand's own parser (args.parser) prints the usage line."""
+    parser = getattr(args, "parser", parser)
+    for value in vars(args).values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, (str, Path)) and "\0" in str(item):
+                parser.error("an argument holds a NUL character")
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(parser, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,14 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check model files and print one line per model", formatter_class=_Formatter,
                        description="Parse and check .dgm files; print each model's variables and networks.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.set_defaults(handler=cmd_check)
+    p.set_defaults(handler=cmd_check, parser=p)
 
     p = sub.add_parser("graph", help="draw a model's graph and its derived guide", formatter_class=_Formatter,
                        description="Write the model graph and the derived guide graph side by side (.dot, .png or .svg).")
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--model", help="which model of the file (needed when it holds several)")
-    p.add_argument("-o", "--output", type=Path, help="output file: .dot, .png or .svg (default MODEL.png)")
-    p.set_defaults(handler=cmd_graph)
+    p.add_argument("-o", "--output", type=_output(GRAPH_FORMATS), help="output file: .dot, .png or .svg (default MODEL.png)")
+    p.set_defaults(handler=cmd_graph, parser=p)
 
     p = sub.add_parser(
         "fit", help="fit a model to data; writes a run folder", formatter_class=_Formatter,
@@ -94,19 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE", help="the .dgm model file")
     p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
     p.add_argument("--model", help="which model of the file (needed when it holds several)")
-    p.add_argument("--epochs", type=_positive, help="passes over the data (default 200 when --steps is not given)")
-    p.add_argument("--steps", type=_positive, help="optimizer steps, instead of --epochs")
-    p.add_argument("--batch-size", type=_positive, default=128, help="rows per step")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_whole(1, MAX_EPOCHS),
+                        help="passes over the data (default 200 when --steps is not given)")
+    length.add_argument("--steps", type=_whole(1, MAX_STEPS), help="optimizer steps, instead of --epochs")
+    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), default=128, help="rows per step")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo", help="the training bound")
-    p.add_argument("--num-particles", type=_positive, default=1, help="samples per row (iwae: importance samples)")
+    p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES), default=1, help="samples per row (iwae: importance samples)")
     p.add_argument("--validation", metavar="DATA", help="held-out data scored after every epoch")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("--out", type=Path, metavar="RUN", help="the run folder to write (default runs/MODEL)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="fit into a run folder that already holds a run, deleting that run's files first")
     p.add_argument("--no-score", action="store_true",
                    help="skip scoring the reference rows (no default outlier threshold)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_fit)
+    p.set_defaults(handler=cmd_fit, parser=p)
 
     p = sub.add_parser(
         "sample", help="draw new data from a fitted model", formatter_class=_Formatter,
@@ -117,14 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
                "  dgm sample runs/cvae -n 10 --input y=3 -o threes.png\n"
                "  dgm sample runs/linreg -n 100 --input u=0.5,1,-1 -o draws.csv")
     p.add_argument("run", type=Path, metavar="RUN", help="a run folder from dgm fit (or its model.dgmfit)")
-    p.add_argument("-n", type=int, metavar="N", help="how many data points (default: the rows of --inputs)")
-    p.add_argument("--input", action="append", metavar="NAME=VALUE",
+    p.add_argument("-n", type=_whole(1, MAX_ROWS), metavar="N", help="how many data points (default: the rows of --inputs)")
+    p.add_argument("--input", action="append", type=_input_value, metavar="NAME=VALUE",
                    help="an input's value for every sample: a number, or a vector as 1,2,3 (repeatable)")
     p.add_argument("--inputs", metavar="DATA", help="per-sample input values from a data file (one row per sample)")
-    p.add_argument("-o", "--output", type=Path, action="append", required=True, metavar="OUT",
+    p.add_argument("-o", "--output", type=_output(OUTPUT_FORMATS), action="append", required=True, metavar="OUT",
                    help="output file: .png, .npz or .csv (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(handler=cmd_sample)
+    p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
+    p.set_defaults(handler=cmd_sample, check=_check_sample, parser=p)
 
     p = sub.add_parser(
         "invert", help="infer latents and missing entries from (partial) data", formatter_class=_Formatter,
@@ -139,13 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, metavar="PARTIAL", help=DATA_HELP + "; NaN marks a missing entry")
     p.add_argument("--mask", metavar="MASK", help="same formats, booleans or 0/1: 1 = observed, 0 = missing")
     p.add_argument("--truth", metavar="DATA", help="the complete data, drawn in the picture and used for the error")
-    p.add_argument("-o", "--output", type=Path, action="append", required=True, metavar="OUT",
+    p.add_argument("-o", "--output", type=_output(OUTPUT_FORMATS), action="append", required=True, metavar="OUT",
                    help="output file: .png, .npz or .csv (repeatable)")
-    p.add_argument("--num-samples", type=_positive, default=100, help="posterior samples per row")
+    p.add_argument("--num-samples", type=_whole(1, MAX_NUM_SAMPLES), default=100, help="posterior samples per row")
     p.add_argument("--keep-samples", action="store_true", help="also store every posterior sample in the .npz")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_invert)
+    p.set_defaults(handler=cmd_invert, parser=p)
 
     p = sub.add_parser(
         "score", help="log-likelihood of each row and an outlier flag", formatter_class=_Formatter,
@@ -158,13 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
                "  dgm score runs/vae --data new.npz -o scores.csv --threshold -120")
     p.add_argument("run", type=Path, metavar="RUN", help="a run folder from dgm fit (or its model.dgmfit)")
     p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
-    p.add_argument("-o", "--output", type=Path, action="append", required=True, metavar="OUT",
+    p.add_argument("-o", "--output", type=_output(SCORE_FORMATS), action="append", required=True, metavar="OUT",
                    help="output file: .csv (columns row, log_prob, outlier) or .npz (repeatable)")
-    p.add_argument("--threshold", metavar="T",
+    p.add_argument("--threshold", metavar="T", type=_threshold,
                    help="flag rows with log-likelihood below T: a number, or P%% for that quantile of "
                         "the reference scores")
-    p.add_argument("--num-samples", type=_positive, default=SCORE_SAMPLES, help="importance samples per row")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--num-samples", type=_whole(1, MAX_NUM_SAMPLES), default=SCORE_SAMPLES,
+                   help="importance samples per row")
+    p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_score)
+    p.set_defaults(handler=cmd_score, parser=p)
     return parser

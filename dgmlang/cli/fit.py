@@ -1,16 +1,15 @@
 """`dgm fit`: fit a model to data and write a run folder."""
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, write_history,
-                              write_reference_scores)
-from dgmlang.cli.shared import draw_samples, to_numpy
+from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
+                              prepare_run_folder, write_history, write_info, write_reference_scores)
+from dgmlang.cli.shared import check_budget, draw_samples, row_values, say, to_numpy
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 
 
@@ -55,25 +54,31 @@ def cmd_fit(args) -> int:
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
+    if args.out is not None:
+        prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
     checked = select(check_source(source, str(args.file)), args.model, str(args.file))
     ir = checked.ir
-    if args.epochs is not None and args.steps is not None:
-        raise DGMUsageError("give --epochs or --steps, not both")
+    out = args.out or Path("runs") / ir.name
+    if args.out is None:
+        prepare_run_folder(out, overwrite=args.overwrite)
+    check_budget(f"--batch-size {args.batch_size} x --num-particles {args.num_particles}",
+                 args.batch_size * args.num_particles * row_values(ir))
     data = read_data(args.data, ir)
     validate(ir, data, str(args.data), purpose="fit")
     validation = None
     if args.validation:
         validation = read_data(args.validation, ir)
         validate(ir, validation, str(args.validation), purpose="validation")
-    out = args.out or Path("runs") / ir.name
-    if out.exists() and not out.is_dir():
-        raise DGMUsageError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_folder(out, overwrite=args.overwrite)  # again: the folder may have changed meanwhile
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DGMUsageError(f"cannot create the run folder '{out}': {err.strerror or err}") from None
 
     model = compile_checked(checked, source=source, filename=str(args.file))
     n = len(next(iter(data.values())))
-    print(f"fitting {ir.name} to {n} rows of {args.data} -> {out}/", file=sys.stderr)
+    say(f"fitting {ir.name} to {n} rows of {args.data} -> {out}/", file=sys.stderr)
     stopped: DGMTrainingError | None = None
     interrupted = False
     try:
@@ -91,6 +96,7 @@ def cmd_fit(args) -> int:
             print("interrupted before the first step; nothing saved", file=sys.stderr)
             return 130
         raise stopped  # type: ignore[misc]
+    clear_run(out)  # an earlier run's files (--overwrite) go before the first file of this one
     model.save(out / CHECKPOINT)
     write_history(model, out, n, args.batch_size)
     info = {"model_file": str(args.file), "model": ir.name, "data": str(args.data), "rows": n,
@@ -99,27 +105,25 @@ def cmd_fit(args) -> int:
             "final_loss": model.history["loss"][-1], "interrupted": interrupted,
             "stopped": None if stopped is None else stopped.message}
     if interrupted or stopped is not None:
-        (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        print(stopped if stopped is not None else
-              f"interrupted after step {steps_done}; saved the model as it was then to {out / CHECKPOINT}",
-              file=sys.stderr)
+        write_info(out, info)
+        say(stopped if stopped is not None else
+            f"interrupted after step {steps_done}; saved the model as it was then to {out / CHECKPOINT}",
+            file=sys.stderr)
         return 130 if interrupted else 1
     _write_samples(model, data, out / "samples.png", seed=args.seed)
-    if args.no_score:
-        (out / REFERENCE_SCORES).unlink(missing_ok=True)  # a previous run's scores would not match
-    elif validation is not None:
+    if validation is not None and not args.no_score:
         info["score"] = write_reference_scores(model, validation, out, f"validation data ({args.validation})",
-                                          seed=args.seed, quiet=args.quiet)
-    else:
+                                               seed=args.seed, quiet=args.quiet)
+    elif not args.no_score:
         info["score"] = write_reference_scores(model, data, out, "training data", seed=args.seed, quiet=args.quiet)
-    (out / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
+    write_info(out, info)
+    say(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
     if "score" in info and info["score"].get("threshold") is not None:
         s = info["score"]
-        print(f"log-likelihood of the {s['reference']}: mean {s['mean']:.4g}; outlier threshold (its "
-              f"{THRESHOLD_QUANTILE:.0%} quantile) {s['threshold']:.4g}", file=sys.stderr)
-    print(f"wrote {out}/: {CHECKPOINT}, loss.csv, loss.png, samples.png"
-          + (f", {REFERENCE_SCORES}" if (out / REFERENCE_SCORES).exists() else "") + f", {RUN_INFO}")
+        say(f"log-likelihood of the {s['reference']}: mean {s['mean']:.4g}; outlier threshold (its "
+            f"{THRESHOLD_QUANTILE:.0%} quantile) {s['threshold']:.4g}", file=sys.stderr)
+    say(f"wrote {out}/: {CHECKPOINT}, loss.csv, loss.png, samples.png"
+        + (f", {REFERENCE_SCORES}" if (out / REFERENCE_SCORES).exists() else "") + f", {RUN_INFO}")
     return 0
 
 
@@ -133,4 +137,5 @@ def _write_samples(model, data: dict, out: Path, *, seed: int | None) -> None:
     if len(inputs) == 1 and not model.ir.variable(next(iter(inputs))).shape:
         name = next(iter(inputs))
         titles = [f"{name}={v}" for v in inputs[name].tolist()]
+    check_budget("the samples drawn for samples.png", rows * row_values(model.ir))
     draw_samples(model.ir, {k: to_numpy(v) for k, v in samples.items()}, [out], reference=data, titles=titles)

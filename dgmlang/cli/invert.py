@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgmlang.cli.runs import open_run
-from dgmlang.cli.shared import CHUNK_ROWS, output_paths, per_variable_paths, progress_bar, to_numpy, value_range
+from dgmlang.cli.shared import (CHUNK_ROWS, check_budget, output_paths, per_variable_paths, progress_bar,
+                                row_values, say, to_numpy, value_range, write_atomic)
 from dgmlang.errors import DGMUsageError
 
 
@@ -17,6 +18,9 @@ def cmd_invert(args) -> int:
     model, _, _ = open_run(args.run)
     ir = model.ir
     data_names = ir.names("data")
+    for out in outputs:
+        if out.suffix.lower() == ".png":
+            output_paths(per_variable_paths(out, data_names))
     arrays = read_data(args.data, ir, optional=data_names, allow_missing=True)
     values, masks = split_missing(ir, arrays)
     if args.mask:
@@ -32,6 +36,9 @@ def cmd_invert(args) -> int:
             raise DGMUsageError(f"--truth {args.truth} has {n_truth} rows but --data has {n_data}")
 
     n = len(next(iter(values.values())))
+    rows_at_once = n if ir.names("global") else min(n, CHUNK_ROWS)
+    check_budget(f"--num-samples {args.num_samples} for {rows_at_once} rows at a time",
+                 rows_at_once * args.num_samples * row_values(ir, ("data", "latent", "global")))
     observed = {}
     for name in data_names:
         var = ir.variable(name)
@@ -56,22 +63,24 @@ def cmd_invert(args) -> int:
         if truth is not None and missing:
             error = summary[f"{name}:mean"][~observed[name]] - truth[name][~observed[name]]
             line += f"; posterior-mean completion RMSE on them {np.sqrt(np.mean(error ** 2)):.4g}"
-        print(line)
+        say(line)
 
     for out in outputs:
         suffix = out.suffix.lower()
         if suffix == ".npz":
             extra = {f"{k}:samples": v for k, v in samples.items()} if args.keep_samples else {}
-            np.savez(out, **summary, **extra)
+            with write_atomic(out) as temporary:
+                np.savez(temporary, **summary, **extra)
         elif suffix == ".csv":
             per_row = {k: v for k, v in summary.items()
                        if ir.variable(k.split(":")[0]).role != "global" and not k.endswith(":observed")}
-            write_csv(out, per_row, {k: ir.variable(k.split(":")[0]).shape for k in per_row})
+            with write_atomic(out) as temporary:
+                write_csv(temporary, per_row, {k: ir.variable(k.split(":")[0]).shape for k in per_row})
         else:
             for path in _draw_completions(ir, values, observed, summary, truth, out):
-                print(f"wrote {path}")
+                say(f"wrote {path}")
             continue
-        print(f"wrote {out}")
+        say(f"wrote {out}")
     return 0
 
 
@@ -108,16 +117,17 @@ def _draw_completions(ir, values, observed, summary, truth, out: Path) -> list[P
         given = values.get(name)
         shown = (given.astype(float) if given is not None else summary[f"{name}:mean"] * float("nan"))
         shape = image_shape(var.shape)
-        if shape is not None:
-            low, high = value_range(ir, name)
-            completion_grid(shown, summary[f"{name}:mean"], path, shape=shape, mask=observed[name],
-                            truth=None if truth is None else truth[name], vmin=low or 0, vmax=high,
-                            title=f"{name}: observed (missing in red), completed (posterior mean)"
-                                  + (", truth" if truth is not None else ""))
-        else:
-            completion_vectors(shown.reshape(n, -1), summary[f"{name}:mean"].reshape(n, -1),
-                               summary[f"{name}:std"].reshape(n, -1), path,
-                               mask=observed[name].reshape(n, -1), name=name,
-                               truth=None if truth is None else truth[name].reshape(n, -1))
+        with write_atomic(path) as temporary:
+            if shape is not None:
+                low, high = value_range(ir, name)
+                completion_grid(shown, summary[f"{name}:mean"], temporary, shape=shape, mask=observed[name],
+                                truth=None if truth is None else truth[name], vmin=low or 0, vmax=high,
+                                title=f"{name}: observed (missing in red), completed (posterior mean)"
+                                      + (", truth" if truth is not None else ""))
+            else:
+                completion_vectors(shown.reshape(n, -1), summary[f"{name}:mean"].reshape(n, -1),
+                                   summary[f"{name}:std"].reshape(n, -1), temporary,
+                                   mask=observed[name].reshape(n, -1), name=name,
+                                   truth=None if truth is None else truth[name].reshape(n, -1))
         written.append(path)
     return written

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from dgmlang.cli.shared import check_writable, say, write_atomic
 from dgmlang.errors import DGMError
 
 
@@ -32,9 +33,9 @@ def cmd_check(args) -> int:
     for path in args.files:
         try:
             for checked in check_source(read_source(path), str(path)):
-                print(f"{path}: {summary(checked.ir)}")
+                say(f"{path}: {summary(checked.ir)}")
         except DGMError as err:
-            print(err, file=sys.stderr)
+            say(err, file=sys.stderr)
             failed = True
     return 1 if failed else 0
 
@@ -43,10 +44,13 @@ def cmd_graph(args) -> int:
     from dgmlang.frontend import check_source, read_source, select
     from dgmlang.plots import draw_graphs
 
+    if args.output is not None:
+        check_writable(args.output)
     checked = select(check_source(read_source(args.file), str(args.file)), args.model, str(args.file))
-    out = args.output or Path(f"{checked.ir.name}.png")
-    draw_graphs(checked.graph, checked.plan, checked.ir.name, out)
+    out = args.output or check_writable(Path(f"{checked.ir.name}.png"))
+    with write_atomic(out) as temporary:
+        draw_graphs(checked.graph, checked.plan, checked.ir.name, temporary)
     for latent, inputs in checked.plan.as_list():
-        print(f"  guide: {latent} <- {inputs if isinstance(inputs, str) else ', '.join(inputs) or '(variational parameters)'}")
-    print(f"wrote {out}")
+        say(f"  guide: {latent} <- {inputs if isinstance(inputs, str) else ', '.join(inputs) or '(variational parameters)'}")
+    say(f"wrote {out}")
     return 0

@@ -17,12 +17,22 @@ import json
 import math
 from pathlib import Path
 
-from dgmlang.cli.shared import score_rows
+from dgmlang.cli.shared import check_writable, score_rows, write_atomic
 from dgmlang.errors import DGMUsageError
 
 CHECKPOINT = "model.dgmfit"
 RUN_INFO = "run.json"
 REFERENCE_SCORES = "reference_scores.csv"
+LOSS_CSV = "loss.csv"
+LOSS_PNG = "loss.png"
+SAMPLES_PNG = "samples.png"
+#: Every file `dgm fit` writes in a run folder (glob patterns): a folder holding one of them
+#: holds a run, and `--overwrite` deletes exactly these. samples-NAME.png is samples.png for
+#: a model with several data variables; the dot-files are temporary files of a write that
+#: was cut short.
+RUN_FILES = (CHECKPOINT, LOSS_CSV, LOSS_PNG, SAMPLES_PNG, "samples-*.png", REFERENCE_SCORES, RUN_INFO,
+             f".{CHECKPOINT}.*.tmp", ".loss.*.tmp.csv", ".loss.*.tmp.png", ".samples*.tmp.png",
+             ".reference_scores.*.tmp.csv", ".run.*.tmp.json")
 #: Importance samples per row for `dgm score` and for the reference scores written by `dgm fit`
 #: (the same number for both, so the default threshold compares like with like).
 SCORE_SAMPLES = 100
@@ -44,20 +54,63 @@ def open_run(run: Path):
                                 hint="create one with: dgm fit MODEL.dgm --data DATA --out " + str(run))
         info_path = run / RUN_INFO
         try:
-            info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DGMUsageError(f"{info_path} is not readable JSON",
-                                hint="delete it (the default outlier threshold is then unknown) or fit again") from None
+            info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            info = None
+        if not isinstance(info, dict) or not isinstance(info.get("score", {}), (dict, type(None))):
+            raise DGMUsageError(f"{info_path} is not readable JSON (an object as dgm fit writes it)",
+                                hint="delete it (the default outlier threshold is then unknown) or fit again")
         return load_fitted(checkpoint), run, info
     if not run.exists():
         raise DGMUsageError(f"no run folder or checkpoint at {run}",
                             hint="give the folder written by dgm fit (--out), or its model.dgmfit")
-    with run.open("rb") as file:
-        is_archive = file.read(4) == b"PK\x03\x04"  # torch.save's zip format
+    try:
+        with run.open("rb") as file:
+            is_archive = file.read(4) == b"PK\x03\x04"  # torch.save's zip format
+    except OSError as err:
+        raise DGMUsageError(f"cannot read {run}: {err.strerror or err}") from None
     if not is_archive:
         raise DGMUsageError(f"{run} is not a dgmlang checkpoint",
                             hint="give the run folder written by dgm fit (--out), or its model.dgmfit")
     return load_fitted(run), None, {}
+
+
+def run_files(folder: Path) -> list[Path]:
+    """The files of an earlier run in `folder` (see RUN_FILES), sorted."""
+    return sorted({path for pattern in RUN_FILES for path in Path(folder).glob(pattern)})
+
+
+def prepare_run_folder(out: Path, *, overwrite: bool) -> None:
+    """Check, before any work, that `dgm fit` may write the run folder `out`: a folder (or a
+    path that can be created) with permission to write, holding no earlier run unless
+    `overwrite` (continuing a run is not an overwrite)."""
+    out = check_writable(Path(out), folder=True)
+    if not out.is_dir():
+        return
+    found = run_files(out)
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            raise DGMUsageError(f"cannot write the run folder '{out}': {path} is a folder")
+    if found and not overwrite:
+        names = ", ".join(p.name for p in found[:6]) + (", ..." if len(found) > 6 else "")
+        raise DGMUsageError(f"the run folder '{out}' already holds a run ({names})",
+                            hint="give another --out, or --overwrite to delete that run's files and fit anew")
+
+
+def clear_run(out: Path) -> None:
+    """Delete an earlier run's files from `out` (a symlink among them is removed, not followed)."""
+    for path in run_files(out):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise DGMUsageError(f"cannot delete the earlier run's file '{path}': {err.strerror or err}") from None
+
+
+def write_info(out: Path, info: dict) -> None:
+    with write_atomic(out / RUN_INFO) as temporary:
+        temporary.write_text(json.dumps(info, indent=2) + "\n")
 
 
 def write_history(model, out: Path, n: int, batch_size: int) -> None:
@@ -66,7 +119,7 @@ def write_history(model, out: Path, n: int, batch_size: int) -> None:
     losses = model.history["loss"]
     validation = model.history.get("validation") or []
     steps_per_epoch = math.ceil(n / min(batch_size, n))
-    with (out / "loss.csv").open("w") as file:
+    with write_atomic(out / LOSS_CSV) as temporary, temporary.open("w") as file:
         file.write("step,loss" + (",validation_loss" if validation else "") + "\n")
         for step, loss in enumerate(losses, start=1):
             row = f"{step},{loss:.6g}"
@@ -74,7 +127,8 @@ def write_history(model, out: Path, n: int, batch_size: int) -> None:
                 epoch, rest = divmod(step, steps_per_epoch)
                 row += f",{validation[epoch - 1]:.6g}" if rest == 0 and 0 < epoch <= len(validation) else ","
             file.write(row + "\n")
-    loss_curve(losses, out / "loss.png", validation=validation or None, steps_per_epoch=steps_per_epoch)
+    with write_atomic(out / LOSS_PNG) as temporary:
+        loss_curve(losses, temporary, validation=validation or None, steps_per_epoch=steps_per_epoch)
 
 
 def write_reference_scores(model, data: dict, out: Path, reference: str, *, seed: int | None, quiet: bool) -> dict:
@@ -94,8 +148,11 @@ def write_reference_scores(model, data: dict, out: Path, reference: str, *, seed
                          quiet=quiet, desc=f"score {reference.split(' (')[0]}")
     except DGMUsageError as err:  # a model log_prob cannot serve (a discrete global)
         return {"threshold": None, "why_none": err.message}
-    write_csv(out / REFERENCE_SCORES, {"row": rows, "log_prob": scores}, {"row": (), "log_prob": ()})
+    with write_atomic(out / REFERENCE_SCORES) as temporary:
+        write_csv(temporary, {"row": rows, "log_prob": scores}, {"row": (), "log_prob": ()})
     finite = scores[np.isfinite(scores)]
+    if not len(finite):
+        return {"threshold": None, "why_none": "no reference row has a finite log-likelihood"}
     return {"reference": reference, "num_samples": SCORE_SAMPLES, "rows_scored": int(len(rows)),
             "mean": float(finite.mean()),
             "threshold_quantile": THRESHOLD_QUANTILE,
@@ -109,11 +166,16 @@ def outlier_threshold(text: str | None, run: Path | None, info: dict) -> tuple[f
 
     if text is None:
         score = info.get("score") or {}
-        if score.get("threshold") is None:
+        threshold = score.get("threshold")
+        if threshold is None:
             return None, "no threshold (give --threshold; the run stored none)"
-        reference = score.get("reference", "training data").split(" (")[0]
-        return score["threshold"], (f"the {score['threshold_quantile']:.0%} quantile of the log-likelihoods "
-                                    f"of the {reference}, stored by dgm fit")
+        quantile = score.get("threshold_quantile", THRESHOLD_QUANTILE)
+        if not _finite_number(threshold) or not _finite_number(quantile):
+            raise DGMUsageError(f"{run / RUN_INFO if run else RUN_INFO}: the stored threshold is not a number",
+                                hint="give --threshold, or fit again")
+        reference = str(score.get("reference", "training data")).split(" (")[0]
+        return float(threshold), (f"the {quantile:.0%} quantile of the log-likelihoods "
+                                  f"of the {reference}, stored by dgm fit")
     text = text.strip()
     if text.endswith("%"):
         try:
@@ -126,10 +188,36 @@ def outlier_threshold(text: str | None, run: Path | None, info: dict) -> tuple[f
         if path is None or not path.is_file():
             raise DGMUsageError(f"--threshold {text} needs the reference scores that dgm fit writes ({REFERENCE_SCORES})",
                                 hint="give the run folder, or a number as the threshold")
-        scores = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 1]
-        reference = info.get("score", {}).get("reference", "training data").split(" (")[0]
-        return float(np.quantile(scores[np.isfinite(scores)], q)), f"the {text} quantile of the {reference}'s log-likelihoods"
+        scores = _reference_scores(path)
+        reference = str((info.get("score") or {}).get("reference", "training data")).split(" (")[0]
+        return float(np.quantile(scores, q)), f"the {text} quantile of the {reference}'s log-likelihoods"
     try:
-        return float(text), "given"
+        value = float(text)
     except ValueError:
-        raise DGMUsageError(f"--threshold {text!r}: expected a number (a log-likelihood) or a percentage like 1%") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise DGMUsageError(f"--threshold {text!r}: expected a number (a log-likelihood) or a percentage like 1%")
+    return value, "given"
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _reference_scores(path: Path):
+    """The finite log-likelihoods of a reference_scores.csv (row,log_prob)."""
+    import numpy as np
+
+    try:
+        with path.open(encoding="utf-8") as file:
+            header = file.readline().strip()
+            table = np.loadtxt(file, delimiter=",", ndmin=2) if header == "row,log_prob" else None
+    except (OSError, ValueError):
+        table = None
+    if table is None or table.shape[1] != 2:
+        raise DGMUsageError(f"{path} is not a table of reference scores (row,log_prob) as dgm fit writes it",
+                            hint="fit again, or give a number as the threshold")
+    scores = table[:, 1][np.isfinite(table[:, 1])]
+    if not len(scores):
+        raise DGMUsageError(f"{path} holds no finite reference score", hint="give a number as the threshold")
+    return scores

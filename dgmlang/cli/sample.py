@@ -1,35 +1,43 @@
 """`dgm sample`: draw new data from a fitted model."""
 from __future__ import annotations
 
-import json
 import sys
 
 from dgmlang.cli.runs import open_run
-from dgmlang.cli.shared import draw_samples, output_paths, to_numpy
+from dgmlang.cli.shared import (check_budget, draw_samples, output_paths, per_variable_paths, row_values, say,
+                                to_numpy, write_atomic)
 from dgmlang.errors import DGMUsageError
 
 
-def _parse_input(text: str, ir):
-    """``NAME=VALUE`` with VALUE a number, a comma-separated vector or a JSON list."""
-    name, sep, value = text.partition("=")
-    name = name.strip()
-    if not sep or not name:
-        raise DGMUsageError(f"--input {text!r}: expected NAME=VALUE", hint="e.g. --input y=3 or --input u=0.5,1,2")
+def _input_value(item: tuple[str, object], ir):
+    """The value of ``--input NAME=VALUE`` (parsed by the argument parser) for the model's
+    input NAME, shaped like it (a flat list fills an array row-major)."""
+    import math
+
+    import numpy as np
+
+    name, parsed = item
     inputs = ir.names("input")
     if name not in inputs:
         from dgmlang.errors import did_you_mean
 
-        raise DGMUsageError(f"--input {text!r}: the model has no input '{name}'"
+        raise DGMUsageError(f"--input '{name}=...': the model has no input '{name}'"
                             + (f"; its inputs are {', '.join(inputs)}" if inputs else " (it has no inputs)"),
                             hint=did_you_mean(name, inputs))
-    value = value.strip()
+    shape = tuple(ir.variable(name).shape)
     try:
-        parsed = json.loads(value) if value.startswith("[") else [json.loads(v) for v in value.split(",")]
-    except json.JSONDecodeError:
-        raise DGMUsageError(f"--input {text!r}: '{value}' is not a number or a list of numbers") from None
-    if not value.startswith("[") and len(parsed) == 1:
-        parsed = parsed[0]
-    return name, parsed
+        value = np.asarray(parsed)
+    except ValueError:  # ragged lists
+        raise DGMUsageError(f"--input {name}: the nested lists have different lengths") from None
+    if value.dtype == object or value.dtype.kind not in "iuf":
+        raise DGMUsageError(f"--input {name}: expected numbers")
+    if value.shape != shape:
+        if value.size != math.prod(shape):
+            raise DGMUsageError(f"--input {name}: {name} holds {math.prod(shape)} number(s)"
+                                f"{' (shape ' + str(list(shape)) + ')' if shape else ''}, but {value.size} were given",
+                                hint="one value for every sample; --inputs DATA gives one row per sample")
+        value = value.reshape(shape)
+    return name, value
 
 
 def cmd_sample(args) -> int:
@@ -40,15 +48,19 @@ def cmd_sample(args) -> int:
     outputs = output_paths(args.output)
     model, _, _ = open_run(args.run)
     ir = model.ir
+    for out in outputs:
+        if out.suffix.lower() == ".png":
+            output_paths(per_variable_paths(out, ir.names("data")))
+    given = dict(_input_value(item, ir) for item in args.input or ())
+    if args.n is not None:
+        check_budget(f"-n {args.n}", args.n * row_values(ir))
     inputs: dict = {}
     if args.inputs:
         inputs.update(read_data(args.inputs, ir, names=ir.names("input")))
-    for item in args.input or ():
-        name, value = _parse_input(item, ir)
-        inputs[name] = np.asarray(value)
+    rows = len(next(iter(inputs.values()))) if inputs else None
+    inputs.update(given)
     n = args.n
     if args.inputs:
-        rows = len(next(iter(inputs.values()))) if inputs else None
         if n is None:
             n = rows
         elif rows is not None and n != rows:
@@ -58,9 +70,9 @@ def cmd_sample(args) -> int:
         raise DGMUsageError(f"the model has the input(s) {', '.join(absent)}: give their values",
                             hint=f"--input {absent[0]}=VALUE for all samples, or --inputs DATA for one row each")
     if n is None:
-        raise DGMUsageError("how many samples? give -n N", hint="e.g. dgm sample RUN -n 16 -o samples.png")
-    if n < 1:
-        raise DGMUsageError(f"-n must be a positive integer, not {n}")
+        raise DGMUsageError(f"how many samples? {args.inputs} gives no rows (the model has no inputs)",
+                            hint="give -n N")
+    check_budget(f"{n} samples", n * row_values(ir))
     samples = {k: to_numpy(v) for k, v in model.sample(n, inputs or None, seed=args.seed).items()}
     for name, value in inputs.items():  # one value for all rows is written out row by row
         value, shape = np.asarray(value), ir.variable(name).shape
@@ -68,10 +80,12 @@ def cmd_sample(args) -> int:
     for out in outputs:
         suffix = out.suffix.lower()
         if suffix == ".npz":
-            np.savez(out, **samples)
+            with write_atomic(out) as temporary:
+                np.savez(temporary, **samples)
         elif suffix == ".csv":
             per_row = {k: v for k, v in samples.items() if ir.variable(k).role != "global"}
-            write_csv(out, per_row, {k: ir.variable(k).shape for k in per_row})
+            with write_atomic(out) as temporary:
+                write_csv(temporary, per_row, {k: ir.variable(k).shape for k in per_row})
             left_out = [k for k in samples if k not in per_row]
             if left_out:
                 print(f"note: the globals {', '.join(left_out)} are one value per draw, not per row; "
@@ -86,7 +100,7 @@ def cmd_sample(args) -> int:
                 else:
                     titles = [f"{name}={v}" for v in values]
             for path in draw_samples(ir, samples, [out], titles=titles, caption=caption):
-                print(f"wrote {path}")
+                say(f"wrote {path}")
             continue
-        print(f"wrote {out}")
+        say(f"wrote {out}")
     return 0

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dgmlang.cli.runs import open_run, outlier_threshold
-from dgmlang.cli.shared import output_paths, score_rows
+from dgmlang.cli.shared import CHUNK_ROWS, check_budget, output_paths, row_values, say, score_rows, write_atomic
 
 
 def cmd_score(args) -> int:
@@ -14,6 +14,8 @@ def cmd_score(args) -> int:
     model, run, info = open_run(args.run)
     threshold, origin = outlier_threshold(args.threshold, run, info)
     ir = model.ir
+    check_budget(f"--num-samples {args.num_samples} for {CHUNK_ROWS} rows at a time",
+                 CHUNK_ROWS * args.num_samples * row_values(ir))
     data = read_data(args.data, ir)
     validate(ir, data, str(args.data), purpose="log_prob")
     scores = score_rows(model, data, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet, desc="score")
@@ -21,14 +23,15 @@ def cmd_score(args) -> int:
     if threshold is not None:
         columns["outlier"] = (scores < threshold).astype(int)
     for out in outputs:
-        if out.suffix.lower() == ".csv":
-            write_csv(out, columns, {k: () for k in columns})
-        else:
-            np.savez(out, **columns)
-        print(f"wrote {out}")
-    print(f"{len(scores)} rows: mean log-likelihood {scores.mean():.4g}, lowest {scores.min():.4g}")
+        with write_atomic(out) as temporary:
+            if out.suffix.lower() == ".csv":
+                write_csv(temporary, columns, {k: () for k in columns})
+            else:
+                np.savez(temporary, **columns)
+        say(f"wrote {out}")
+    say(f"{len(scores)} rows: mean log-likelihood {scores.mean():.4g}, lowest {scores.min():.4g}")
     if threshold is None:
-        print(f"outliers: {origin}")
+        say(f"outliers: {origin}")
     else:
-        print(f"outliers: {int(columns['outlier'].sum())} rows below {threshold:.4g} ({origin})")
+        say(f"outliers: {int(columns['outlier'].sum())} rows below {threshold:.4g} ({origin})")
     return 0
