@@ -132,11 +132,41 @@ def load(path: str | Path, model: str | None = None) -> "CompiledModel":
 def load_fitted(path: str | Path) -> "CompiledModel":
     """A model saved with `CompiledModel.save`: the saved source is compiled again and the
     parameters restored. Only plain tensors and strings are read; a file holding pickled
-    objects, another kind of file, or a newer format is a `DGMCheckpointError`
-    (see `dgmlang.checkpoint`)."""
+    objects, another kind of file, a newer format, a damaged file (its digest does not
+    match), a field of the wrong type or a non-finite parameter is a `DGMCheckpointError`
+    (see `dgmlang.checkpoint`).
+
+    Nothing is allocated for the model before its text passes the checker and the saved
+    tensors' names, shapes and dtypes match those of the model built on the meta device
+    (no memory): a checkpoint cannot make this allocate more than the tensors it holds."""
     from dgmlang import checkpoint
+    from dgmlang.errors import DGMCheckpointError
 
     saved = checkpoint.read(path)
-    compiled = compile_source(saved.source, model=saved.model, filename=saved.filename)
+    try:
+        checked = select(check_source(saved.source, saved.filename), saved.model,
+                         saved.filename)
+    except DGMError as err:
+        raise DGMCheckpointError(
+            f"{saved.path}: the model text saved in it does not pass this dgmlang's checks:\n{err}"
+        ) from None
+    _check_fits_before_building(checked, saved)
+    compiled = compile_checked(checked, source=saved.source, filename=saved.filename)
     checkpoint.restore(compiled, saved)
     return compiled
+
+
+def _check_fits_before_building(checked: CheckedModel, saved) -> None:
+    """Build `checked` on the meta device (shapes only, no memory) and compare the saved
+    tensors with it. A model that cannot be built on the meta device is compared after
+    the real build instead (`checkpoint.restore` does that in any case)."""
+    import torch
+
+    from dgmlang import checkpoint
+
+    try:
+        with torch.device("meta"):
+            shapes = compile_checked(checked, source=saved.source, filename=saved.filename)
+    except Exception:  # noqa: BLE001 - only a pre-check; the real build reports its own errors
+        return
+    checkpoint.check_fits(shapes, saved)

@@ -408,8 +408,10 @@ def test_missing_and_garbage_files(tmp_path):
 
 
 def _rewrite(path, change):
+    """Change a saved payload and store it with a matching digest (as a tamperer could)."""
     payload = torch.load(path, weights_only=True)
     change(payload)
+    payload["digest"] = checkpoint.payload_digest(payload)
     torch.save(payload, path)
 
 
