@@ -19,8 +19,14 @@ row (and column) and what was expected, raised before any training starts:
   given to ``onehot(y, K)`` must lie in 0..K-1, an index ``mu[c]`` within the indexed
   dimension, a Binomial `total_count` read from an input (or other data) must be a whole
   number >= 0, and each count of that Binomial at most its row's total_count;
-* NaN and infinite values. In `invert` (``allow_missing=True``) NaN marks a missing entry of
-  a `data` variable (as does False in `mask`); infinities are never valid.
+* support edges where a log-density is infinite or undefined: 0 for a Gamma value, 0 or 1
+  for a Beta value, a 0 entry in a Dirichlet row (torch's supports include these edges, but
+  the log-density there is -inf or +inf unless a concentration is exactly 1);
+* NaN and infinite values, and values whose magnitude overflows the dtype the model computes
+  in (float32 unless the model was moved to another: ``1e300`` is refused, not turned into
+  ``inf``); in an integer array, values an int64 cannot hold. In `invert`
+  (``allow_missing=True``) NaN marks a missing entry of a `data` variable (as does False in
+  `mask`); infinities are never valid.
 
 >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
 >>> ir = ModelIR("counts", (Variable("x", "data", (2,)),),
@@ -39,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -106,6 +112,49 @@ def positive_int(name: str, value: Any) -> None:
         raise DGMUsageError(f"{name} must be a positive integer, not {value!r}")
 
 
+class _OpenInterval(constraints.Constraint):
+    """Values strictly between `lower_bound` and `upper_bound` (Beta's support without its
+    edges, where the density is 0 or infinite unless a concentration is 1)."""
+
+    def __init__(self, lower_bound: float, upper_bound: float):
+        self.lower_bound, self.upper_bound = lower_bound, upper_bound
+        super().__init__()
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        return (self.lower_bound < value) & (value < self.upper_bound)
+
+
+class _PositiveSimplex(constraints.Constraint):
+    """Rows of positive numbers summing to 1 (torch's simplex check, entries > 0: a
+    Dirichlet's log-density at a 0 entry is infinite unless its concentration is 1)."""
+
+    event_dim = 1
+
+    def check(self, value: torch.Tensor) -> torch.Tensor:
+        return constraints.simplex.check(value) & (value > 0).all(-1)
+
+
+#: Supports narrower than torch's, by distribution: the edges torch admits (``Gamma``'s 0,
+#: ``Beta``'s 0 and 1, a ``Dirichlet`` entry 0) give a log-density of -inf or +inf for
+#: every concentration but exactly 1 (Exponential, HalfNormal and HalfCauchy are finite at 0).
+_STRICT_SUPPORTS: dict[str, constraints.Constraint] = {
+    "Gamma": constraints.positive,
+    "Beta": _OpenInterval(0.0, 1.0),
+    "Dirichlet": _PositiveSimplex(),
+}
+_EDGE_HINTS = {
+    "Gamma": "a Gamma density at 0 is 0 or infinite unless its concentration is 1; "
+             "shift or clip the data above 0 (e.g. x.clip(min=1e-6))",
+    "Beta": "a Beta density at 0 and 1 is 0 or infinite unless its concentrations are 1; "
+            "clip the data into (0, 1) (e.g. x.clip(1e-6, 1 - 1e-6))",
+    "Dirichlet": "a Dirichlet density at a 0 entry is 0 or infinite unless its concentration "
+                 "is 1; add a small amount to every entry and renormalize the row",
+}
+
+#: Where a value is, for messages: ``locate(variable, index)`` with `index` the position in
+#: the ``(n, *shape)`` array (a shorter index is a whole row, or a whole last-dim row).
+Locate = Callable[[Variable, tuple[int, ...]], str]
+
 _REAL = Support(constraints.real, "a finite real number")
 _DESCRIPTIONS = {
     "Real": "a finite real number",
@@ -118,8 +167,10 @@ _DESCRIPTIONS = {
     "Boolean": "0 or 1",
     "Integer": "a whole number",
     "Simplex": "a row of non-negative numbers summing to 1",
+    "OpenInterval": "a number in ({lower_bound}, {upper_bound}), its ends excluded",
+    "PositiveSimplex": "a row of numbers > 0 summing to 1",
 }
-_PLACEHOLDERS = {"GreaterThan": 1.0, "Interval": 0.5, "HalfOpenInterval": 0.5}
+_PLACEHOLDERS = {"GreaterThan": 1.0, "Interval": 0.5, "HalfOpenInterval": 0.5, "OpenInterval": 0.5}
 
 
 def _support_of_constraint(constraint, *, integer_dtype: bool = False, event_rank: int = 0,
@@ -183,11 +234,11 @@ def support_of(ir: ModelIR, var: Variable, *, facts: ModelFacts | None = None) -
         if low is None or high is None:
             return _REAL
         return _support_of_constraint(constraints.half_open_interval(low, high))
-    support = getattr(pyro_dist, draw.dist).support
+    support = _STRICT_SUPPORTS.get(draw.dist) or getattr(pyro_dist, draw.dist).support
     if isinstance(support, constraints.Constraint) and not constraints.is_dependent(support):
         event_rank = support.event_dim
         placeholder = None
-        if isinstance(support, type(constraints.simplex)):
+        if isinstance(support, (type(constraints.simplex), _PositiveSimplex)):
             placeholder = 1.0 / var.shape[-1] if var.shape else 1.0
         return _support_of_constraint(support, event_rank=event_rank, placeholder=placeholder)
     return _REAL
@@ -291,18 +342,18 @@ def _rules(facts: ModelFacts) -> _Rules:
     return _Rules({k: tuple(v) for k, v in bounds.items()}, tuple(total_counts))
 
 
-def _check_bounds(what: str, values: torch.Tensor, missing: torch.Tensor,
-                  bounds: tuple[_Bound, ...]) -> None:
+def _check_bounds(what: str, var: Variable, values: torch.Tensor, missing: torch.Tensor,
+                  bounds: tuple[_Bound, ...], locate: Locate) -> None:
     for bound in bounds:
         ok = bound.allows(values) | missing
         if not bool(ok.all()):
             index = _first(~ok)
-            raise DGMDataError(f"{what}: {_position(index)} holds {_shown(values[index])}, "
+            raise DGMDataError(f"{what}: {locate(var, index)} holds {_shown(values[index])}, "
                                f"but {bound.says}", hint=f"expected {bound.expected}")
 
 
 def _check_total_counts(ir: ModelIR, rules: _Rules, values: Mapping[str, torch.Tensor],
-                        observed: Mapping[str, torch.Tensor]) -> None:
+                        observed: Mapping[str, torch.Tensor], locate: Locate) -> None:
     """Each count of a Binomial whose total_count comes from another variable is at most
     that row's total_count (entries missing on either side are not compared)."""
     for rule in rules.total_counts:
@@ -322,7 +373,8 @@ def _check_total_counts(ir: ModelIR, rules: _Rules, values: Mapping[str, torch.T
             source = ir.variable(rule.source)
             owner = f"input '{source.name}'" if source.role == "input" else f"'{source.name}'"
             raise DGMDataError(
-                f"{_describe(ir.variable(rule.target), ir)}: {_position(index)} holds "
+                f"{_describe(ir.variable(rule.target), ir)}: "
+                f"{locate(ir.variable(rule.target), index)} holds "
                 f"{_shown(counts[index])}, more than its total_count ({owner} holds "
                 f"{_shown(totals[total_index])} in row {index[0]})",
                 hint="a Binomial count lies in 0..total_count, row by row"
@@ -361,12 +413,18 @@ def _to_tensor(name: str, what: str, value: Any) -> torch.Tensor:
 
 
 def _position(index: tuple[int, ...]) -> str:
+    """``row 3``, ``row 3, column 1`` or ``row 3, index (1, 2)``."""
     row, rest = index[0], index[1:]
     if not rest:
         return f"row {row}"
     if len(rest) == 1:
         return f"row {row}, column {rest[0]}"
     return f"row {row}, index {rest}"
+
+
+def _locate_index(var: Variable, index: tuple[int, ...]) -> str:
+    """The default `Locate`: positions counted from 0 in the ``(n, *shape)`` array."""
+    return _position(index)
 
 
 def _first(bad: torch.Tensor) -> tuple[int, ...]:
@@ -376,14 +434,53 @@ def _first(bad: torch.Tensor) -> tuple[int, ...]:
 
 def _shown(x: torch.Tensor) -> str:
     value = x.item()
-    if isinstance(value, float) and value.is_integer() and not math.isinf(value):
+    if isinstance(value, float) and value.is_integer() and not math.isinf(value) and abs(value) < 1e16:
         return str(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _float_dtypes(dtype: torch.dtype | None) -> list[torch.dtype]:
+    """The float dtypes a value passes through: torch's default (what `prepare_data` stores)
+    and the model's (what it computes in), when another."""
+    dtypes = [torch.get_default_dtype()]
+    if dtype is not None and dtype.is_floating_point and dtype not in dtypes:
+        dtypes.append(dtype)
+    return dtypes
+
+
+def _check_range(what: str, var: Variable, tensor: torch.Tensor, dtype: torch.dtype | None,
+                 locate: Locate) -> None:
+    """Refuse finite values that a float dtype the data passes through turns into infinities
+    (``1e300`` in float32), and integers an int64 cannot hold."""
+    if tensor.dtype == torch.uint64:
+        big = tensor.to(torch.float64) >= 2.0 ** 63  # uint64 has no comparisons
+        if bool(big.any()):
+            index = _first(big)
+            raise DGMDataError(f"{what}: {locate(var, index)} holds {_shown(tensor[index])}, "
+                               f"more than an int64 holds",
+                               hint=f"values up to {torch.iinfo(torch.int64).max}")
+    finite = torch.isfinite(tensor) if tensor.is_floating_point() else None
+    for target in _float_dtypes(dtype):
+        if tensor.dtype == target:
+            continue
+        converted = tensor.to(target)
+        over = torch.isinf(converted)
+        if finite is not None:
+            over &= finite
+        if bool(over.any()):
+            index = _first(over)
+            largest = torch.finfo(target).max
+            name = str(target).replace("torch.", "")
+            raise DGMDataError(
+                f"{what}: {locate(var, index)} holds {_shown(tensor[index])}, beyond the range "
+                f"of {name} (largest {largest:.4g}), the dtype the model computes in",
+                hint="rescale the data (e.g. divide by a constant, or model its logarithm)")
 
 
 def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
-             observed: torch.Tensor | None, facts: ModelFacts,
-             rules: _Rules) -> tuple[torch.Tensor, torch.Tensor | None]:
+             observed: torch.Tensor | None, facts: ModelFacts, rules: _Rules,
+             dtype: torch.dtype | None = None,
+             locate: Locate = _locate_index) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Check one variable; its tensor and (for data with missing entries) its observed mask."""
     what = _describe(var, ir)
     support = support_of(ir, var, facts=facts)
@@ -411,10 +508,11 @@ def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
         if is_float and torch.isnan(tensor).any():
             hint = ("NaN marks a missing entry only in invert" if var.role == "data"
                     else "an input is never missing; give every value")
-            raise DGMDataError(f"{what}: {_position(_first(torch.isnan(tensor)))} is NaN", hint=hint)
+            raise DGMDataError(f"{what}: {locate(var, _first(torch.isnan(tensor)))} is NaN", hint=hint)
     if is_float and torch.isinf(tensor).any():
-        raise DGMDataError(f"{what}: {_position(_first(torch.isinf(tensor)))} is infinite",
+        raise DGMDataError(f"{what}: {locate(var, _first(torch.isinf(tensor)))} is infinite",
                            hint=f"expected {support.description}")
+    _check_range(what, var, tensor, dtype, locate)
     if observed is not None:
         missing = missing | ~observed
 
@@ -422,22 +520,27 @@ def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
         partial = missing.any(-1) & ~missing.all(-1)
         if bool(partial.any()):
             raise DGMDataError(
-                f"{what}: {_position(_first(partial))} is partly missing, but a "
+                f"{what}: {locate(var, _first(partial))} is partly missing, but a "
                 f"{ir.draw(var.name).dist} row is one value",
                 hint="mark a whole row missing or none of it",
             )
+    original = tensor
     tensor = tensor.long() if support.integer_dtype else tensor.to(torch.get_default_dtype())
     checkable = torch.where(missing, torch.full_like(tensor, support.placeholder), tensor)
     ok = support.constraint.check(checkable)
     if not bool(ok.all()):
         index = _first(~ok)
         if support.event_rank:
-            where, shown = _position(index), f"{checkable[index].tolist()}"
-        else:
-            where, shown = _position(index), _shown(checkable[index])
-        raise DGMDataError(f"{what}: {where} holds {shown}, outside its support",
-                           hint=f"expected {support.description}")
-    _check_bounds(what, checkable, missing, rules.bounds.get(var.name, ()))
+            shown = f"{original[index].tolist()}"
+        else:  # as given (1e-50 is 0 in float32, and is shown as 1e-50)
+            shown = _shown(original[index])
+        hint = f"expected {support.description}"
+        dist = ir.draw(var.name).dist if var.role == "data" else None
+        if dist in _EDGE_HINTS and bool(getattr(pyro_dist, dist).support.check(checkable)[index]):
+            hint += f"; {_EDGE_HINTS[dist]}"  # an edge torch's support admits
+        raise DGMDataError(f"{what}: {locate(var, index)} holds {shown}, outside its support",
+                           hint=hint)
+    _check_bounds(what, var, checkable, missing, rules.bounds.get(var.name, ()), locate)
     return checkable, (~missing if bool(missing.any()) else None)
 
 
@@ -476,13 +579,17 @@ def _row_count(converted: dict[str, torch.Tensor]) -> int:
 
 
 def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing: bool = False,
-                 mask: Mapping[str, Any] | None = None, facts: ModelFacts | None = None) -> Dataset:
+                 mask: Mapping[str, Any] | None = None, facts: ModelFacts | None = None,
+                 dtype: torch.dtype | None = None, locate: Locate | None = None) -> Dataset:
     """Check and convert `data` (every `data` and `input` variable) for `purpose`: shapes,
     dtypes, supports, and every use of an integer value (see the module's docstring).
 
     With `allow_missing` (invert), NaN entries and False entries of `mask` are missing, and a
     `data` variable left out entirely is missing everywhere. `facts` (the model's
-    `ModelFacts`) saves building them again.
+    `ModelFacts`) saves building them again. `dtype` is the float dtype the model computes
+    in (``model.model.dtype``; torch's default when None): values it cannot hold are refused.
+    `locate` writes positions in messages (the command line names a file's lines and
+    columns); by default ``row 3, column 1``, counted from 0.
 
     >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
@@ -492,6 +599,7 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
     (tensor([[0.5000, 0.0000]]), tensor([[ True, False]]))
     """
     given = _as_dict(ir, data, purpose)
+    locate = locate if locate is not None else _locate_index
     facts = facts if facts is not None else ModelFacts(ir)
     rules = _rules(facts)
     data_names, input_names = ir.names("data"), ir.names("input")
@@ -528,11 +636,11 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
                     hint="the mask is shaped like the data, True where observed",
                 )
         values[name], obs = _convert(ir, var, given[name], allow_missing=allow_missing, observed=m,
-                                     facts=facts, rules=rules)
+                                     facts=facts, rules=rules, dtype=dtype, locate=locate)
         if obs is not None:
             observed[name] = obs
     n = _row_count(values)
-    _check_total_counts(ir, rules, values, observed)
+    _check_total_counts(ir, rules, values, observed, locate)
     for name in data_names:
         if name not in values:  # missing everywhere: a placeholder row per data point
             var = ir.variable(name)
@@ -554,10 +662,11 @@ def _mask_tensor(var: Variable, mask: Any) -> torch.Tensor:
 
 
 def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
-                   facts: ModelFacts | None = None) -> dict[str, torch.Tensor]:
+                   facts: ModelFacts | None = None,
+                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Check the `input` variables for drawing `n` samples, as `prepare_data` checks them
     (every use of an integer value included); a value shaped like one data point (a scalar
-    for a scalar input) is repeated for all n.
+    for a scalar input) is repeated for all n. `dtype` as in `prepare_data`.
 
     >>> from dgmlang.ir import ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("y", "input", (), type="int"),), ())
@@ -587,5 +696,5 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
             raise DGMDataError(f"input '{name}' has {tensor.shape[0]} rows but {n} samples were asked for",
                                hint="give one row per sample, or one value for all")
         values[name], _ = _convert(ir, var, tensor, allow_missing=False, observed=None,
-                                   facts=facts, rules=rules)
+                                   facts=facts, rules=rules, dtype=dtype)
     return values

@@ -160,7 +160,7 @@ def test_supports_of_continuous_and_count_distributions():
     cases = {
         "pos": (torch.tensor([1.0, 0.0]), "row 1 holds 0", "a number > 0"),
         "unit": (torch.tensor([[0.5, 0.5], [0.5, 1.5]]), "row 1, column 1 holds 1.5",
-                 "a number in [0, 1]"),
+                 "a number in (0, 1), its ends excluded"),
         "simplex": (torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.5, 0.5]]), "row 1 holds [0.5, 0.5, 0.5]",
                     "summing to 1"),
         "poisson": (torch.tensor([0.0, 1.5]), "row 1 holds 1.5", "a whole number >= 0"),
@@ -349,3 +349,114 @@ def test_prepare_inputs_checks_every_use_too():
         prepare_inputs(checked.ir, {**ok, "j": torch.tensor([0, 3])}, 2)
     with pytest.raises(DGMDataError, match=r"input 'n' \(int\): row 0 holds -1, but it is the total_count"):
         prepare_inputs(checked.ir, {**ok, "n": -1}, 2)
+
+
+# ---------------------------------------------------------------- issue 11: ranges and edges
+
+EDGES = check_source("""
+model edges {
+    data g
+    data b
+    data d[3]
+    data e
+    data h
+    data cb
+    data x
+    g ~ Gamma(2, 1)
+    b ~ Beta(2, 2)
+    d ~ Dirichlet(ones(3) * 2)
+    e ~ Exponential(1)
+    h ~ HalfNormal(1)
+    cb ~ ContinuousBernoulli(logits = 0.5)
+    x ~ Normal(0, 1)
+}
+""", "edges.dgm")[0].ir
+
+
+def good_edges(n=2):
+    return {"g": torch.ones(n), "b": torch.full((n,), 0.5), "d": torch.full((n, 3), 1 / 3),
+            "e": torch.ones(n), "h": torch.ones(n), "cb": torch.full((n,), 0.5),
+            "x": torch.zeros(n)}
+
+
+def edge_error(**changed) -> str:
+    with pytest.raises(DGMDataError) as info:
+        prepare_data(EDGES, {**good_edges(), **changed})
+    return str(info.value)
+
+
+def test_values_beyond_the_model_dtype_are_refused_with_variable_row_and_column():
+    text = error("inputs", {"s": np.ones(2), "p": np.full(2, 0.5), "w": np.array([[0, 0, 0], [0, 1e300, 0]]),
+                            "y": np.zeros(2)})
+    assert text.startswith("input 'w': row 1, column 1 holds 1e+300, beyond the range of float32"), text
+    text = edge_error(x=np.array([0.0, -1e39]))
+    assert "data variable 'x' (Normal): row 1 holds -1e+39, beyond the range of float32" in text
+    assert "rescale" in text
+    # the largest float32 passes; the model's own dtype counts when it is narrower
+    prepare_data(EDGES, {**good_edges(), "x": np.array([0.0, float(torch.finfo(torch.float32).max)])})
+    assert "row 1 holds 1e+300" in edge_error(x=np.array([0.0, 1e300]))
+    with pytest.raises(DGMDataError, match="row 0 holds 100000, beyond the range of float16"):
+        prepare_data(EDGES, {**good_edges(), "x": np.array([1e5, 0.0])}, dtype=torch.float16)
+    # NaN (outside invert) and infinities were refused before; still named
+    assert "row 1 is infinite" in edge_error(x=np.array([0.0, np.inf]))
+    assert "row 1 is NaN" in edge_error(x=np.array([0.0, np.nan]))
+
+
+def test_inputs_for_sample_are_range_checked_too():
+    with pytest.raises(DGMDataError, match=r"input 's' \(positive\): row 0 holds 1e\+300, beyond the range"):
+        prepare_inputs(IRS["inputs"], {"s": np.array(1e300), "p": 0.5, "w": np.zeros(3)}, 2)
+
+
+def test_integers_an_int64_cannot_hold_are_refused():
+    data = {**good_labels(2), "k": np.array([1, 2 ** 64 - 1], dtype=np.uint64)}
+    text = error("labels", data)
+    assert "input 'k' (int): row 1 holds 18446744073709551615, more than an int64 holds" in text
+    data["k"] = np.array([1, 2], dtype=np.uint64)
+    assert prepare_data(IRS["labels"], data).values["k"].tolist() == [1, 2]
+
+
+def test_support_edges_where_the_density_is_infinite_are_refused():
+    prepare_data(EDGES, good_edges())
+    text = edge_error(g=torch.tensor([1.0, 0.0]))
+    assert "data variable 'g' (Gamma): row 1 holds 0, outside its support" in text
+    assert "a number > 0" in text and "clip" in text
+    for value in (0.0, 1.0):
+        text = edge_error(b=torch.tensor([0.5, value]))
+        assert f"data variable 'b' (Beta): row 1 holds {value:g}, outside its support" in text
+        assert "(0, 1), its ends excluded" in text
+    text = edge_error(d=torch.tensor([[1 / 3] * 3, [0.0, 0.5, 0.5]]))
+    assert "data variable 'd' (Dirichlet): row 1 holds [0.0, 0.5, 0.5], outside its support" in text
+    assert "numbers > 0 summing to 1" in text
+    # a value that float32 rounds to the edge is shown as given
+    assert "row 1 holds 1e-50, outside its support" in edge_error(g=np.array([1.0, 1e-50]))
+    # edges where torch's log-density is finite stay allowed
+    zero_ok = {"e": torch.tensor([0.0, 1.0]), "h": torch.tensor([0.0, 1.0]),
+               "cb": torch.tensor([0.0, 1.0])}
+    prepare_data(EDGES, {**good_edges(), **zero_ok})
+
+
+def test_refused_edges_are_where_torch_gives_an_infinite_log_density():
+    import pyro.distributions as dist
+
+    assert torch.isinf(dist.Gamma(2.0, 1.0).log_prob(torch.tensor(0.0)))
+    assert torch.isinf(dist.Gamma(0.5, 1.0).log_prob(torch.tensor(0.0)))
+    assert torch.isinf(dist.Beta(2.0, 0.5).log_prob(torch.tensor([0.0, 1.0]))).all()
+    assert torch.isinf(dist.Dirichlet(torch.full((3,), 2.0)).log_prob(torch.tensor([0.0, 0.5, 0.5])))
+    for d, value in ((dist.Exponential(2.0), 0.0), (dist.HalfNormal(1.0), 0.0), (dist.HalfCauchy(1.0), 0.0),
+                     (dist.ContinuousBernoulli(logits=torch.tensor(0.3)), 1.0)):
+        assert torch.isfinite(d.log_prob(torch.tensor(value)))
+
+
+def test_missing_entries_of_edge_supports_get_a_placeholder_inside():
+    data = {**good_edges(), "g": torch.tensor([1.0, float("nan")]), "b": torch.tensor([float("nan"), 0.5]),
+            "d": torch.tensor([[float("nan")] * 3, [0.2, 0.3, 0.5]])}
+    got = prepare_data(EDGES, data, allow_missing=True)
+    assert got.values["g"][1] > 0 and 0 < got.values["b"][0] < 1 and (got.values["d"][0] > 0).all()
+
+
+def test_positions_can_be_written_by_the_caller():
+    def locate(var, index):
+        return f"{var.name} at {index}"
+
+    with pytest.raises(DGMDataError, match=r"data variable 'g' \(Gamma\): g at \(1,\) holds 0"):
+        prepare_data(EDGES, {**good_edges(), "g": torch.tensor([1.0, 0.0])}, locate=locate)
