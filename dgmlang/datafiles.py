@@ -174,7 +174,7 @@ def _builtin(dataset: str, split: str, text: str) -> Table:
 
 
 def _read_csv(path: Path) -> Table:
-    with path.open(newline="", encoding="utf-8") as file:
+    with path.open(newline="", encoding="utf-8-sig") as file:  # a leading BOM is not a name
         rows = list(csv.reader(file))
     while rows and not any(cell.strip() for cell in rows[-1]):
         rows.pop()
@@ -316,7 +316,26 @@ def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bo
             hint = ("an input is never missing; give every value" if var.role == "input" and allow_missing
                     else "missing values are allowed only in the data given to invert")
             raise DGMDataError(f"{source}: {where} is empty (a missing value)", hint=hint)
-        if _is_integer_variable(var) and not nan.any() and np.all(array == np.rint(array)):
+        inf = np.isinf(array)
+        if inf.any():
+            where = _position(np.argwhere(inf)[0], var, csv_lines=csv_lines)
+            raise DGMDataError(f"{source}: {where} holds {array[tuple(np.argwhere(inf)[0])]}, "
+                               f"not a finite number", hint="infinities are never valid data")
+        if _is_integer_variable(var) and not nan.any():
+            fraction = array != np.rint(array)
+            if fraction.any():
+                index = np.argwhere(fraction)[0]
+                raise DGMDataError(
+                    f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
+                    f"{array[tuple(index)]:g}, not a whole number",
+                    hint=f"'{var.name}' is an int input: give whole numbers")
+            too_big = np.abs(array) >= 2.0 ** 63
+            if too_big.any():
+                index = np.argwhere(too_big)[0]
+                raise DGMDataError(
+                    f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
+                    f"{array[tuple(index)]:g}, beyond the whole numbers an int64 holds",
+                    hint=f"'{var.name}' is an int input: values from -2**63 to 2**63 - 1")
             array = array.astype(np.int64)  # CSV has no dtypes: whole-number labels become ints
     return array
 
@@ -325,13 +344,21 @@ def _is_integer_variable(var: Variable) -> bool:
     return var.role == "input" and var.type == "int"
 
 
-def _position(index: np.ndarray, var: Variable, *, csv_lines: bool) -> str:
+def _position(index: np.ndarray | tuple[int, ...], var: Variable, *, csv_lines: bool) -> str:
     """Where an entry is: its row counted from 0 (for CSV also its line in the file) and its
-    column name."""
+    column name; for an index shorter than the variable's (a whole row of a Dirichlet or
+    simplex value), the first and last column of that row."""
     row = int(index[0])
-    flat = int(np.ravel_multi_index(tuple(index[1:]), var.shape)) if var.shape else 0
     line = f" (line {row + 2})" if csv_lines else ""
-    return f"row {row}{line}, column '{column_names(var.name, var.shape)[flat]}'"
+    rest = tuple(int(i) for i in index[1:])
+    names = column_names(var.name, var.shape)
+    if len(rest) < len(var.shape):
+        tail = var.shape[len(rest):]
+        first = int(np.ravel_multi_index(rest + (0,) * len(tail), var.shape))
+        last = first + math.prod(tail) - 1
+        return f"row {row}{line}, columns '{names[first]}' to '{names[last]}'"
+    flat = int(np.ravel_multi_index(rest, var.shape)) if var.shape else 0
+    return f"row {row}{line}, column '{names[flat]}'"
 
 
 def _describe(var: Variable) -> str:
@@ -398,16 +425,22 @@ def split_missing(ir: ModelIR, arrays: Mapping[str, np.ndarray]) -> tuple[dict, 
 
 def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purpose: str,
              allow_missing: bool = False, mask: Mapping[str, np.ndarray] | None = None,
-             facts=None) -> None:
-    """Run the model's own data checks now (support, dtypes, every use of an integer value,
-    ...: `dgmlang.data.prepare_data`), with `source` leading the message, so a bad file fails
-    before training starts rather than deep inside it. `facts` (the model's `ModelFacts`)
-    saves building them again."""
+             facts=None, dtype=None) -> None:
+    """Run the model's own data checks now (support, dtypes, ranges, every use of an integer
+    value, ...: `dgmlang.data.prepare_data`), with `source` leading the message (for a .csv
+    file, positions are its lines and column names), so a bad file
+    fails before training starts rather than deep inside it. `facts` (the model's
+    `ModelFacts`) saves building them again; `dtype` is the float dtype the model computes in
+    (``model.model.dtype``), float32 by default."""
     from dgmlang.data import prepare_data
 
+    def csv_position(var: Variable, index: tuple[int, ...]) -> str:
+        return _position(index, var, csv_lines=True)
+
+    locate = csv_position if Path(source).suffix.lower() == ".csv" else None
     try:
         prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
-                     mask=dict(mask) if mask else None, facts=facts)
+                     mask=dict(mask) if mask else None, facts=facts, dtype=dtype, locate=locate)
     except DGMDataError as err:
         raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
 

@@ -234,3 +234,91 @@ def test_missing_class_labels_become_a_mask(tmp_path):
     assert values["c"].dtype == np.int64 and values["c"].tolist() == [2, 0]
     assert masks["c"].tolist() == [True, False]
     validate(GMM, values, "d.csv", purpose="invert", allow_missing=True, mask=masks)
+
+
+# ---------------------------------------------------------------- issue 11: BOMs, ranges, edges
+
+EDGES = ir_of("""
+model edges {
+    input  n : int
+    data   k[2]
+    data   g
+    data   p[3]
+    k ~ Binomial(n, 0.5)
+    g ~ Gamma(2, 1)
+    p ~ Dirichlet(ones(3) * 2)
+}""")
+EDGE_HEADER = "n,k[0],k[1],g,p[0],p[1],p[2]\n"
+EDGE_ROW = "3,1,2,1.5,0.2,0.3,0.5\n"
+
+
+def read_and_validate(path, ir=EDGES, **options):
+    arrays = read_data(path, ir, **options)
+    validate(ir, arrays, str(path), purpose="fit")
+    return arrays
+
+
+def test_a_utf8_bom_before_the_header_is_not_part_of_a_name(tmp_path):
+    (tmp_path / "d.csv").write_bytes(("\ufeff" + EDGE_HEADER + EDGE_ROW).encode("utf-8"))
+    arrays = read_and_validate(tmp_path / "d.csv")
+    assert arrays["n"].tolist() == [3] and arrays["g"].tolist() == [1.5]
+    (tmp_path / "e.csv").write_bytes(("\ufeffN" + EDGE_HEADER[1:] + EDGE_ROW).encode("utf-8"))
+    with pytest.raises(DGMDataError) as err:
+        read_data(tmp_path / "e.csv", EDGES)
+    assert "\ufeff" not in str(err.value) and "did you mean 'N'?" in str(err.value)
+
+
+@pytest.mark.parametrize("cell, says", [
+    ("inf", "holds inf, not a finite number"),
+    ("-inf", "holds -inf, not a finite number"),
+    ("1e19", "holds 1e+19, beyond the whole numbers an int64 holds"),
+    ("-9.3e18", "holds -9.3e+18, beyond the whole numbers an int64 holds"),
+    ("2.5", "holds 2.5, not a whole number"),
+])
+def test_an_int_column_that_int64_cannot_hold_is_refused_not_wrapped(tmp_path, cell, says):
+    write(tmp_path / "d.csv", EDGE_HEADER + EDGE_ROW + cell + EDGE_ROW[1:])
+    with pytest.raises(DGMDataError) as err:
+        read_data(tmp_path / "d.csv", EDGES)
+    assert str(err.value).startswith(f"{tmp_path / 'd.csv'}: row 1 (line 3), column 'n' {says}"), str(err.value)
+
+
+def test_the_largest_int64_column_value_is_kept_exactly(tmp_path):
+    write(tmp_path / "d.csv", "n,k[0],k[1],g,p[0],p[1],p[2]\n4611686018427387904,1,2,1.5,0.2,0.3,0.5\n")
+    assert read_data(tmp_path / "d.csv", EDGES)["n"].tolist() == [2 ** 62]
+
+
+def test_infinite_cells_are_refused_with_file_row_and_column(tmp_path):
+    write(tmp_path / "d.csv", EDGE_HEADER + EDGE_ROW + "3,1,2,Infinity,0.2,0.3,0.5\n")
+    with pytest.raises(DGMDataError, match=r"d.csv: row 1 \(line 3\), column 'g' holds inf, not a finite"):
+        read_data(tmp_path / "d.csv", EDGES)
+    np.savez(tmp_path / "d.npz", n=np.array([3]), k=np.array([[1, 2]]), g=np.array([1.5]),
+             p=np.array([[0.2, np.inf, 0.5]]))
+    with pytest.raises(DGMDataError, match=r"d.npz: row 0, column 'p\[1\]' holds inf"):
+        read_data(tmp_path / "d.npz", EDGES)
+
+
+@pytest.mark.parametrize("row, says", [
+    ("3,1,2,1e300,0.2,0.3,0.5", "data variable 'g' (Gamma): row 1 (line 3), column 'g' holds 1e+300, "
+                                 "beyond the range of float32"),
+    ("3,1,2,0,0.2,0.3,0.5", "data variable 'g' (Gamma): row 1 (line 3), column 'g' holds 0, outside its support"),
+    ("3,1,2,1.5,0,0.5,0.5", "data variable 'p' (Dirichlet): row 1 (line 3), columns 'p[0]' to 'p[2]' "
+                             "holds [0.0, 0.5, 0.5], outside its support"),
+    ("2,1,3,1.5,0.2,0.3,0.5", "data variable 'k' (Binomial): row 1 (line 3), column 'k[1]' holds 3, "
+                               "more than its total_count (input 'n' holds 2 in row 1)"),
+])
+def test_validate_names_the_csv_file_line_and_column(tmp_path, row, says):
+    write(tmp_path / "d.csv", EDGE_HEADER + EDGE_ROW + row + "\n")
+    with pytest.raises(DGMDataError) as err:
+        read_and_validate(tmp_path / "d.csv")
+    assert str(err.value).startswith(f"{tmp_path / 'd.csv'}: {says}"), str(err.value)
+
+
+def test_validate_checks_against_the_model_dtype(tmp_path):
+    import torch
+
+    np.savez(tmp_path / "d.npz", n=np.array([3]), k=np.array([[1, 2]]), g=np.array([1e5]),
+             p=np.array([[0.2, 0.3, 0.5]]))
+    arrays = read_data(tmp_path / "d.npz", EDGES)
+    validate(EDGES, arrays, "d.npz", purpose="fit")
+    with pytest.raises(DGMDataError, match=r"^d.npz: data variable 'g' \(Gamma\): row 0 holds 100000, beyond the range of float16"):
+        validate(EDGES, arrays, "d.npz", purpose="fit", dtype=torch.float16)
