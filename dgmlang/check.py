@@ -50,6 +50,8 @@ from dgmlang.check_errors import (
     unknown_name,
 )
 from dgmlang.check_exprs import ExpressionChecker
+from dgmlang import check_limits
+from dgmlang import limits
 from dgmlang.check_ranges import leaves, value_fits
 from dgmlang.check_shape_errors import (
     bad_const,
@@ -73,7 +75,7 @@ from dgmlang.check_shape_errors import (
 )
 from dgmlang.check_shapes import Shape, flat_size, fmt_shape, negate, to_float
 from dgmlang.check_spans import declared_span, head_span, position_of, source_text, walk_ast
-from dgmlang.check_values import NetInfo, Skip, Value, VarInfo, Want, merge_deps
+from dgmlang.check_values import NO_WANT, NetInfo, Skip, Value, VarInfo, Want, merge_deps
 from dgmlang.distributions import (
     ACTIVATIONS,
     BUILTINS,
@@ -194,9 +196,33 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
                 self.attempt(self.check_draw, stmt)
         self.check_lets(ordered_lets, waiting=True)
         self.check_completeness()
+        if not self.errors:
+            self.current = self.model.span
+            self.attempt(self.check_model_limits)
         if self.errors:
             return None
         return self.build()
+
+    def check_model_limits(self) -> None:
+        """A model with no random variable, and the guide networks' size: each may read up
+        to every data, input and latent value (a bound: the guide plan comes later)."""
+        randoms = [n for n, v in self.vars.items() if v.decl.role in ir.RANDOM_ROLES]
+        if not randoms:
+            raise check_limits.empty_model(self.model.name, self.model.name_span or self.model.span)
+        sizes = {n: flat_size(v.shape) for n, v in self.vars.items()
+                 if v.decl.role in ir.LOCAL_ROLES and v.shape is not None}
+        total = sum(sizes.values())
+        widest = max([h for net in self.nets for h in net.hidden[-1:]], default=0)
+        if any(net.kind == "deconv" for net in self.nets):
+            widest = max(widest, 256)
+        for name, info in self.vars.items():
+            if info.decl.role != "latent" or info.shape is None:
+                continue
+            hidden = info.guide.hidden if info.guide is not None and info.guide.hidden else None
+            first = hidden[0] if hidden else max(widest, 64)
+            rest = (hidden or (first,)) + (sizes[name],)
+            count = (total - sizes[name]) * first + first + check_limits.mlp_parameters(rest)
+            check_limits.check_network(name, count, info.decl.name_span, guide=True)
 
     def build(self) -> ir.ModelIR:
         variables = []
@@ -297,6 +323,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
                 info.guide, info.family_span = self.guide_options(decl.guide)
         info.type = self.random_type(decl) if decl.role in ir.RANDOM_ROLES else declared_type
         if not failed:
+            check_limits.check_elements(tuple(dims), f"'{decl.name}'", decl.name_span)
             info.shape = tuple(dims)
 
     def random_type(self, decl: ast.Decl) -> str:
@@ -337,10 +364,17 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
             items = value if isinstance(value, tuple) else None
             if items is None or not all(isinstance(v, int) and v > 0 for v in items):
                 raise bad_size_list(option, expr.span)
+            for v in items:
+                check_limits.check_width(v, option, expr.span)
             return items
         if not isinstance(expr, ast.ListExpr) or (not expr.items and not allow_empty):
             raise bad_size_list(option, expr.span)
-        return tuple(self.const_int(item, f"a size in {option}", positive=True) for item in expr.items)
+        sizes = []
+        for item in expr.items:
+            size = self.const_int(item, f"a size in {option}", positive=True)
+            check_limits.check_width(size, option, item.span)
+            sizes.append(size)
+        return tuple(sizes)
 
     # -------------------------------------------------------------- constants
 
@@ -375,12 +409,14 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
             if not value_fits(value, decl.type):
                 raise const_type(name, decl.type, decl.value.span)
             info.type = decl.type
+        check_limits.check_numbers(value, decl.value.span)
         info.value, info.shape = value, shape
         return value
 
     def literal(self, expr: ast.Expr) -> tuple[object, Shape]:
         """A const's value: a number, a (rectangular) nested list, or another const."""
         if isinstance(expr, ast.Num):
+            check_limits.check_number(expr.value, expr.span)
             return expr.value, ()
         if isinstance(expr, ast.UnaryOp):
             value, shape = self.literal(expr.operand)
@@ -418,6 +454,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         """A compile-time integer: a number, an int const, or + - * of those."""
         if isinstance(expr, ast.Num):
             value = expr.value
+            check_limits.check_number(value, expr.span)
         elif isinstance(expr, ast.UnaryOp):
             value = -self.const_int(expr.operand, what, positive=False)
         elif isinstance(expr, ast.Name):
@@ -437,6 +474,8 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
             left = self.const_int(expr.left, what, positive=False)
             right = self.const_int(expr.right, what, positive=False)
             value = {"+": left + right, "-": left - right, "*": left * right}[expr.op]
+            if abs(value) > limits.MAX_INT:
+                raise check_limits.int_result_too_large(f"{left} {expr.op} {right}", expr.span)
         else:
             raise not_constant_int(what, f"'{source_text(expr)}' is not", expr.span)
         if not isinstance(value, int):
@@ -518,6 +557,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
             raise net_size_unknown(name, want.why, call.span)
         if kind == "deconv" and len(shape) != 3:
             raise deconv_not_image(shape, call.span)
+        self.check_net_size(name, kind, options, sizes, shape, call.span)
         if named is not None:
             if named.output_shape is None:
                 named.output_shape, named.input_sizes, named.first_call = shape, sizes, call.span
@@ -540,6 +580,19 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         return Value(expr, local=local, random=random, range=NET_RANGES[want.constraint])
 
     @staticmethod
+    def check_net_size(name, kind, options, sizes, shape, span) -> None:
+        """A network's weights within `limits.MAX_NETWORK_PARAMETERS`, and a deconv's layer
+        outputs within `limits.MAX_ELEMENTS` (values it computes per data point)."""
+        hidden = tuple(options.get("hidden", ()))
+        if kind == "deconv":
+            channels = tuple(options.get("channels", ()))
+            count, widest = check_limits.deconv_parameters(sum(sizes), hidden, channels, shape)
+            check_limits.check_elements((widest,), f"a layer of network '{name}'", span)
+        else:
+            count = check_limits.mlp_parameters((sum(sizes), *hidden, flat_size(shape)))
+        check_limits.check_network(name, count, span)
+
+    @staticmethod
     def make_net(name, kind, options, sizes, shape, span, anonymous) -> ir.Net:
         return ir.Net(
             name,
@@ -553,6 +606,15 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
             anonymous=anonymous,
             span=span,
         )
+
+    def expr(self, e: ast.Expr, want: Want = NO_WANT) -> Value:
+        """`ExpressionChecker.expr` within the limits: a written number in int64 or float32,
+        and every value it computes of at most `limits.MAX_ELEMENTS` entries."""
+        if isinstance(e, ast.Num):
+            check_limits.check_number(e.value, e.span)
+        value = super().expr(e, want)
+        check_limits.check_elements(value.shape, "this value", e.span)
+        return value
 
     def fixed_int(self, value: Value) -> int | None:
         """The integer a value always has (a literal or an int const), else None."""
@@ -582,8 +644,8 @@ def _arithmetic(op: str, left, right, span: Span | None):
         elif op == "/":
             result = left / right
         else:
-            if isinstance(right, int) and abs(right) > 1024:
-                left, right = float(left), float(right)  # no thousand-digit integers
+            if isinstance(left, int) and isinstance(right, int) and check_limits.int_power_too_large(left, right):
+                raise check_limits.int_result_too_large(written, span)
             result = left**right
             if isinstance(result, complex):
                 raise ValueError
@@ -591,4 +653,6 @@ def _arithmetic(op: str, left, right, span: Span | None):
         raise bad_const(f"{written} has no finite value", span) from None
     if isinstance(result, float) and not math.isfinite(result):
         raise bad_const(f"{written} has no finite value", span)
+    if isinstance(result, int) and abs(result) > limits.MAX_INT:
+        raise check_limits.int_result_too_large(written, span)
     return result

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dgmlang import ast
+from dgmlang import check_limits
 from dgmlang import check_ranges as ranges
 from dgmlang import ir
 from dgmlang.check_errors import (
@@ -104,6 +105,9 @@ class DrawChecker:
             fixed = 1 if count is None else self.fixed_int(count)
             if fixed is not None:
                 self.bounds[d.target] = fixed + 1
+        classes = self.bounds.get(d.target)
+        if role == "latent" and classes is not None:  # enumerated: one value per class
+            check_limits.check_classes(classes, f"'{d.target}' ~ {spec.name}(...)", d.span)
 
     def check_arguments_quietly(self, call: ast.Call) -> None:
         """Check the arguments of a draw whose target failed, for their own errors."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 
 from dgmlang import ast
+from dgmlang import check_limits
 from dgmlang import check_ranges as ranges
 from dgmlang import ir
 from dgmlang.check_constraints import builtin_range
@@ -346,6 +347,7 @@ class ExpressionChecker:
                 detail = f"'{e.args[0].name}' is real" if isinstance(e.args[0], ast.Name) else "this value is real"
                 raise onehot_not_int(detail, e.args[0].span)
             k = self.const_int(e.args[1], "onehot's number of classes", positive=True)
+            check_limits.check_classes(k, f"onehot(..., {k})", e.args[1].span)
             if y.bound is not None and y.bound > k:
                 raise bound_out_of_range(source_text(e.args[0]), y.bound, k, f"onehot(..., {k})", e.args[0].span)
             if y.bound is None and isinstance(e.args[0], ast.Name) and e.args[0].name in self.vars:

@@ -87,6 +87,11 @@ class DGMUsageError(DGMError):
     """A wrong argument to the Python API or the command line."""
 
 
+class DGMLimitError(DGMError):
+    """A model larger than a limit of `dgmlang.limits` (a size, a width, a number); the
+    message names the limit and how to raise it."""
+
+
 class DGMErrors(DGMError):
     """Several independent errors in one file, reported together (sorted by position)."""
 

@@ -518,3 +518,86 @@ def test_checking_does_not_import_torch():
     code = ("import sys, dgmlang.check, dgmlang.distributions; "
             "sys.exit('torch' in sys.modules or 'pyro' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---------------------------------------------------------------- limits (dgmlang.limits)
+
+
+def test_limits_refuse_before_anything_large_is_built():
+    import time
+
+    from dgmlang.errors import DGMLimitError
+
+    start = time.process_time()
+    cases = {
+        "data x[1000000000]\nx ~ Normal(0, 1)": (1, 6),
+        "data x\nlatent z[9223372036854775808]\nz ~ Normal(0, 1)\nx ~ Normal(sum(z), 1)": (2, 10),
+        "const A = 99999 ** 1000\ndata x\nx ~ Normal(A, 1)": (1, 11),
+        "data x\nx ~ Normal(0, 1e-320)": (2, 15),
+        "data x\nx ~ Normal(1e300, 1)": (2, 12),
+        "input y : int\ndata x[2]\nx ~ Normal(mlp(onehot(y, 1000000)), 1)": (3, 26),
+        "data x[2]\nlatent z\nz ~ Normal(0, 1)\nx ~ Normal(mlp(z, hidden = [100000000]), 1)": (4, 29),
+    }
+    for body, position in cases.items():
+        err = error(body)
+        assert isinstance(err, DGMLimitError), body
+        assert where(err) == position, body
+    # ten giant-power pairs: refused at once, without building a thousand-digit integer
+    text = "\n".join(f"const A{i} = 99999 ** 860\nconst B{i} = A{i} ** 1024" for i in range(10))
+    assert len(errors(text + "\ndata x\nx ~ Normal(0, 1)")) == 10
+    assert time.process_time() - start < 2
+
+
+def test_integer_arithmetic_stays_in_int64():
+    assert model("const A = 2 ** 62\ndata x\nx ~ Normal(0, 1)").variable("A").value == 2**62
+    assert isinstance(error("const A = 2 ** 63\ndata x\nx ~ Normal(0, 1)"), DGMError)
+    assert isinstance(error("const A = 3037000500 * 3037000500\ndata x\nx ~ Normal(0, 1)"), DGMError)
+    assert isinstance(error("const A = 1e30 * 1e30\ndata x\nx ~ Normal(A, 1)"), DGMError)
+    assert model("const A = 10.0 ** 30\ndata x\nx ~ Normal(A, 1)").variable("A").value == 1e30
+    # subnormal float32 numbers are representable; 0 is fine
+    model("data x\nx ~ Normal(0, 1e-40)")
+    model("data x\nx ~ Normal(0.0, 3e38)")
+
+
+def test_a_model_with_no_random_variable_is_refused():
+    for body in ["", "input y", "param p", "const C = 1"]:
+        err = error(body)
+        assert isinstance(err, DGMModelError) and "no random variable" in err.message
+    model("latent z\nz ~ Normal(0, 1)")  # nothing to fit, but it can be sampled
+
+
+def test_limits_are_raised_by_the_module_constants(monkeypatch):
+    from dgmlang import limits
+
+    body = "data x[2000, 1000]\nx ~ Normal(0, 1)"
+    assert "MAX_ELEMENTS" in error(body).hint
+    monkeypatch.setattr(limits, "MAX_ELEMENTS", 2_000_000)
+    assert model(body).variable("x").shape == (2000, 1000)
+    wide = "data x[2]\nlatent z\nz ~ Normal(0, 1)\nx ~ Normal(mlp(z, hidden = [20000]), 1)"
+    assert "MAX_WIDTH" in error(wide).hint
+    monkeypatch.setattr(limits, "MAX_WIDTH", 20000)
+    model(wide)
+    onehot = "input y : int\ndata x[2]\nx ~ Normal(mlp(onehot(y, 200000), hidden = [8]), 1)"
+    assert "MAX_CLASSES" in error(onehot).hint
+    monkeypatch.setattr(limits, "MAX_CLASSES", 200000)
+    model(onehot)
+    monkeypatch.setattr(limits, "MAX_NETWORK_PARAMETERS", 100)
+    err = error("data x[20]\nlatent z\nz ~ Normal(0, 1)\nx ~ Normal(mlp(z, hidden = [8]), 1)")
+    assert "MAX_NETWORK_PARAMETERS" in err.hint and "mlp_1" in err.message
+
+
+def test_limits_are_read_from_the_environment(monkeypatch):
+    import importlib
+
+    from dgmlang import limits
+
+    monkeypatch.setenv("DGM_MAX_ELEMENTS", "12345")
+    monkeypatch.setenv("DGM_MAX_WIDTH", "not a number")
+    try:
+        importlib.reload(limits)
+        assert limits.MAX_ELEMENTS == 12345 and limits.MAX_WIDTH == 2**14
+    finally:
+        monkeypatch.delenv("DGM_MAX_ELEMENTS")
+        monkeypatch.delenv("DGM_MAX_WIDTH")
+        importlib.reload(limits)
+    assert limits.MAX_ELEMENTS == 10**6
