@@ -22,6 +22,7 @@ from pyro import poutine
 from pyro.infer import infer_discrete
 
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs, support_of
+from dgmlang.errors import DGMDataError
 from dgmlang.gibbs import gibbs
 from dgmlang.nets import seeded
 from dgmlang import weights as importance
@@ -85,14 +86,18 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
 
 def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
-    in chunks of at most `CHUNK_CELLS` (particles x points)."""
+    in chunks of at most `CHUNK_CELLS` (particles x points). Never silently -inf: rows whose
+    estimate is not finite (data the checks accept but the model's density overflows at)
+    are a `DGMDataError` naming them, its ``rows`` attribute listing them counted from 0."""
     positive_int("num_samples", num_samples)
     check_importance_weighting(model, "log_prob")
-    dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts)
+    dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts,
+                           dtype=model.model.dtype)
     points = max(1, min(dataset.n, importance.CHUNK_CELLS // num_samples))
     particles = max(1, min(num_samples, importance.CHUNK_CELLS // points))
     result = []
     with seeded(seed), torch.no_grad():
+        rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
             batch = dataset.rows(slice(start, start + points)).values
             total = None
@@ -101,7 +106,27 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
                 lse = importance_weights(model, batch, particles=k).local.logsumexp(0)
                 total = lse if total is None else torch.logaddexp(total, lse)
             result.append(total - math.log(num_samples))
-    return torch.cat(result)
+        scores = torch.cat(result)
+        bad = ~torch.isfinite(scores)
+        if bool(bad.any()):  # never a silent -inf: name the rows (and the site, if one shows)
+            rows = bad.nonzero().flatten().tolist()
+            listed = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            values = sorted({"nan" if math.isnan(v) else ("-inf" if v < 0 else "inf")
+                             for v in scores[bad].tolist()})
+            from dgmlang.diagnose import explain_failure  # only on failure
+
+            why = explain_failure(model, dataset.rows(torch.tensor(rows[:100])).values,
+                                  rows=rows[:100], rng_state=rng_state)
+            err = DGMDataError(
+                f"log_prob: the log-likelihood of row{'s' if len(rows) > 1 else ''} {listed} "
+                f"is {' or '.join(values)}" + (f" ({why})" if why else ""),
+                hint="these rows passed the data checks, but the model's log-density is not "
+                     "finite at them: look at their values (a magnitude like 1e20 overflows "
+                     "float32 inside a density, e.g. in (x - loc)**2)",
+            )
+            err.rows = rows  # type: ignore[attr-defined] - for callers that renumber rows
+            raise err
+    return scores
 
 
 # ------------------------------------------------------------------ invert

@@ -472,3 +472,76 @@ def test_the_compiled_model_takes_the_checked_models_facts_and_the_graph_is_buil
     assert m.roles.data == ("x",) and m.roles.guide_locals == ("y", "z")
 
 
+
+
+# ---------------------------------------------------------------- issue 11: data beyond the model
+
+POSITIVE = """
+model positive {
+    data   g[2]
+    latent z
+    z ~ Normal(0, 1)
+    g ~ Gamma(2, exp(z))
+}
+"""
+
+
+def entry_call(m, entry, data):
+    if entry == "fit":
+        return m.fit(data, steps=1, progress=False)
+    return getattr(m, entry)(data, num_samples=2)
+
+
+@pytest.mark.parametrize("entry", ["fit", "log_prob", "invert"])
+def test_values_beyond_float32_are_refused_naming_variable_row_and_column(entry):
+    import numpy as np
+
+    m = dgmlang.compile(TINY)
+    data = {"x": np.array([[0.0, 1.0], [1e300, 0.0]])}
+    with pytest.raises(DGMDataError, match=r"data variable 'x' \(Normal\): row 1, column 0 holds 1e\+300, "
+                                           r"beyond the range of float32"):
+        entry_call(m, entry, data)
+    assert not m.fitted
+
+
+def test_sample_refuses_inputs_beyond_float32():
+    m = dgmlang.compile(LINREG)
+    inputs = {name: torch.full((2, *m.ir.variable(name).shape), 1e300, dtype=torch.float64)
+              for name in m.ir.names("input")}
+    with pytest.raises(DGMDataError, match="row 0.* holds 1e\\+300, beyond the range of float32"):
+        m.sample(2, inputs)
+
+
+@pytest.mark.parametrize("entry", ["fit", "log_prob", "invert"])
+def test_gamma_data_at_zero_is_refused_before_it_scores_minus_inf(entry):
+    m = dgmlang.compile(POSITIVE)
+    entry_call(m, entry, {"g": torch.tensor([[1.0, 2.0], [0.5, 0.1]])})
+    with pytest.raises(DGMDataError, match=r"data variable 'g' \(Gamma\): row 1, column 1 holds 0, "
+                                           r"outside its support\n    hint: expected a number > 0"):
+        entry_call(m, entry, {"g": torch.tensor([[1.0, 2.0], [0.5, 0.0]])})
+
+
+def test_binomial_count_above_its_input_total_count_is_named_in_invert_with_missing_entries():
+    m = dgmlang.compile(COUNTS)
+    nan = float("nan")
+    base = {"n": torch.tensor([4, 2]), "j": torch.tensor([0, 2])}
+    # a missing entry is not compared; an observed one in the same row is
+    m.invert({**base, "k": torch.tensor([[4.0, 0.0], [nan, 2.0]])}, num_samples=2)
+    with pytest.raises(DGMDataError, match=r"data variable 'k' \(Binomial\): row 1, column 1 holds 3, more "
+                                           r"than its total_count \(input 'n' holds 2 in row 1\)"):
+        m.invert({**base, "k": torch.tensor([[4.0, 0.0], [nan, 3.0]])}, num_samples=2)
+    with pytest.raises(DGMDataError, match="row 1, column 1 holds 3, more than its total_count"):
+        m.invert({**base, "k": torch.tensor([[4.0, 0.0], [1.0, 3.0]])},
+                 mask={"k": torch.tensor([[True, True], [False, True]])}, num_samples=2)
+
+
+def test_log_prob_is_never_silently_minus_inf():
+    m = dgmlang.compile(MEAN)
+    scores = m.log_prob(torch.tensor([0.0, 1e3]), num_samples=4)
+    assert torch.isfinite(scores).all()
+    with pytest.raises(DGMDataError) as info:
+        m.log_prob(torch.tensor([0.0, 1e20, 2.0, -1e20]), num_samples=4)
+    text = str(info.value)
+    assert text.startswith("log_prob: the log-likelihood of rows 1, 3 is "), text
+    assert "log p of 'x' is not finite at data rows 1, 3" in text and "hint:" in text
+    assert info.value.rows == [1, 3]
