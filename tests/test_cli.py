@@ -522,3 +522,51 @@ def test_a_tampered_run_folder_is_a_clear_error(tiny_run, workdir, tmp_path, cap
     (run / "run.json").write_text("[1, 2]")
     assert dgm("score", run, "--data", workdir / "tiny.npz", "-o", tmp_path / "s.csv") == 1
     assert "is not readable JSON" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- issue 11: data files at the edges
+
+
+def tiny_csv(path: Path, *, y=("1", "2"), x00="0", bom=False) -> Path:
+    header = "y," + ",".join(f"x[{i}]" for i in range(16))
+    rows = [f"{y[0]}," + ",".join(["1"] * 16), f"{y[1]},{x00}," + ",".join(["2"] * 15)]
+    path.write_bytes((("\ufeff" if bom else "") + "\n".join([header, *rows]) + "\n").encode("utf-8"))
+    return path
+
+
+def test_score_reads_a_csv_whose_header_starts_with_a_bom(tiny_run, tmp_path, capsys):
+    data = tiny_csv(tmp_path / "bom.csv", bom=True)
+    assert dgm("score", tiny_run, "--data", data, "-o", tmp_path / "s.csv", "-q") == 0
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 3
+    assert "\ufeff" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("y, x00, says", [
+    (("1", "inf"), "0", "row 1 (line 3), column 'y' holds inf, not a finite number"),
+    (("1", "1e19"), "0", "row 1 (line 3), column 'y' holds 1e+19, beyond the whole numbers an int64 holds"),
+    (("1", "2"), "1e300", "data variable 'x' (Binomial): row 1 (line 3), column 'x[0]' holds 1e+300, "
+                          "beyond the range of float32"),
+])
+def test_score_and_invert_refuse_values_a_csv_cannot_mean_with_file_row_and_column(tiny_run, tmp_path, capsys,
+                                                                                    y, x00, says):
+    data = tiny_csv(tmp_path / "bad.csv", y=y, x00=x00)
+    for command in ("score", "invert"):
+        out = tmp_path / f"{command}.csv"
+        assert dgm(command, tiny_run, "--data", data, "-o", out, "-q") == 1
+        err = capsys.readouterr().err
+        assert f"{data}: {says}" in err and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def test_score_never_writes_minus_inf_rows(workdir, tmp_path, capsys):
+    (tmp_path / "m.dgm").write_text("model m {\n    data x\n    latent z\n    z ~ Normal(0, 1)\n"
+                                    "    x ~ Normal(z, 1)\n}\n")
+    (tmp_path / "train.csv").write_text("x\n0.5\n-0.25\n1.0\n")
+    run = tmp_path / "run"
+    assert dgm("fit", tmp_path / "m.dgm", "--data", tmp_path / "train.csv", "--steps", 2, "--out", run, "-q") == 0
+    (tmp_path / "far.csv").write_text("x\n0.5\n1e20\n")
+    capsys.readouterr()
+    assert dgm("score", run, "--data", tmp_path / "far.csv", "-o", tmp_path / "s.csv", "-q") == 1
+    err = capsys.readouterr().err
+    assert "the log-likelihood of row 1 is" in err and "Traceback" not in err, err
+    assert not (tmp_path / "s.csv").exists()
