@@ -532,8 +532,11 @@ def _convert(ir: ModelIR, var: Variable, value: Any, *, allow_missing: bool,
         index = _first(~ok)
         if support.event_rank:
             shown = f"{original[index].tolist()}"
-        else:  # as given (1e-50 is 0 in float32, and is shown as 1e-50)
+        else:  # as given, and as converted when that moved it (1 - 1e-9 is 1 in float32)
             shown = _shown(original[index])
+            if original.is_floating_point() and float(original[index]) != float(tensor[index]):
+                name = str(tensor.dtype).replace("torch.", "")
+                shown = f"{float(original[index])!r} ({_shown(tensor[index])} in {name})"
         hint = f"expected {support.description}"
         dist = ir.draw(var.name).dist if var.role == "data" else None
         if dist in _EDGE_HINTS and bool(getattr(pyro_dist, dist).support.check(checkable)[index]):

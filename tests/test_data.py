@@ -427,8 +427,9 @@ def test_support_edges_where_the_density_is_infinite_are_refused():
     text = edge_error(d=torch.tensor([[1 / 3] * 3, [0.0, 0.5, 0.5]]))
     assert "data variable 'd' (Dirichlet): row 1 holds [0.0, 0.5, 0.5], outside its support" in text
     assert "numbers > 0 summing to 1" in text
-    # a value that float32 rounds to the edge is shown as given
-    assert "row 1 holds 1e-50, outside its support" in edge_error(g=np.array([1.0, 1e-50]))
+    # a value that float32 rounds to the edge is shown as given and as converted
+    assert "row 1 holds 1e-50 (0 in float32), outside its support" in edge_error(g=np.array([1.0, 1e-50]))
+    assert "row 1 holds 0.999999999 (1 in float32)" in edge_error(b=np.array([0.5, 1 - 1e-9]))
     # edges where torch's log-density is finite stay allowed
     zero_ok = {"e": torch.tensor([0.0, 1.0]), "h": torch.tensor([0.0, 1.0]),
                "cb": torch.tensor([0.0, 1.0])}
