@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
+import pyro
 from pyro import poutine
 from pyro.infer import infer_discrete
 
@@ -96,16 +97,27 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
     points = max(1, min(dataset.n, importance.CHUNK_CELLS // num_samples))
     particles = max(1, min(num_samples, importance.CHUNK_CELLS // points))
     result = []
+
+    def estimate(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for done in range(0, num_samples, particles):
+            k = min(particles, num_samples - done)
+            lse = importance_weights(model, batch, particles=k).local.logsumexp(0)
+            total = lse if total is None else torch.logaddexp(total, lse)
+        return total - math.log(num_samples)
+
     with seeded(seed), torch.no_grad():
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
             batch = dataset.rows(slice(start, start + points)).values
-            total = None
-            for done in range(0, num_samples, particles):
-                k = min(particles, num_samples - done)
-                lse = importance_weights(model, batch, particles=k).local.logsumexp(0)
-                total = lse if total is None else torch.logaddexp(total, lse)
-            result.append(total - math.log(num_samples))
+            try:
+                result.append(estimate(batch))
+            except ValueError:  # a distribution's argument checks: an overflow at some rows?
+                with pyro.validation_enabled(False):
+                    again = estimate(batch)
+                if bool(torch.isfinite(again).all()):
+                    raise
+                result.append(again)  # the non-finite rows are named below
         scores = torch.cat(result)
         bad = ~torch.isfinite(scores)
         if bool(bad.any()):  # never a silent -inf: name the rows (and the site, if one shows)

@@ -545,3 +545,20 @@ def test_log_prob_is_never_silently_minus_inf():
     assert text.startswith("log_prob: the log-likelihood of rows 1, 3 is "), text
     assert "log p of 'x' is not finite at data rows 1, 3" in text and "hint:" in text
     assert info.value.rows == [1, 3]
+
+
+def test_log_prob_names_the_rows_where_a_distribution_argument_overflows():
+    import numpy as np
+
+    m = dgmlang.compile("""
+model scaled {
+    input  s : positive
+    data   g
+    latent z
+    z ~ Normal(0, 1)
+    g ~ Gamma(2, exp(z) * s)
+}""")
+    assert torch.isfinite(m.log_prob({"s": np.ones(3), "g": np.ones(3)}, num_samples=4)).all()
+    with pytest.raises(DGMDataError) as info:
+        m.log_prob({"s": np.array([1.0, 1e19, 1.0]), "g": np.ones(3)}, num_samples=4)
+    assert str(info.value).startswith("log_prob: the log-likelihood of row 1 is ") and info.value.rows == [1]
