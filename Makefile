@@ -23,5 +23,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	DGM_SLOW=1 $(PY) -m pytest -m slow
 
+# The CLI fuzzer of tests/test_cli_fuzz.py at CI size (make test runs 300 of these cases).
+.PHONY: test-cli-fuzz
+test-cli-fuzz: $(STAMP)
+	DGM_CLI_FUZZ_CASES=$${DGM_CLI_FUZZ_CASES:-2000} $(PY) -m pytest tests/test_cli_fuzz.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -47,6 +47,12 @@ def open_run(run: Path):
     from dgmlang.frontend import load_fitted
 
     run = Path(run)
+    try:
+        run.stat()
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:  # a name too long, a loop of symlinks, ...
+        raise DGMUsageError(f"cannot read {str(run)[:200]}: {getattr(err, 'strerror', None) or err}") from None
     if run.is_dir():
         checkpoint = run / CHECKPOINT
         if not checkpoint.is_file():
