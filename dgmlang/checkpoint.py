@@ -344,6 +344,12 @@ def _json_type(value: Any) -> str:
     return "null"
 
 
+#: The dtypes a state may hold (what a model's parameters and buffers can be).
+_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                     torch.complex64, torch.complex128, torch.bool, torch.uint8, torch.int8,
+                     torch.int16, torch.int32, torch.int64))
+
+
 def _state(path: Path, name: str, state: Any) -> dict[str, torch.Tensor]:
     """A state dict: str -> dense, finite tensor."""
     if not isinstance(state, dict):
@@ -352,11 +358,12 @@ def _state(path: Path, name: str, state: Any) -> dict[str, torch.Tensor]:
         if not isinstance(key, str) or not isinstance(tensor, torch.Tensor):
             raise DGMCheckpointError(f"{path} is damaged: '{name}' is not a dict of tensors "
                                      f"(entry {str(key)[:80]!r})")
-        if tensor.layout != torch.strided or tensor.is_quantized:
-            raise DGMCheckpointError(f"{path} is damaged: {name} '{key}' is a {tensor.layout} tensor")
+        if tensor.layout != torch.strided or tensor.is_quantized or tensor.dtype not in _DTYPES:
+            raise DGMCheckpointError(f"{path} is damaged: {name} '{key[:80]}' is a "
+                                     f"{tensor.layout} {tensor.dtype} tensor")
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
             raise DGMCheckpointError(
-                f"{path}: parameter '{key}' ({name}) holds non-finite values (NaN or infinity)",
+                f"{path}: parameter '{key[:80]}' ({name}) holds non-finite values (NaN or infinity)",
                 hint="a model whose training diverged cannot be loaded; fit it again",
             )
     return dict(state)
