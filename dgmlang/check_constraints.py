@@ -4,6 +4,7 @@ enforces"): a constrained argument must be shown to satisfy its constraint, log,
 from __future__ import annotations
 
 from dgmlang import ast
+from dgmlang import check_limits
 from dgmlang import check_ranges as ranges
 from dgmlang import ir
 from dgmlang.check_errors import bounds_not_ordered, outside_domain
@@ -94,7 +95,8 @@ class ConstraintChecker:
     def written_number(self, expr) -> float | None:
         """The number an expression is written as: a literal, maybe negated, or a scalar const."""
         if isinstance(expr, ast.Num):
-            return expr.value
+            # a number beyond the limits is reported where it is checked; it shows nothing
+            return expr.value if check_limits.fits_number(expr.value) else None
         if isinstance(expr, ast.UnaryOp):
             inner = self.written_number(expr.operand)
             return None if inner is None else -inner

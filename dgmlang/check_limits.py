@@ -68,6 +68,15 @@ def check_number(value, span: Span | None) -> None:
         raise number_out_of_range(value, span)
 
 
+def fits_number(value) -> bool:
+    """Whether `check_number` accepts `value`."""
+    try:
+        check_number(value, None)
+    except DGMLimitError:
+        return False
+    return True
+
+
 def check_numbers(value, span: Span | None) -> None:
     """`check_number` on every entry of a number or nested tuple of numbers."""
     stack = [value]

@@ -61,7 +61,16 @@ class Range:
         return replace(self, simplex=False) if self.simplex else self
 
 
+def _float(x) -> float:
+    """A number as a float (an integer too large for one is infinite)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return INF if x > 0 else -INF
+
+
 def _range(low: float, high: float, low_open: bool, high_open: bool, simplex: bool = False) -> Range:
+    low, high = _float(low), _float(high)  # an integer too large for a float is infinite
     return Range(low, high, low_open or math.isinf(low), high_open or math.isinf(high), simplex)
 
 
@@ -101,14 +110,6 @@ def value_fits(value, constraint: str) -> bool:
             return all(value_fits(v, "simplex") for v in value)
         return all(v >= 0 for v in value) and abs(sum(value) - 1) < 1e-6
     return True
-
-
-def _float(x) -> float:
-    """A number as a float (an integer too large for one is infinite)."""
-    try:
-        return float(x)
-    except OverflowError:
-        return INF if x > 0 else -INF
 
 
 def literal(value) -> Range:

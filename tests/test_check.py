@@ -601,3 +601,12 @@ def test_limits_are_read_from_the_environment(monkeypatch):
         monkeypatch.delenv("DGM_MAX_WIDTH")
         importlib.reload(limits)
     assert limits.MAX_ELEMENTS == 10**6
+
+
+def test_numbers_beyond_the_limits_never_reach_the_range_arithmetic():
+    huge = "9" * 400
+    for body in [
+        f"data x\nlatent s\ns ~ Uniform(1, {huge})\nlet a = 4 * (s - 1)\nx ~ Normal(a, 1)",
+        f"data x\nlatent s\ns ~ Uniform(0, 1)\nx ~ Uniform(s, s + {huge})",
+    ]:
+        assert "64-bit" in error(body).message
