@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow test-fuzz venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ test-slow: $(STAMP)
 .PHONY: test-cli-fuzz
 test-cli-fuzz: $(STAMP)
 	DGM_CLI_FUZZ_CASES=$${DGM_CLI_FUZZ_CASES:-2000} $(PY) -m pytest tests/test_cli_fuzz.py
+
+# The mutation fuzzer at CI size (tests/fuzzing/mutate.py): DGM_FUZZ_MUTANTS mutants compiled,
+# DGM_FUZZ_RUNS of the accepted ones run.
+DGM_FUZZ_MUTANTS ?= 10000
+DGM_FUZZ_RUNS    ?= 300
+test-fuzz: $(STAMP)
+	DGM_FUZZ_MUTANTS=$(DGM_FUZZ_MUTANTS) DGM_FUZZ_RUNS=$(DGM_FUZZ_RUNS) \
+	  $(PY) -m pytest -p no:cacheprovider -rxs tests/test_mutation_fuzz.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The mutation fuzzer of model text (`tests/fuzzing/mutate.py`)."""
