@@ -570,3 +570,12 @@ def test_score_never_writes_minus_inf_rows(workdir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the log-likelihood of row 1 is" in err and "Traceback" not in err, err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_invert_with_none_of_the_models_data_variables_is_a_clear_error(workdir, tmp_path, capsys):
+    run = workdir / "runs" / "ppca_none"
+    assert dgm("fit", workdir / "ppca.dgm", "--data", workdir / "ppca.npz", "--steps", 1, "--no-score",
+               "--out", run, "-q") == 0
+    np.savez(tmp_path / "other.npz", z=np.zeros(3))
+    assert dgm("invert", run, "--data", tmp_path / "other.npz", "-o", tmp_path / "o.csv") == 1
+    assert "other.npz holds none of the model's data variables (x)" in capsys.readouterr().err

@@ -70,6 +70,10 @@ class Known:
 
 
 KNOWN: list[Known] = [
+    Known("dgmlang/datafiles.py, read_table",
+          r"in read_table\n(?:.*\n)*?OSError: \[Errno 36\] File name too long",
+          "a --data/--validation/--truth/--inputs/--mask name over 255 bytes: Path.exists() raises "
+          "ENAMETOOLONG (e.g. dgm score RUN --data <300 x 'e'> -o s.csv)"),
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from dgmlang.cli.runs import open_run
 from dgmlang.cli.shared import (CHUNK_ROWS, check_budget, output_paths, per_variable_paths, progress_bar,
                                 row_values, say, to_numpy, value_range, write_atomic)
-from dgmlang.errors import DGMUsageError
+from dgmlang.errors import DGMDataError, DGMUsageError
 
 
 def cmd_invert(args) -> int:
@@ -23,6 +23,9 @@ def cmd_invert(args) -> int:
             output_paths(per_variable_paths(out, data_names))
     arrays = read_data(args.data, ir, optional=data_names, allow_missing=True)
     values, masks = split_missing(ir, arrays)
+    if not values:  # a model without inputs, and a file holding none of its data variables
+        raise DGMDataError(f"{args.data} holds none of the model's data variables ({', '.join(data_names)})",
+                           hint="invert needs at least one of them, even if it is missing everywhere (NaN)")
     if args.mask:
         given = read_mask(args.mask, ir, {k: values[k].shape for k in data_names if k in values})
         for name, mask in given.items():
