@@ -390,10 +390,11 @@ def read_mask(spec: str | Path, ir: ModelIR, shapes: Mapping[str, tuple[int, ...
     for name, mask in masks.items():
         if mask.dtype != np.bool_:
             if not np.isin(mask, (0, 1)).all():
-                bad = mask.reshape(mask.shape[0], -1)
-                row = int(np.argwhere(~np.isin(bad, (0, 1)))[0, 0])
+                index = np.argwhere(~np.isin(mask, (0, 1)))[0]
+                where = _position(index, ir.variable(name), csv_lines=table.columns)
                 raise DGMDataError(f"{table.source}: the mask for '{name}' holds values other than 0/1 "
-                                   f"(row {row})", hint="a mask holds True/1 where observed, False/0 where missing")
+                                   f"({where} holds {mask[tuple(index)]:g})",
+                                   hint="a mask holds True/1 where observed, False/0 where missing")
             mask = mask.astype(bool)
         if mask.shape != tuple(shapes[name]):
             raise DGMDataError(f"{table.source}: the mask for '{name}' has shape {mask.shape} but the data "

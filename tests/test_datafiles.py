@@ -217,7 +217,7 @@ def test_masks_in_every_format(tmp_path):
 
 def test_bad_masks(tmp_path):
     np.save(tmp_path / "m.npy", np.array([[1, 0, 2, 1]]))
-    with pytest.raises(DGMDataError, match="holds values other than 0/1 \\(row 0\\)"):
+    with pytest.raises(DGMDataError, match=r"holds values other than 0/1 \(row 0, column 'x\[2\]' holds 2\)"):
         read_mask(tmp_path / "m.npy", CVAE, {"x": (1, 4)})
     np.save(tmp_path / "n.npy", np.ones((3, 4), dtype=bool))
     with pytest.raises(DGMDataError, match="the mask for 'x' has shape \\(3, 4\\) but the data has \\(1, 4\\)"):
@@ -322,3 +322,11 @@ def test_validate_checks_against_the_model_dtype(tmp_path):
     validate(EDGES, arrays, "d.npz", purpose="fit")
     with pytest.raises(DGMDataError, match=r"^d.npz: data variable 'g' \(Gamma\): row 0 holds 100000, beyond the range of float16"):
         validate(EDGES, arrays, "d.npz", purpose="fit", dtype=torch.float16)
+
+
+def test_a_bad_mask_cell_is_named_by_file_line_and_column(tmp_path):
+    write(tmp_path / "m.csv", "x[0],x[1],x[2],x[3]\n1,0,1,1\n0,0,0.5,0\n")
+    with pytest.raises(DGMDataError) as err:
+        read_mask(tmp_path / "m.csv", CVAE, {"x": (2, 4)})
+    assert str(err.value).startswith(f"{tmp_path / 'm.csv'}: the mask for 'x' holds values other than 0/1 "
+                                     "(row 1 (line 3), column 'x[2]' holds 0.5)"), str(err.value)
