@@ -202,7 +202,8 @@ def _read_csv(path: Path) -> Table:
             try:
                 values[r - 2, c] = float(cell)
             except ValueError:
-                raise DGMDataError(f"{path}: line {r}, column '{header[c]}' holds {cell!r}, not a number") from None
+                raise DGMDataError(f"{path}: row {r - 2} (line {r}), column '{header[c]}' holds {cell!r}, "
+                                   f"not a number") from None
     return Table(str(path), {h: values[:, i] for i, h in enumerate(header)}, columns=True)
 
 

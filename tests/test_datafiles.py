@@ -146,7 +146,7 @@ def test_rows_that_differ_between_variables_are_refused(tmp_path):
     ("", "the file is empty"),
     ("1,2,3,4,5\n", "the first row holds numbers, not column names"),
     ("x[0],x[1],x[2],x[3],y\n1,2,3\n", "line 2 has 3 cells but the header has 5"),
-    ("x[0],x[1],x[2],x[3],y\n1,2,three,4,5\n", "line 2, column 'x\\[2\\]' holds 'three', not a number"),
+    ("x[0],x[1],x[2],x[3],y\n1,2,three,4,5\n", "row 0 \\(line 2\\), column 'x\\[2\\]' holds 'three', not a number"),
     ("x[0],x[0],x[2],x[3],y\n", "the column 'x\\[0\\]' appears twice"),
 ])
 def test_malformed_csv(tmp_path, content, message):
