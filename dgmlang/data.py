@@ -665,11 +665,11 @@ def _mask_tensor(var: Variable, mask: Any) -> torch.Tensor:
 
 
 def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
-                   facts: ModelFacts | None = None,
-                   dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+                   facts: ModelFacts | None = None, dtype: torch.dtype | None = None,
+                   locate: Locate | None = None) -> dict[str, torch.Tensor]:
     """Check the `input` variables for drawing `n` samples, as `prepare_data` checks them
     (every use of an integer value included); a value shaped like one data point (a scalar
-    for a scalar input) is repeated for all n. `dtype` as in `prepare_data`.
+    for a scalar input) is repeated for all n. `dtype` and `locate` as in `prepare_data`.
 
     >>> from dgmlang.ir import ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("y", "input", (), type="int"),), ())
@@ -699,5 +699,6 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
             raise DGMDataError(f"input '{name}' has {tensor.shape[0]} rows but {n} samples were asked for",
                                hint="give one row per sample, or one value for all")
         values[name], _ = _convert(ir, var, tensor, allow_missing=False, observed=None,
-                                   facts=facts, rules=rules, dtype=dtype)
+                                   facts=facts, rules=rules, dtype=dtype,
+                                   locate=locate if locate is not None else _locate_index)
     return values

@@ -436,15 +436,36 @@ def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purp
     (``model.model.dtype``), float32 by default."""
     from dgmlang.data import prepare_data
 
+    try:
+        prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
+                     mask=dict(mask) if mask else None, facts=facts, dtype=dtype,
+                     locate=_file_positions(source))
+    except DGMDataError as err:
+        raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
+
+
+def validate_inputs(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, n: int, *,
+                    facts=None, dtype=None) -> None:
+    """`validate` for the inputs of `sample` read from a file (`dgmlang.data.prepare_inputs`
+    for `n` samples), with `source` leading the message."""
+    from dgmlang.data import prepare_inputs
+
+    try:
+        prepare_inputs(ir, dict(arrays), n, facts=facts, dtype=dtype, locate=_file_positions(source))
+    except DGMDataError as err:
+        raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
+
+
+def _file_positions(source: str):
+    """How `validate` writes a position: a .csv file's lines and column names; None (the
+    default, ``row 3, column 1``) for other files."""
+    if Path(source).suffix.lower() != ".csv":
+        return None
+
     def csv_position(var: Variable, index: tuple[int, ...]) -> str:
         return _position(index, var, csv_lines=True)
 
-    locate = csv_position if Path(source).suffix.lower() == ".csv" else None
-    try:
-        prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
-                     mask=dict(mask) if mask else None, facts=facts, dtype=dtype, locate=locate)
-    except DGMDataError as err:
-        raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
+    return csv_position
 
 
 def write_csv(path: str | Path, arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> Path:

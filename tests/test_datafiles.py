@@ -330,3 +330,16 @@ def test_a_bad_mask_cell_is_named_by_file_line_and_column(tmp_path):
         read_mask(tmp_path / "m.csv", CVAE, {"x": (2, 4)})
     assert str(err.value).startswith(f"{tmp_path / 'm.csv'}: the mask for 'x' holds values other than 0/1 "
                                      "(row 1 (line 3), column 'x[2]' holds 0.5)"), str(err.value)
+
+
+def test_inputs_read_for_sample_are_validated_with_the_file_named(tmp_path):
+    from dgmlang.datafiles import validate_inputs
+
+    write(tmp_path / "in.csv", "n\n3\n-1\n")
+    arrays = read_data(tmp_path / "in.csv", EDGES, names=["n"])
+    with pytest.raises(DGMDataError) as err:
+        validate_inputs(EDGES, arrays, str(tmp_path / "in.csv"), 2)
+    assert str(err.value).startswith(f"{tmp_path / 'in.csv'}: input 'n' (int): row 1 (line 3), column 'n' holds -1, "
+                                     "but it is the total_count"), str(err.value)
+    write(tmp_path / "ok.csv", "n\n3\n2\n")
+    validate_inputs(EDGES, read_data(tmp_path / "ok.csv", EDGES, names=["n"]), "ok.csv", 2)
