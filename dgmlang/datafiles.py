@@ -110,6 +110,12 @@ def read_table(spec: str | Path) -> Table:
     text = str(spec)
     path = Path(text)
     dataset, _, split = text.partition(":")
+    try:
+        path.exists()
+    except OSError as err:  # a name over 255 bytes, ...: ENAMETOOLONG is not "absent" to exists()
+        shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+        raise DGMUsageError(f"no such data file: {shown} ({err.strerror or err})",
+                            hint="check the path") from None
     if not path.exists() and dataset in BUILTIN_DATASETS:
         return _builtin(dataset, split or "train", text)
     suffix = path.suffix.lower()
@@ -142,7 +148,10 @@ def read_table(spec: str | Path) -> Table:
             raise DGMDataError(f"{text} holds Python objects, not numbers",
                                hint="save plain numeric arrays (refusing to unpickle)") from None
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise DGMDataError(f"{text} is not a readable {suffix} file ({err})",
+                           hint="save it as UTF-8 text") from None
+    except (OSError, EOFError, zipfile.BadZipFile, csv.Error) as err:  # csv: a cell over 128 KiB
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})".splitlines()[0]) from None
 
 

@@ -343,3 +343,22 @@ def test_inputs_read_for_sample_are_validated_with_the_file_named(tmp_path):
                                      "but it is the total_count"), str(err.value)
     write(tmp_path / "ok.csv", "n\n3\n2\n")
     validate_inputs(EDGES, read_data(tmp_path / "ok.csv", EDGES, names=["n"]), "ok.csv", 2)
+
+
+def test_a_file_name_too_long_for_the_system_is_a_usage_error(tmp_path):
+    long = tmp_path / ("e" * 300 + ".csv")
+    with pytest.raises(DGMUsageError, match=r"no such data file: .*\.\.\. \(\d+ characters\) \(File name too long\)"):
+        read_data(long, IMAGE)
+    with pytest.raises(DGMUsageError, match="File name too long"):
+        read_mask(long, CVAE, {"x": (1, 4)})
+
+
+@pytest.mark.parametrize("content, says", [
+    (b'x[0],x[1],x[2],x[3],y\n"' + b"1" * 200_000 + b'",1,1,1,1\n', "field larger than field limit"),
+    ("x[0],x[1],x[2],x[3],y\n1,1,\xe9,1,1\n".encode("latin-1"), "'utf-8' codec can't decode"),
+    ("x[0],x[1],x[2],x[3],y\n1,1,1,1,1\n".encode("utf-16"), "'utf-8' codec can't decode"),
+])
+def test_unreadable_csv_text_is_a_data_error(tmp_path, content, says):
+    (tmp_path / "d.csv").write_bytes(content)
+    with pytest.raises(DGMDataError, match=f"d.csv is not a readable .csv file .*{says}"):
+        read_data(tmp_path / "d.csv", CVAE)
