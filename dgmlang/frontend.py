@@ -138,7 +138,9 @@ def load_fitted(path: str | Path) -> "CompiledModel":
 
     Nothing is allocated for the model before its text passes the checker and the saved
     tensors' names, shapes and dtypes match those of the model built on the meta device
-    (no memory): a checkpoint cannot make this allocate more than the tensors it holds."""
+    (no memory): a checkpoint cannot make this allocate more than the tensors it holds.
+    (A `flow` guide cannot be built there; such a model is compared after the real build,
+    which the checker's limits bound.)"""
     from dgmlang import checkpoint
     from dgmlang.errors import DGMCheckpointError
 
