@@ -15,7 +15,7 @@ import torch
 import dgmlang
 from dgmlang import gibbs
 from dgmlang.data import support_of
-from dgmlang.errors import DGMError
+from dgmlang.errors import DGMError, DGMUsageError
 from dgmlang.frontend import check_source, compile_checked
 
 SEED = int(os.environ.get("DGM_CORRECTNESS_SEED", "0"))
@@ -71,6 +71,13 @@ def test_every_model_compiles_fits_samples_scores_and_inverts(name, monkeypatch)
     data = {**inputs, **{d: drawn[d] for d in m.ir.names("data")}}
     losses = m.fit(data, steps=3, batch_size=4, seed=SEED, progress=False)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    if any(v.guide is not None and v.guide.family == "delta" for v in m.ir.variables):
+        # a point estimate has no density: importance-weighted queries refuse it
+        with pytest.raises(DGMUsageError, match="delta guide"):
+            m.log_prob(data, num_samples=8, seed=SEED)
+        with pytest.raises(DGMUsageError, match="delta guide"):
+            m.invert(data, num_samples=3, seed=SEED)
+        return
     assert torch.isfinite(m.log_prob(data, num_samples=8, seed=SEED)).all()
     out = m.invert(data, num_samples=3, seed=SEED)
     for latent in m.ir.names("latent"):
