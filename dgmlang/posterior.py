@@ -49,7 +49,7 @@ def sample(model: Any, n: int, inputs: Mapping[str, Any] | None = None, *,
     `inputs` holds every input variable, ``(n, *shape)`` or one value for all n.
     """
     positive_int("n", n)
-    given_inputs = prepare_inputs(model.ir, inputs, n, facts=model.facts)
+    given_inputs = prepare_inputs(model.ir, inputs, n, facts=model.facts, dtype=model.model.dtype)
     with seeded(seed), torch.no_grad():
         pyro_model = model.model
         if model.roles.globals and model.fitted:
@@ -152,7 +152,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     positive_int("num_samples", num_samples)
     check_importance_weighting(model, "invert")
     dataset = prepare_data(model.ir, data, purpose="invert", allow_missing=True, mask=mask,
-                           facts=model.facts)
+                           facts=model.facts, dtype=model.model.dtype)
     with seeded(seed), torch.no_grad():
         globals_ = guide_globals(model, num_samples)
         complete = torch.ones(dataset.n, dtype=torch.bool)
@@ -164,7 +164,12 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                 continue
             part = dataset.rows(rows)
             sampler = resample if bool(complete[rows[0]]) else gibbs
-            pieces.append((rows, sampler(model, part, globals_, num_samples)))
+            try:
+                pieces.append((rows, sampler(model, part, globals_, num_samples)))
+            except DGMDataError as err:
+                if getattr(err, "rows", None) is None:
+                    raise
+                raise _bad_rows("invert", [int(rows[i]) for i in err.rows]) from None
     out: dict[str, torch.Tensor] = {}
     for name in model.roles.data + model.roles.latents:
         first = pieces[0][1][name]
@@ -195,8 +200,17 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
         batch = part.rows(slice(start, start + points)).values
         rows = next(iter(batch.values())).shape[0]
         given = {g: v.repeat_interleave(per_group, 0).unsqueeze(1) for g, v in globals_.items()}
-        weights = importance_weights(model, batch, particles=particles, given=given)
+        try:
+            weights = importance_weights(model, batch, particles=particles, given=given)
+        except ValueError:  # a distribution's argument checks: an overflow at some rows?
+            with pyro.validation_enabled(False):
+                weights = importance_weights(model, batch, particles=particles, given=given)
         log_w = weights.local.reshape(groups, per_group, rows).permute(0, 2, 1)
+        usable = torch.isfinite(log_w).any(-1).all(0) & ~torch.isnan(log_w).any(-1).any(0)
+        if not bool(usable.all()):  # no proposal to resample at these points
+            err = DGMDataError("invert: some rows have no finite importance weight")
+            err.rows = [start + i for i in (~usable).nonzero().flatten().tolist()]  # type: ignore[attr-defined]
+            raise err
         if globals_:  # one kept proposal per draw of the globals: (draws, rows)
             index = torch.distributions.Categorical(logits=log_w).sample()
             index = index + per_group * torch.arange(groups).unsqueeze(1)
@@ -225,3 +239,18 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[
     rows = next(iter(batch.values())).shape[0]
     return {name: trace.nodes[name]["value"].expand(draws, rows)
             for name in model.roles.model_enumerated}
+
+
+def _bad_rows(what: str, rows: list[int]) -> DGMDataError:
+    """The error for data rows at which the model's density is not finite (they passed the
+    data checks), its ``rows`` attribute listing them counted from 0."""
+    listed = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+    err = DGMDataError(
+        f"{what}: the model's density is not finite at row{'s' if len(rows) > 1 else ''} "
+        f"{listed}, so no posterior draw can be weighted there",
+        hint="these rows passed the data checks, but the model's log-density is not finite at "
+             "them: look at their values (a magnitude like 1e20 overflows float32 inside a "
+             "density, e.g. in (x - loc)**2)",
+    )
+    err.rows = rows  # type: ignore[attr-defined] - for callers that renumber rows
+    return err

@@ -58,10 +58,12 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or math.isinf(lr):
         raise DGMUsageError(f"lr must be a positive number, not {lr!r}")
     loss_fn = model.objective(objective, num_particles)
-    dataset = prepare_data(model.ir, data, purpose="fit", facts=model.facts)
+    dataset = prepare_data(model.ir, data, purpose="fit", facts=model.facts,
+                           dtype=model.model.dtype)
     held_out = None
     if validation is not None:
-        held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts)
+        held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts,
+                                dtype=model.model.dtype)
 
     n = dataset.n
     rows_per_step = min(batch_size, n)

@@ -33,3 +33,13 @@ def test_the_same_model_with_a_density_is_scored():
     m = dgmlang.compile(DELTA.replace(" guide(family = delta)", ""))
     data = {"x": torch.randn(6)}
     assert torch.isfinite(m.log_prob(data, num_samples=4, seed=0)).all()
+
+
+def test_invert_names_the_rows_no_posterior_draw_can_be_weighted_at():
+    # 1e20 passes the data checks (float32 holds it) but its square overflows in the density
+    m = dgmlang.compile(DELTA.replace(" guide(family = delta)", ""))
+    x = torch.zeros(5)
+    x[3] = 1e20
+    with pytest.raises(dgmlang.errors.DGMDataError, match="not finite at row 3,") as err:
+        m.invert({"x": x}, num_samples=3, seed=0)
+    assert err.value.rows == [3]
