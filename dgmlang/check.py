@@ -154,6 +154,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         self.pending_bounds: list[tuple[str, int, str, Span | None]] = []
         self.draw_irs: dict[int, ir.Draw] = {}
         self.unknown_targets = False
+        self.net_weights: dict[str, int] = {}  # network -> its weights (dgmlang.limits)
 
     def report(self, err: DGMError) -> None:
         self.errors.append(err)
@@ -209,6 +210,14 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         randoms = [n for n, v in self.vars.items() if v.decl.role in ir.RANDOM_ROLES]
         if not randoms:
             raise check_limits.empty_model(self.model.name, self.model.name_span or self.model.span)
+        held = [(position_of(net.span), self.net_weights.get(net.name, 0), f"network '{net.name}'", net.span)
+                for net in self.nets]
+        held += [(position_of(v.decl.span), flat_size(v.shape), f"'{n}'", v.decl.name_span)
+                 for n, v in self.vars.items() if v.decl.role in ("param", "global") and v.shape is not None]
+        total = 0
+        for _, weights, what, span in sorted(held, key=lambda h: h[0]):
+            total += weights
+            check_limits.check_total_weights(total, what, span)
         sizes = {n: flat_size(v.shape) for n, v in self.vars.items()
                  if v.decl.role in ir.LOCAL_ROLES and v.shape is not None}
         total = sum(sizes.values())
@@ -579,9 +588,8 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         expr = ir.NetCall(name, tuple(a.expr for a in args), shape, want.constraint, span=call.span)
         return Value(expr, local=local, random=random, range=NET_RANGES[want.constraint])
 
-    @staticmethod
-    def check_net_size(name, kind, options, sizes, shape, span) -> None:
-        """A network's weights within `limits.MAX_NETWORK_PARAMETERS`, and a deconv's layer
+    def check_net_size(self, name, kind, options, sizes, shape, span) -> None:
+        """A network's weights within `limits.MAX_PARAMETERS`, and a deconv's layer
         outputs within `limits.MAX_ELEMENTS` (values it computes per data point)."""
         hidden = tuple(options.get("hidden", ()))
         if kind == "deconv":
@@ -591,6 +599,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         else:
             count = check_limits.mlp_parameters((sum(sizes), *hidden, flat_size(shape)))
         check_limits.check_network(name, count, span)
+        self.net_weights[name] = count
 
     @staticmethod
     def make_net(name, kind, options, sizes, shape, span, anonymous) -> ir.Net:

@@ -165,14 +165,25 @@ def deconv_parameters(in_size: int, hidden: tuple[int, ...], channels: tuple[int
 
 
 def check_network(name: str, count: int, span: Span | None, guide: bool = False) -> None:
-    if count > limits.MAX_NETWORK_PARAMETERS:
+    if count > limits.MAX_PARAMETERS:
         what = f"the guide network of '{name}' may have" if guide else f"network '{name}' has"
         raise DGMLimitError(
-            f"{what} {count} weights; the limit is {limits.MAX_NETWORK_PARAMETERS}",
+            f"{what} {count} weights; the limit is {limits.MAX_PARAMETERS}",
             span,
             hint=("it may read every data, input and latent value; give it smaller sizes with "
                   "`guide(hidden = [...])`, or " if guide else "")
-            + _raise_hint("MAX_NETWORK_PARAMETERS", count),
+            + _raise_hint("MAX_PARAMETERS", count),
+        )
+
+
+def check_total_weights(total: int, what: str, span: Span | None) -> None:
+    """The model's networks and params together within `limits.MAX_PARAMETERS`."""
+    if total > limits.MAX_PARAMETERS:
+        raise DGMLimitError(
+            f"with {what}, the model's networks and params have {total} weights together; "
+            f"the limit is {limits.MAX_PARAMETERS}",
+            span,
+            hint=_raise_hint("MAX_PARAMETERS", total),
         )
 
 

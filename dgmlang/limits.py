@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["MAX_ELEMENTS", "MAX_WIDTH", "MAX_CLASSES", "MAX_NETWORK_PARAMETERS", "MAX_INT",
+__all__ = ["MAX_ELEMENTS", "MAX_WIDTH", "MAX_CLASSES", "MAX_PARAMETERS", "MAX_INT",
            "FLOAT32_MAX", "FLOAT32_TINY"]
 
 
@@ -45,9 +45,10 @@ MAX_WIDTH = _from_env("DGM_MAX_WIDTH", 2**14)
 #: (`Categorical` with K classes, `Binomial(n, ...)` with n + 1). Env: DGM_MAX_CLASSES.
 MAX_CLASSES = _from_env("DGM_MAX_CLASSES", 10**5)
 
-#: The most weights one network of the model may have (what its layers' sizes imply).
-#: Env: DGM_MAX_NETWORK_PARAMETERS.
-MAX_NETWORK_PARAMETERS = _from_env("DGM_MAX_NETWORK_PARAMETERS", 10**8)
+#: The most weights a model may hold: its networks and params together, and, separately, the
+#: guide network of each latent (bounded as if it read every data, input and latent value).
+#: Env: DGM_MAX_PARAMETERS.
+MAX_PARAMETERS = _from_env("DGM_MAX_PARAMETERS", 10**8)
 
 #: The largest integer a model may hold (int64); not a setting.
 MAX_INT = 2**63 - 1

@@ -581,9 +581,9 @@ def test_limits_are_raised_by_the_module_constants(monkeypatch):
     assert "MAX_CLASSES" in error(onehot).hint
     monkeypatch.setattr(limits, "MAX_CLASSES", 200000)
     model(onehot)
-    monkeypatch.setattr(limits, "MAX_NETWORK_PARAMETERS", 100)
+    monkeypatch.setattr(limits, "MAX_PARAMETERS", 100)
     err = error("data x[20]\nlatent z\nz ~ Normal(0, 1)\nx ~ Normal(mlp(z, hidden = [8]), 1)")
-    assert "MAX_NETWORK_PARAMETERS" in err.hint and "mlp_1" in err.message
+    assert "MAX_PARAMETERS" in err.hint and "mlp_1" in err.message
 
 
 def test_limits_are_read_from_the_environment(monkeypatch):
