@@ -48,7 +48,7 @@ MAX_CLASSES = _from_env("DGM_MAX_CLASSES", 10**5)
 #: The most weights a model may hold: its networks and params together, and, separately, the
 #: guide network of each latent (bounded as if it read every data, input and latent value).
 #: Env: DGM_MAX_PARAMETERS.
-MAX_PARAMETERS = _from_env("DGM_MAX_PARAMETERS", 10**8)
+MAX_PARAMETERS = _from_env("DGM_MAX_PARAMETERS", 5 * 10**7)
 
 #: The largest integer a model may hold (int64); not a setting.
 MAX_INT = 2**63 - 1
