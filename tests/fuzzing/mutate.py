@@ -267,39 +267,43 @@ def compile_all(text: str) -> list:
     return [dgmlang.compile(text, model=m.ir.name) for m in models]
 
 
-def run_model(m) -> None:
-    """fit(steps=2), sample, log_prob and invert on 4 rows simulated from the model."""
+def run_model(m, progress: Callable[[str], None] = lambda step: None) -> None:
+    """fit(steps=2), sample, log_prob and invert on 4 rows simulated from the model;
+    `progress` is told each step's name before it starts."""
     from dgmlang.errors import DGMError
     from dgmlang.testing import simulate
 
+    progress("simulate")
     sim = simulate(m, ROWS, seed=0)
     inputs = {k: v for k, v in sim.data.items() if k in m.ir.names("input")}
     steps = [
-        lambda: m.fit(sim.data, steps=STEPS, batch_size=ROWS, progress=False, seed=0),
-        lambda: m.sample(SAMPLES, inputs={k: v[:1].expand(SAMPLES, *v.shape[1:])
-                                          for k, v in inputs.items()} if inputs else None, seed=0),
-        lambda: m.log_prob(sim.data, num_samples=SAMPLES, seed=0),
-        lambda: m.invert(sim.data, num_samples=SAMPLES, seed=0),
+        ("fit", lambda: m.fit(sim.data, steps=STEPS, batch_size=ROWS, progress=False, seed=0)),
+        ("sample", lambda: m.sample(SAMPLES, inputs={k: v[:1].expand(SAMPLES, *v.shape[1:])
+                                          for k, v in inputs.items()} if inputs else None, seed=0)),
+        ("log_prob", lambda: m.log_prob(sim.data, num_samples=SAMPLES, seed=0)),
+        ("invert", lambda: m.invert(sim.data, num_samples=SAMPLES, seed=0)),
     ]
-    for step in steps:  # each on its own: a DGMError from one (a refusal) skips no other
+    for name, step in steps:  # each on its own: a DGMError from one (a refusal) skips no other
+        progress(name)
         try:
             step()
         except DGMError:
             pass
 
 
-def _one_case(stage: str, text: str):
+def _one_case(stage: str, text: str, progress: Callable[[str], None] = lambda step: None):
     """('rejected'|'accepted'|'ran', None) or ('escape', (type, frame, traceback))."""
     import traceback
 
     from dgmlang.errors import DGMError
 
     try:
+        progress("compile")
         models = compile_all(text)
         if stage == "check":
             return "accepted", None
         for m in models:
-            run_model(m)
+            run_model(m, progress)
         return "ran", None
     except DGMError:
         return ("rejected" if stage == "check" else "ran"), None
@@ -337,7 +341,7 @@ def _worker(conn) -> None:
         # A runaway case is stopped by the kernel (SIGXCPU) a little after its budget.
         limit = int(used + budget) + 2
         resource.setrlimit(resource.RLIMIT_CPU, (limit, hard))
-        outcome, detail = _one_case(stage, text)
+        outcome, detail = _one_case(stage, text, lambda step: conn.send(("step", step)))
         cpu = time.process_time() - used
         conn.send((outcome, detail, cpu))
 
@@ -421,11 +425,17 @@ class Worker:
         self.process = None
 
     def case(self, stage: str, text: str, budget: float, wall: float):
-        """(outcome, detail, cpu); outcome 'dead' when the process died or ran past `wall`."""
+        """(outcome, detail, cpu); outcome 'dead' when the process died or ran past `wall`,
+        with the step it was in as detail."""
+        self.step = "compile"
+        deadline = time.monotonic() + wall
         try:
             self.conn.send((stage, text, budget))
-            if self.conn.poll(wall):
-                return self.conn.recv()
+            while self.conn.poll(max(0.0, deadline - time.monotonic())):
+                message = self.conn.recv()
+                if message[0] != "step":
+                    return message
+                self.step = message[1]
         except (EOFError, BrokenPipeError, ConnectionResetError):
             pass
         if self.process.is_alive():
@@ -433,7 +443,7 @@ class Worker:
         self.process.join()
         code = self.process.exitcode
         self.start()
-        return "dead", code, budget
+        return "dead", (code, self.step), budget
 
 
 def fuzz(n_mutants: int, n_runs: int, *, seed: int = 0, check_cpu: float = CHECK_CPU_S,
@@ -479,8 +489,10 @@ def _failure(stage, outcome, detail, cpu, budget, mutant) -> Failure | None:
         exception, frame, tb = detail
         return Failure(stage, "escape", mutant, exception, frame, tb, cpu)
     if outcome == "dead":
-        kind = "slow" if detail in (-24, None) else "crash"  # -24: SIGXCPU
-        return Failure(stage, kind, mutant, "", "", f"worker process ended (exit code {detail})", cpu)
+        code, step = detail
+        kind = "slow" if code in (-24, None) else "crash"  # -24: SIGXCPU
+        return Failure(stage, kind, mutant, "", f"step {step}",
+                       f"worker process ended in step {step} (exit code {code})", cpu)
     if cpu > budget:
         return Failure(stage, "slow", mutant, "", "", f"{cpu:.1f} s of CPU, over {budget} s", cpu)
     return None
