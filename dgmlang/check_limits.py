@@ -4,7 +4,7 @@ located `DGMLimitError` naming the limit and how to raise it, before anything is
 
 >>> print(number_out_of_range(1e300, None))
 1e+300 is not a float32 number (the model computes in float32, whose largest is 3.4028235e+38)
-    hint: a model's numbers lie between 1.4e-45 and 3.4e38 in size (or are 0)
+    hint: a model's numbers lie between 1.2e-38 and 3.4e38 in size (or are 0)
 """
 from __future__ import annotations
 
@@ -26,12 +26,14 @@ def _raise_hint(name: str, needed: int) -> str:
 
 
 def fits_float32(value: float) -> bool:
-    """Whether `value` is a float32 number: finite there, and not a nonzero that rounds to 0."""
+    """Whether `value` is a normal float32 number or 0: finite there, and not a nonzero
+    smaller than float32's smallest normal number (which would round to 0 or to a
+    subnormal that keeps few of its digits)."""
     try:
         rounded = struct.unpack("f", struct.pack("f", value))[0]
     except OverflowError:
         return False
-    return math.isfinite(rounded) and (rounded != 0 or value == 0)
+    return math.isfinite(rounded) and (value == 0 or abs(value) >= limits.FLOAT32_TINY)
 
 
 def number_out_of_range(value, span: Span | None) -> DGMError:
@@ -44,9 +46,10 @@ def number_out_of_range(value, span: Span | None) -> DGMError:
     return DGMLimitError(
         f"{value!r} is not a float32 number (the model computes in float32, whose largest is "
         f"3.4028235e+38)" if abs(value) > 1 else
-        f"{value!r} is not a float32 number (the model computes in float32, where it rounds to 0)",
+        f"{value!r} is not a float32 number (the model computes in float32, whose smallest "
+        f"normal number is 1.1754944e-38)",
         span,
-        hint="a model's numbers lie between 1.4e-45 and 3.4e38 in size (or are 0)",
+        hint="a model's numbers lie between 1.2e-38 and 3.4e38 in size (or are 0)",
     )
 
 

@@ -14,7 +14,7 @@ The checker reads the module's value each time it checks a model.
 Two bounds are fixed by the numbers the model computes with, not by choice: an integer
 constant (and every step of a const's arithmetic) lies in the 64-bit range, and every number
 written in a model is representable in float32, the dtype models run in (neither infinite
-there nor a nonzero number that rounds to 0).
+there nor a nonzero number below float32's smallest normal number, 1.2e-38).
 """
 from __future__ import annotations
 
@@ -53,6 +53,6 @@ MAX_PARAMETERS = _from_env("DGM_MAX_PARAMETERS", 5 * 10**7)
 #: The largest integer a model may hold (int64); not a setting.
 MAX_INT = 2**63 - 1
 
-#: The largest finite float32 and its smallest positive (subnormal) value; not settings.
+#: The largest finite float32 and its smallest positive normal value; not settings.
 FLOAT32_MAX = 3.4028234663852886e38
-FLOAT32_TINY = 1.401298464324817e-45
+FLOAT32_TINY = 1.1754943508222875e-38

@@ -554,9 +554,11 @@ def test_integer_arithmetic_stays_in_int64():
     assert isinstance(error("const A = 3037000500 * 3037000500\ndata x\nx ~ Normal(0, 1)"), DGMError)
     assert isinstance(error("const A = 1e30 * 1e30\ndata x\nx ~ Normal(A, 1)"), DGMError)
     assert model("const A = 10.0 ** 30\ndata x\nx ~ Normal(A, 1)").variable("A").value == 1e30
-    # subnormal float32 numbers are representable; 0 is fine
-    model("data x\nx ~ Normal(0, 1e-40)")
+    # float32's normal numbers and 0 are fine; a subnormal keeps too few digits
+    model("data x\nx ~ Normal(0, 1.2e-38)")
     model("data x\nx ~ Normal(0.0, 3e38)")
+    assert "float32" in error("data x\nx ~ Normal(0, 1e-40)").message
+    assert "float32" in error("const A = 1e-30 * 1e-30\ndata x\nx ~ Normal(0, A + 1)").message
 
 
 def test_a_model_with_no_random_variable_is_refused():
