@@ -151,7 +151,8 @@ def read_table(spec: str | Path) -> Table:
     except UnicodeDecodeError as err:
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})",
                            hint="save it as UTF-8 text") from None
-    except (OSError, EOFError, zipfile.BadZipFile, csv.Error) as err:  # csv: a cell over 128 KiB
+    except (OSError, EOFError, zipfile.BadZipFile, csv.Error, NotImplementedError) as err:
+        # csv: a cell over 128 KiB; NotImplementedError: a zip entry of an unknown compression
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})".splitlines()[0]) from None
 
 

@@ -205,7 +205,20 @@ def held_out_loss(loss_fn: Loss, held_out: Dataset, rows: int) -> float:
     with torch.no_grad():
         for start in range(0, held_out.n, rows):
             chunk = held_out.rows(slice(start, start + rows))
-            total += float(loss_fn(chunk.values, held_out.n)) * chunk.n / held_out.n
+            try:
+                value = float(loss_fn(chunk.values, held_out.n))
+            except ValueError as err:  # a distribution's argument checks
+                if "Expected parameter" not in str(err) and "Expected value" not in str(err):
+                    raise
+                value = math.nan
+            if not math.isfinite(value):
+                raise DGMTrainingError(
+                    f"training stopped: the validation loss is not finite at validation rows "
+                    f"{start}..{start + chunk.n - 1} (the last update moved the parameters to "
+                    "values the model's distributions cannot take)",
+                    hint="try a smaller lr, or check the validation data",
+                )
+            total += value * chunk.n / held_out.n
     return total / held_out.n
 
 

@@ -69,20 +69,7 @@ class Known:
     why: str
 
 
-KNOWN: list[Known] = [
-    Known("dgmlang/datafiles.py, read_table",
-          r"in read_table\n(?:.*\n)*?OSError: \[Errno 36\] File name too long",
-          "a --data/--validation/--truth/--inputs/--mask name over 255 bytes: Path.exists() raises "
-          "ENAMETOOLONG (e.g. dgm score RUN --data <300 x 'e'> -o s.csv)"),
-    Known("dgmlang/datafiles.py, read_table",
-          r"in read_table\n(?:.*\n)*?NotImplementedError: That compression method is not supported",
-          "an .npz whose zip header names an unknown compression method (a byte-flipped model.dgmfit given "
-          "as --data x.npz): zipfile's NotImplementedError escapes np.load's archive[key]"),
-    Known("dgmlang/training.py, held_out_loss",
-          r"in held_out_loss\n(?:.*\n)*?ValueError: Expected parameter",
-          "fit --lr 1e308 --validation DATA --epochs 1: the step's non-finite parameters reach the validation "
-          "loss (fastpath -> sites.family_distribution) as a raw ValueError instead of a DGMTrainingError"),
-]
+KNOWN: list[Known] = []
 
 
 # ---------------------------------------------------------------- the arena: files every case may use
