@@ -267,9 +267,9 @@ def compile_all(text: str) -> list:
     return [dgmlang.compile(text, model=m.ir.name) for m in models]
 
 
-def run_model(m, progress: Callable[[str], None] = lambda step: None) -> None:
+def run_model(m, progress: Callable[[str], None] = lambda step: None) -> list[str]:
     """fit(steps=2), sample, log_prob and invert on 4 rows simulated from the model;
-    `progress` is told each step's name before it starts."""
+    `progress` is told each step's name before it starts. The steps that raised a DGMError."""
     from dgmlang.errors import DGMError
     from dgmlang.testing import simulate
 
@@ -283,12 +283,14 @@ def run_model(m, progress: Callable[[str], None] = lambda step: None) -> None:
         ("log_prob", lambda: m.log_prob(sim.data, num_samples=SAMPLES, seed=0)),
         ("invert", lambda: m.invert(sim.data, num_samples=SAMPLES, seed=0)),
     ]
+    refused = []
     for name, step in steps:  # each on its own: a DGMError from one (a refusal) skips no other
         progress(name)
         try:
             step()
         except DGMError:
-            pass
+            refused.append(name)
+    return refused
 
 
 def _one_case(stage: str, text: str, progress: Callable[[str], None] = lambda step: None):
@@ -302,11 +304,10 @@ def _one_case(stage: str, text: str, progress: Callable[[str], None] = lambda st
         models = compile_all(text)
         if stage == "check":
             return "accepted", None
-        for m in models:
-            run_model(m, progress)
-        return "ran", None
+        refused = [step for m in models for step in run_model(m, progress)]
+        return "ran", refused
     except DGMError:
-        return ("rejected" if stage == "check" else "ran"), None
+        return ("rejected" if stage == "check" else "ran"), ["simulate"]
     except RecursionError as err:  # noqa: F841 - an escape like any other, but keep its text short
         return "escape", ("RecursionError", "?", "RecursionError: maximum recursion depth exceeded")
     except BaseException as err:  # noqa: BLE001 - every non-DGM exception is what we look for
@@ -375,6 +376,7 @@ class Figures:
     rejected: int = 0
     accepted: int = 0
     runs: int = 0
+    refusals: dict = dataclasses.field(default_factory=dict)  # run step -> runs it raised a DGMError in
     failures: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     restarts: int = 0
@@ -384,7 +386,7 @@ class Figures:
         for f in self.failures:
             by_sig.setdefault(f.signature, []).append(f)
         lines = [f"{self.mutants} mutants: {self.rejected} DGMError, {self.accepted} accepted; "
-                 f"{self.runs} runs; {len(self.failures)} failures in {len(by_sig)} signatures; "
+                 f"{self.runs} runs (DGMError by step: {self.refusals}); {len(self.failures)} failures in {len(by_sig)} signatures; "
                  f"{self.restarts} worker restarts; {self.seconds:.0f} s"]
         for sig, fs in by_sig.items():
             lines.append(f"  {len(fs)} x {sig}")
@@ -473,6 +475,9 @@ def fuzz(n_mutants: int, n_runs: int, *, seed: int = 0, check_cpu: float = CHECK
             figures.runs += 1
             outcome, detail, cpu = worker.case("run", mutant.text, run_cpu, 60 + 5 * run_cpu)
             failure = _failure("run", outcome, detail, cpu, run_cpu, mutant)
+            if outcome == "ran":
+                for step in detail:
+                    figures.refusals[step] = figures.refusals.get(step, 0) + 1
             if failure is not None:
                 figures.failures.append(failure)
                 if log:
