@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import functools
 import gc
-import hashlib
 import importlib.resources
 import math
 import os
@@ -43,6 +42,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lark import PostLex
 
 import dgmlang.ast as ast
+from dgmlang.grammar_cache import BUILD_OPTIONS, cache_file, cache_key, read_cache, write_cache
 from dgmlang.errors import DGMSyntaxError, did_you_mean
 from dgmlang.source import Source, Span
 
@@ -426,150 +426,23 @@ def grammar_text() -> str:
     return importlib.resources.files("dgmlang.grammar").joinpath("dgm.lark").read_text(encoding="utf-8")
 
 
-#: The parser's build options; `_parser` passes the run-time ones (transformer, postlex).
-_BUILD_OPTIONS = {"parser": "lalr", "lexer": "contextual", "maybe_placeholders": True}
-#: Names the layout of the grammar cache (the first line of the file holds it).
-_CACHE_LAYOUT = "dgmlang-grammar-cache-json-1"
-#: A cache file larger than this is not read (the real one is about 120 kB).
-_CACHE_MAX_BYTES = 16 * 2**20
-_TUPLE, _DICT = "\x00tuple", "\x00dict"
-
-
-def _cache_file(grammar: str) -> str | None:
-    """Where the analysed grammar is kept, so later start-ups skip the LALR analysis:
-    ``$XDG_CACHE_HOME/dgmlang`` (``~/.cache/dgmlang``), made private (0o700) when new.
-
-    None (no cache) when the folder cannot be made, or is not the current user's own, or
-    others may write to it. The cache is JSON read by `_read_cache` — never a pickle, so a
-    file planted there cannot run code — and only from a regular file of the current user's
-    that no one else may write.
-    """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(base, "dgmlang")
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        info = os.lstat(folder)
-    except OSError:
-        return None
-    import stat
-
-    if not stat.S_ISDIR(info.st_mode) or not _private(info):
-        return None
-    return os.path.join(folder, f"grammar-{_cache_key(grammar)[:16]}-lark{lark.__version__}.json.cache")
-
-
-def _private(info: os.stat_result) -> bool:
-    """Owned by the current user (where there are users) and writable by no one else."""
-    import stat
-
-    owner = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    return owner and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _cache_key(grammar: str) -> str:
-    """What the cached tables depend on: the grammar, the options, lark's version."""
-    text = "\n".join((_CACHE_LAYOUT, lark.__version__, repr(sorted(_BUILD_OPTIONS.items())), grammar))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _encode(value):
-    """lark's serialized parser (dicts with int keys, tuples) as JSON-able values."""
-    if isinstance(value, dict):
-        if all(type(k) is str and not k.startswith("\x00") for k in value):
-            return {k: _encode(v) for k, v in value.items()}
-        return {_DICT: [[_encode(k), _encode(v)] for k, v in value.items()]}
-    if isinstance(value, tuple):
-        return {_TUPLE: [_encode(v) for v in value]}
-    if isinstance(value, list):
-        return [_encode(v) for v in value]
-    if value is None or type(value) in (str, int, float, bool):
-        return value
-    raise TypeError(f"cannot cache a {type(value).__name__}")
-
-
-def _decode(obj: dict):
-    if len(obj) == 1:
-        if _TUPLE in obj:
-            return tuple(obj[_TUPLE])
-        if _DICT in obj:
-            return {k: v for k, v in obj[_DICT]}
-    return obj
-
-
-def _read_cache(path: str, key: str) -> dict | None:
-    """The cached parser data at `path`, or None: not there, not a regular file of the
-    current user's that only they may write, too big, made for another grammar, options or
-    lark, or damaged (its SHA-256 does not match)."""
-    import json
-    import stat
-
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        handle = os.open(path, flags)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(handle, "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode) or not _private(info) or info.st_size > _CACHE_MAX_BYTES:
-                return None
-            header = file.readline(512).decode("ascii").split()
-            body = file.read(_CACHE_MAX_BYTES)
-        if header != [_CACHE_LAYOUT, key, hashlib.sha256(body).hexdigest()]:
-            return None
-        cached = json.loads(body, object_hook=_decode)
-        return cached if isinstance(cached, dict) else None
-    except Exception:  # noqa: BLE001 - any unreadable cache is rebuilt
-        return None
-
-
-def _write_cache(path: str, key: str, parser: Lark) -> None:
-    """Keep `parser`'s tables at `path` (a private temporary file, then `os.replace`);
-    a cache that cannot be written is skipped."""
-    import json
-    import tempfile
-
-    from lark.grammar import Rule
-    from lark.lark import _LOAD_ALLOWED_OPTIONS
-    from lark.lexer import TerminalDef
-
-    data, memo = parser.memo_serialize([TerminalDef, Rule])
-    data["options"] = {n: v for n, v in data["options"].items() if n not in _LOAD_ALLOWED_OPTIONS}
-    try:
-        body = json.dumps(_encode({"data": data, "memo": memo}), separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError):
-        return
-    header = f"{_CACHE_LAYOUT} {key} {hashlib.sha256(body).hexdigest()}\n".encode("ascii")
-    try:
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(header + body)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-
-
 @functools.lru_cache(maxsize=None)
 def _parser() -> Lark:
-    """The parser, from the grammar cache when there is a good one (`_read_cache`), else
+    """The parser, from the grammar cache when there is a good one (`dgmlang.grammar_cache`), else
     built and cached. lark's own ``cache=`` is not used: it unpickles the file."""
     grammar = grammar_text()
     runtime = {"transformer": _Builder(), "postlex": _LineJoiner()}
-    path = _cache_file(grammar)
-    key = _cache_key(grammar)
-    cached = _read_cache(path, key) if path else None
+    path = cache_file(grammar)
+    key = cache_key(grammar)
+    cached = read_cache(path, key) if path else None
     if cached is not None:
         try:
             return Lark._load_from_dict(cached["data"], cached["memo"], **runtime)
         except Exception:  # noqa: BLE001 - a cache lark cannot load is rebuilt
             pass
-    parser = Lark(grammar, **_BUILD_OPTIONS, **runtime)
+    parser = Lark(grammar, **BUILD_OPTIONS, **runtime)
     if path:
-        _write_cache(path, key, parser)
+        write_cache(path, key, parser)
     return parser
 
 

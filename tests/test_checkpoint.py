@@ -257,7 +257,7 @@ def test_saved_text_that_does_not_check_is_a_checkpoint_error(saved):
 def test_a_planted_grammar_cache_is_never_unpickled(tmp_path):
     """A pickle that would touch a marker file when unpickled, planted under every name a
     dgmlang cache has had: parsing still works and the marker never appears."""
-    from dgmlang import parse as parse_module
+    from dgmlang import grammar_cache, parse as parse_module
 
     marker = tmp_path / "unpickled"
     home = tmp_path / "cache"
@@ -277,7 +277,7 @@ def test_a_planted_grammar_cache_is_never_unpickled(tmp_path):
     old_digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
     python = "%d%d" % sys.version_info[:2]
     names = [f"grammar-{old_digest}-lark{lark.__version__}-py{python}.cache",
-             f"grammar-{parse_module._cache_key(grammar)[:16]}-lark{lark.__version__}.json.cache"]
+             f"grammar-{grammar_cache.cache_key(grammar)[:16]}-lark{lark.__version__}.json.cache"]
     for name in names:
         (folder / name).write_bytes(b"planted\n" + planted + planted)
         (folder / name).chmod(0o600)
@@ -292,27 +292,27 @@ def test_a_planted_grammar_cache_is_never_unpickled(tmp_path):
 
 
 def test_a_cache_others_could_write_is_not_read(tmp_path, monkeypatch):
-    from dgmlang import parse as parse_module
+    from dgmlang import grammar_cache, parse as parse_module
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     grammar = parse_module.grammar_text()
-    path = parse_module._cache_file(grammar)
-    key = parse_module._cache_key(grammar)
-    parse_module._write_cache(path, key, parse_module._parser())
-    assert parse_module._read_cache(path, key) is not None
+    path = grammar_cache.cache_file(grammar)
+    key = grammar_cache.cache_key(grammar)
+    grammar_cache.write_cache(path, key, parse_module._parser())
+    assert grammar_cache.read_cache(path, key) is not None
     os.chmod(path, 0o620)  # group-writable
-    assert parse_module._read_cache(path, key) is None
+    assert grammar_cache.read_cache(path, key) is None
     os.chmod(path, 0o600)
     if hasattr(os, "getuid") and os.getuid() == 0:  # root can give the file to another user
         os.chown(path, 12345, -1)
-        assert parse_module._read_cache(path, key) is None
+        assert grammar_cache.read_cache(path, key) is None
         os.chown(path, 0, -1)
     with open(path, "ab") as file:  # damaged: the body's digest no longer matches
         file.write(b" ")
-    assert parse_module._read_cache(path, key) is None
+    assert grammar_cache.read_cache(path, key) is None
     os.chmod(tmp_path / "dgmlang", 0o777)  # a folder others may write: no cache at all
-    assert parse_module._cache_file(grammar) is None
+    assert grammar_cache.cache_file(grammar) is None
     os.chmod(tmp_path / "dgmlang", 0o700)
     link = tmp_path / "dgmlang" / "link.cache"
     link.symlink_to(path)
-    assert parse_module._read_cache(str(link), key) is None
+    assert grammar_cache.read_cache(str(link), key) is None
