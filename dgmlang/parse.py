@@ -36,7 +36,6 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, NamedTuple
 
-import lark
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lark import PostLex
