@@ -22,7 +22,8 @@ import pyro
 from pyro import poutine
 from pyro.infer import infer_discrete
 
-from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs, support_of
+from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
+from dgmlang.supports import support_of
 from dgmlang.errors import DGMDataError
 from dgmlang.gibbs import gibbs
 from dgmlang.nets import seeded

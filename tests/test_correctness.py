@@ -14,7 +14,7 @@ import torch
 
 import dgmlang
 from dgmlang import gibbs
-from dgmlang.data import support_of
+from dgmlang.supports import support_of
 from dgmlang.errors import DGMError, DGMUsageError
 from dgmlang.frontend import check_source, compile_checked
 

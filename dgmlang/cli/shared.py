@@ -152,7 +152,7 @@ def row_values(ir, roles: tuple[str, ...] = ("data", "latent", "input")) -> int:
 def value_range(ir, name: str) -> tuple[float | None, float | None]:
     """Bounds of a data variable's support (for a fixed grey scale), None where unbounded or
     where the bound depends on other variables."""
-    from dgmlang.data import support_of
+    from dgmlang.supports import support_of
 
     constraint = support_of(ir, ir.variable(name)).constraint
 
