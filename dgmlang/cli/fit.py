@@ -65,11 +65,11 @@ def cmd_fit(args) -> int:
     check_budget(f"--batch-size {args.batch_size} x --num-particles {args.num_particles}",
                  args.batch_size * args.num_particles * row_values(ir))
     data = read_data(args.data, ir)
-    validate(ir, data, str(args.data), purpose="fit")
+    validate(ir, data, str(args.data), purpose="fit", facts=checked.facts)
     validation = None
     if args.validation:
         validation = read_data(args.validation, ir)
-        validate(ir, validation, str(args.validation), purpose="validation")
+        validate(ir, validation, str(args.validation), purpose="validation", facts=checked.facts)
     prepare_run_folder(out, overwrite=args.overwrite)  # again: the folder may have changed meanwhile
     try:
         out.mkdir(parents=True, exist_ok=True)

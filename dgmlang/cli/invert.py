@@ -30,7 +30,8 @@ def cmd_invert(args) -> int:
         given = read_mask(args.mask, ir, {k: values[k].shape for k in data_names if k in values})
         for name, mask in given.items():
             masks[name] = mask & masks[name] if name in masks else mask
-    validate(ir, values, str(args.data), purpose="invert", allow_missing=True, mask=masks or None)
+    validate(ir, values, str(args.data), purpose="invert", allow_missing=True, mask=masks or None,
+             facts=model.facts, dtype=model.model.dtype)
     truth = None
     if args.truth:
         truth = read_data(args.truth, ir, names=data_names)

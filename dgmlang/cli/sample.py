@@ -43,7 +43,7 @@ def _input_value(item: tuple[str, object], ir):
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from dgmlang.datafiles import read_data, write_csv
+    from dgmlang.datafiles import read_data, validate_inputs, write_csv
 
     outputs = output_paths(args.output)
     model, _, _ = open_run(args.run)
@@ -73,6 +73,8 @@ def cmd_sample(args) -> int:
         raise DGMUsageError(f"how many samples? {args.inputs} gives no rows (the model has no inputs)",
                             hint="give -n N")
     check_budget(f"{n} samples", n * row_values(ir))
+    if args.inputs and not given:  # checked with the file named (--input values: by sample)
+        validate_inputs(ir, inputs, str(args.inputs), n, facts=model.facts, dtype=model.model.dtype)
     samples = {k: to_numpy(v) for k, v in model.sample(n, inputs or None, seed=args.seed).items()}
     for name, value in inputs.items():  # one value for all rows is written out row by row
         value, shape = np.asarray(value), ir.variable(name).shape

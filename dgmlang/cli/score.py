@@ -17,8 +17,9 @@ def cmd_score(args) -> int:
     check_budget(f"--num-samples {args.num_samples} for {CHUNK_ROWS} rows at a time",
                  CHUNK_ROWS * args.num_samples * row_values(ir))
     data = read_data(args.data, ir)
-    validate(ir, data, str(args.data), purpose="log_prob")
-    scores = score_rows(model, data, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet, desc="score")
+    validate(ir, data, str(args.data), purpose="log_prob", facts=model.facts, dtype=model.model.dtype)
+    scores = score_rows(model, data, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet, desc="score",
+                        source=str(args.data))
     columns = {"row": np.arange(len(scores)), "log_prob": scores}
     if threshold is not None:
         columns["outlier"] = (scores < threshold).astype(int)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from dgmlang.errors import DGMError, DGMUsageError
+from dgmlang.errors import DGMDataError, DGMError, DGMUsageError
 
 #: Rows per chunk when scoring or inverting with a progress bar.
 CHUNK_ROWS = 64
@@ -177,8 +177,10 @@ def progress_bar(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="row", disable=quiet or total <= CHUNK_ROWS)
 
 
-def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet: bool, desc: str):
-    """log p(row) for every row, chunk by chunk under one progress bar."""
+def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet: bool, desc: str,
+               source: str | None = None):
+    """log p(row) for every row, chunk by chunk under one progress bar; rows whose score
+    is not finite are named in the whole file (`source`), not in their chunk."""
     import numpy as np
 
     from dgmlang.nets import seeded
@@ -188,7 +190,16 @@ def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet
     with seeded(seed), progress_bar(n, desc, quiet) as bar:
         for start in range(0, n, CHUNK_ROWS):
             chunk = {k: v[start:start + CHUNK_ROWS] for k, v in arrays.items()}
-            out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples)))
+            try:
+                out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples)))
+            except DGMDataError as err:
+                rows = getattr(err, "rows", None)
+                if rows is None:
+                    raise
+                listed = ", ".join(str(start + r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+                where = f"{source}: " if source else ""
+                raise DGMDataError(f"{where}the log-likelihood of row{'s' if len(rows) > 1 else ''} {listed} "
+                                   "is not finite", hint=err.hint) from None
             bar.update(len(out[-1]))
     return np.concatenate(out)
 
