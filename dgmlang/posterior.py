@@ -24,7 +24,7 @@ from pyro.infer import infer_discrete
 
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
 from dgmlang.supports import support_of
-from dgmlang.errors import DGMDataError
+from dgmlang.errors import DGMDataError, DGMModelError
 from dgmlang.gibbs import gibbs
 from dgmlang.nets import seeded
 from dgmlang import weights as importance
@@ -56,9 +56,36 @@ def sample(model: Any, n: int, inputs: Mapping[str, Any] | None = None, *,
         if model.roles.globals and model.fitted:
             draws = guide_globals(model, 1)
             pyro_model = poutine.condition(pyro_model, data={g: v[0] for g, v in draws.items()})
-        trace = poutine.trace(pyro_model).get_trace(given_inputs, batch_size=n)
+        trace = forward_trace(pyro_model, given_inputs, n)
     names = model.ir.names("data", "latent", "global")
     return {name: trace.nodes[name]["value"].detach() for name in names}
+
+
+def forward_trace(pyro_model: Any, inputs: Mapping[str, torch.Tensor], n: int) -> poutine.Trace:
+    """The trace of one forward run of the model for `n` points. A distribution given
+    invalid arguments by the values drawn before it (a prior so wide its draws overflow
+    float32 in a network, say) is a `DGMModelError` naming the site, not torch's ValueError."""
+    try:
+        return poutine.trace(pyro_model).get_trace(dict(inputs), batch_size=n)
+    except ValueError as err:
+        first = str(err).splitlines()[0]
+        if "Expected parameter" not in first:
+            raise
+        site = None
+        with pyro.validation_enabled(False):
+            trace = poutine.trace(pyro_model).get_trace(dict(inputs), batch_size=n)
+        for name, node in trace.nodes.items():
+            value = node.get("value")
+            if node["type"] == "sample" and torch.is_tensor(value) and value.is_floating_point() \
+                    and not bool(torch.isfinite(value).all()):
+                site = name
+                break
+        where = f" (the first value that is not finite: '{site}')" if site else ""
+        raise DGMModelError(
+            f"drawing from the model: a distribution got invalid arguments{where}: {first[:160]}",
+            hint="the values drawn before it overflow float32 (a very wide prior feeding a "
+                 "network or a density): narrow the prior, or rescale the model",
+        ) from None
 
 
 def guide_globals(model: Any, draws: int) -> dict[str, torch.Tensor]:

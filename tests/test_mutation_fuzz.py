@@ -20,12 +20,6 @@ from fuzzing.mutate import OPERATORS, ROOT, fuzz, mutants, seed_files
 
 # (stage, exception type, innermost dgmlang frame) -> why it is known, and who fixes it
 KNOWN_ESCAPES: dict[tuple[str, str, str], str] = {
-    # A distribution built at run time from parameters that overflowed float32: with
-    # `z ~ Normal(0, 1e38); x ~ Bernoulli(logits = mlp(z, hidden = [400]))`, `m.sample(4)`
-    # (and simulate) get NaN logits and torch's argument validation raises ValueError
-    # instead of a DGMError naming the site. Owner: the compiled layer (sites.py).
-    ("run", "ValueError", "dgmlang/sites.py:_build"):
-        "a site's parameters went non-finite at run time (sites.py, issue 11 item 7)",
     # invert weighs SIR_PROPOSALS = 1000 guide proposals per row in one batch: with a data
     # variable of 65,536 entries 4 rows take over 20 s of CPU and ~4.5 GB (10**6 entries,
     # the default limit: ~16 GB). Owner: posterior.py (chunk the proposals).

@@ -43,3 +43,18 @@ def test_invert_names_the_rows_no_posterior_draw_can_be_weighted_at():
     with pytest.raises(dgmlang.errors.DGMDataError, match="not finite at row 3,") as err:
         m.invert({"x": x}, num_samples=3, seed=0)
     assert err.value.rows == [3]
+
+
+def test_a_draw_that_overflows_into_a_network_is_a_model_error():
+    from dgmlang.testing import simulate
+
+    m = dgmlang.compile("""
+model wide {
+    data   x[784]
+    latent z[20]
+    z ~ Normal(0, 1e38)
+    x ~ Bernoulli(logits = mlp(z, hidden = [400]))
+}""")
+    for draw in (lambda: m.sample(4, seed=0), lambda: simulate(m, 4, seed=0)):
+        with pytest.raises(dgmlang.errors.DGMModelError, match="invalid arguments"):
+            draw()

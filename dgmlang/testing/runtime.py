@@ -72,8 +72,10 @@ def draw_inputs(compiled, n: int, given: Mapping[str, Any] | None = None) -> dic
 
 def prior_draw(compiled, inputs: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     """Every global, latent and data variable drawn from the model (params as they are)."""
+    from dgmlang.posterior import forward_trace
+
     with torch.no_grad():
-        trace = poutine.trace(compiled.model).get_trace(dict(inputs), batch_size=n)
+        trace = forward_trace(compiled.model, inputs, n)
     return {
         name: site["value"].detach()
         for name, site in trace.nodes.items()
