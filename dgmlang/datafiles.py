@@ -333,20 +333,16 @@ def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bo
             raise DGMDataError(f"{source}: {where} holds {array[tuple(np.argwhere(inf)[0])]}, "
                                f"not a finite number", hint="infinities are never valid data")
         if _is_integer_variable(var) and not nan.any():
-            fraction = array != np.rint(array)
-            if fraction.any():
-                index = np.argwhere(fraction)[0]
-                raise DGMDataError(
-                    f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
-                    f"{array[tuple(index)]:g}, not a whole number",
-                    hint=f"'{var.name}' is an int input: give whole numbers")
-            too_big = np.abs(array) >= 2.0 ** 63
-            if too_big.any():
-                index = np.argwhere(too_big)[0]
-                raise DGMDataError(
-                    f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
-                    f"{array[tuple(index)]:g}, beyond the whole numbers an int64 holds",
-                    hint=f"'{var.name}' is an int input: values from -2**63 to 2**63 - 1")
+            for bad, what, expected in (
+                    (array != np.rint(array), "not a whole number", "give whole numbers"),
+                    (np.abs(array) >= 2.0 ** 63, "beyond the whole numbers an int64 holds",
+                     "values from -2**63 to 2**63 - 1")):
+                if bad.any():
+                    index = np.argwhere(bad)[0]
+                    raise DGMDataError(
+                        f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
+                        f"{array[tuple(index)]:g}, {what}",
+                        hint=f"'{var.name}' is an int input: {expected}")
             array = array.astype(np.int64)  # CSV has no dtypes: whole-number labels become ints
     return array
 
