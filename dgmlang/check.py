@@ -35,7 +35,7 @@ from typing import Callable
 
 from dgmlang import ast
 from dgmlang import ir
-from dgmlang.check_constraints import ConstraintChecker, NET_RANGES
+from dgmlang.check_constraints import ConstraintChecker
 from dgmlang.check_draws import DrawChecker
 from dgmlang.check_errors import (
     ROLE_WORDS,
@@ -50,40 +50,18 @@ from dgmlang.check_errors import (
     unknown_name,
 )
 from dgmlang.check_exprs import ExpressionChecker
+from dgmlang.check_nets import NetChecker
 from dgmlang import check_limits
 from dgmlang import limits
 from dgmlang.check_ranges import leaves, value_fits
 from dgmlang.check_shape_errors import (
-    bad_const,
-    bad_size_list,
-    const_dims,
-    const_type,
-    deconv_not_image,
-    empty_list,
-    list_items_differ,
-    net_definition_not_network,
-    net_inputs_at_definition,
-    net_size_unknown,
-    net_sizes_disagree,
-    net_without_inputs,
-    not_constant_int,
-    not_positive_int,
-    options_at_call,
-    simplex_scalar,
-    unknown_activation,
-    unknown_net_option,
+    bad_const, bad_size_list, const_dims, const_type, empty_list, list_items_differ,
+    not_constant_int, not_positive_int, simplex_scalar,
 )
-from dgmlang.check_shapes import Shape, flat_size, fmt_shape, negate, to_float
+from dgmlang.check_shapes import Shape, flat_size, negate, to_float
 from dgmlang.check_spans import declared_span, head_span, position_of, source_text, walk_ast
-from dgmlang.check_values import NO_WANT, NetInfo, Skip, Value, VarInfo, Want, merge_deps
-from dgmlang.distributions import (
-    ACTIVATIONS,
-    BUILTINS,
-    DISTRIBUTIONS,
-    GUIDE_FAMILIES,
-    NETWORKS,
-    SUPPORT_TYPES,
-)
+from dgmlang.check_values import NO_WANT, NetInfo, Skip, Value, VarInfo, Want
+from dgmlang.distributions import BUILTINS, DISTRIBUTIONS, GUIDE_FAMILIES, NETWORKS, SUPPORT_TYPES
 from dgmlang.errors import DGMError, DGMErrors, DGMModelError
 from dgmlang.parse import paused_gc
 from dgmlang.source import Span
@@ -127,10 +105,10 @@ def _combine(errors: list[DGMError]) -> DGMError:
     return unique[0] if len(unique) == 1 else DGMErrors(unique)
 
 
-class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
+class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker):
     """Checks one model; `run()` returns its IR, or None with `errors` filled. Names,
-    declarations, consts and networks are checked here; lets and expressions by
-    `ExpressionChecker`, ranges by `ConstraintChecker`, draws by `DrawChecker`."""
+    declarations and consts are checked here; lets and expressions by `ExpressionChecker`,
+    ranges by `ConstraintChecker`, draws by `DrawChecker`, networks by `NetChecker`."""
 
     def __init__(self, model: ast.ModelDef):
         self.model = model
@@ -494,127 +472,6 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker):
         if positive and value <= 0:
             raise not_positive_int(what, value, expr.span)
         return value
-
-    # -------------------------------------------------------------- networks
-
-    def net_options(self, call: ast.Call, kind: str) -> dict:
-        options = dict(NETWORKS[kind])
-        failed = False
-        for kw in call.kwargs:
-            name_span = head_span(kw.span, len(kw.name))
-            try:
-                if kw.name not in options:
-                    raise unknown_net_option(kind, kw.name, name_span)
-                if kw.name in ("hidden", "channels"):
-                    options[kw.name] = self.size_list(kw.value, kw.name, kw.name == "hidden")
-                elif kw.name == "activation":
-                    if not isinstance(kw.value, ast.Name):
-                        raise unknown_activation(source_text(kw.value), kw.value.span)
-                    if kw.value.name not in ACTIVATIONS:
-                        raise unknown_activation(kw.value.name, kw.value.span)
-                    options["activation"] = kw.value.name
-            except DGMError as err:
-                self.report(err)
-                failed = True
-        if failed:
-            raise Skip
-        return options
-
-    def check_net_definition(self, definition: ast.NetDef) -> None:
-        info = self.netinfo[definition.name]
-        call = definition.call
-        if call.func not in NETWORKS:
-            raise net_definition_not_network(definition.name, call.func, head_span(call.span, len(call.func)))
-        if call.args:
-            self.report(net_inputs_at_definition(definition.name, call.args[0].span))
-            self.attempt(self.net_options, call, call.func)
-            raise Skip
-        info.options = self.net_options(call, call.func)
-
-    def net_call(self, call: ast.Call, want: Want) -> Value:
-        """An anonymous `mlp(...)`/`deconv(...)` or a call of a named network."""
-        named = self.netinfo.get(call.func)
-        if named is not None:
-            named.called = True
-            if named.options is None:
-                raise Skip
-            if call.kwargs:
-                raise options_at_call(call.func, call.kwargs[0].span)
-            kind, options, name = named.kind, named.options, call.func
-        else:
-            kind, name = call.func, self.anon_names[id(call)]
-            options = self.net_options(call, kind)
-        if not call.args:
-            raise net_without_inputs(call.func, named is not None, call.span)
-        args = [self.expr(arg, Want(None, why="it is a network's input")) for arg in call.args]
-        sizes = tuple(flat_size(a.shape) for a in args)
-        shape = want.shape
-        if named is not None and named.output_shape is not None:
-            if shape is None:
-                shape = named.output_shape
-            elif shape != named.output_shape:
-                raise net_sizes_disagree(
-                    name, "must produce shape", fmt_shape(named.output_shape), fmt_shape(shape),
-                    named.first_call, call.span,
-                )
-            if sizes != named.input_sizes:
-                raise net_sizes_disagree(
-                    name, "gets inputs of sizes", list(named.input_sizes), list(sizes),
-                    named.first_call, call.span,
-                )
-        if shape is None:
-            raise net_size_unknown(name, want.why, call.span)
-        if kind == "deconv" and len(shape) != 3:
-            raise deconv_not_image(shape, call.span)
-        self.check_net_size(name, kind, options, sizes, shape, call.span)
-        if named is not None:
-            if named.output_shape is None:
-                named.output_shape, named.input_sizes, named.first_call = shape, sizes, call.span
-                self.nets.append(self.make_net(name, kind, options, sizes, shape, named.definition.span, False))
-        elif name in self.anon_nets:
-            # The same call node used twice (the Python front end can share one): one network.
-            net = self.anon_nets[name]
-            if net.output_shape != shape or net.input_sizes != sizes:
-                raise net_sizes_disagree(
-                    name, "must produce shape", fmt_shape(net.output_shape), fmt_shape(shape), net.span, call.span
-                )
-        else:
-            net = self.make_net(name, kind, options, sizes, shape, call.span, True)
-            self.anon_nets[name] = net
-            self.nets.append(net)
-        local = random = None
-        for a in args:
-            local, random = merge_deps(local, a.local), merge_deps(random, a.random)
-        expr = ir.NetCall(name, tuple(a.expr for a in args), shape, want.constraint, span=call.span)
-        return Value(expr, local=local, random=random, range=NET_RANGES[want.constraint])
-
-    def check_net_size(self, name, kind, options, sizes, shape, span) -> None:
-        """A network's weights within `limits.MAX_PARAMETERS`, and a deconv's layer
-        outputs within `limits.MAX_ELEMENTS` (values it computes per data point)."""
-        hidden = tuple(options.get("hidden", ()))
-        if kind == "deconv":
-            channels = tuple(options.get("channels", ()))
-            count, widest = check_limits.deconv_parameters(sum(sizes), hidden, channels, shape)
-            check_limits.check_elements((widest,), f"a layer of network '{name}'", span)
-        else:
-            count = check_limits.mlp_parameters((sum(sizes), *hidden, flat_size(shape)))
-        check_limits.check_network(name, count, span)
-        self.net_weights[name] = count
-
-    @staticmethod
-    def make_net(name, kind, options, sizes, shape, span, anonymous) -> ir.Net:
-        return ir.Net(
-            name,
-            kind,
-            sizes,
-            flat_size(shape),
-            shape,
-            hidden=tuple(options.get("hidden", ())),
-            activation=options["activation"],
-            channels=tuple(options.get("channels", ())),
-            anonymous=anonymous,
-            span=span,
-        )
 
     def expr(self, e: ast.Expr, want: Want = NO_WANT) -> Value:
         """`ExpressionChecker.expr` within the limits: a written number in int64 or float32,
