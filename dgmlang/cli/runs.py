@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from dgmlang.cli.shared import check_writable, score_rows, write_atomic
+from dgmlang.cli.shared import check_writable, score_rows, temporary_pattern, write_atomic
 from dgmlang.errors import DGMUsageError
 
 CHECKPOINT = "model.dgmfit"
@@ -29,10 +29,9 @@ SAMPLES_PNG = "samples.png"
 #: Every file `dgm fit` writes in a run folder (glob patterns): a folder holding one of them
 #: holds a run, and `--overwrite` deletes exactly these. samples-NAME.png is samples.png for
 #: a model with several data variables; the dot-files are temporary files of a write that
-#: was cut short.
-RUN_FILES = (CHECKPOINT, LOSS_CSV, LOSS_PNG, SAMPLES_PNG, "samples-*.png", REFERENCE_SCORES, RUN_INFO,
-             f".{CHECKPOINT}.*.tmp", ".loss.*.tmp.csv", ".loss.*.tmp.png", ".samples*.tmp.png",
-             ".reference_scores.*.tmp.csv", ".run.*.tmp.json")
+#: was cut short (`write_atomic`'s, and `CompiledModel.save`'s for the checkpoint).
+_WRITTEN = (LOSS_CSV, LOSS_PNG, SAMPLES_PNG, "samples-*.png", REFERENCE_SCORES, RUN_INFO)
+RUN_FILES = (CHECKPOINT, *_WRITTEN, f".{CHECKPOINT}.*.tmp", *map(temporary_pattern, _WRITTEN))
 #: Importance samples per row for `dgm score` and for the reference scores written by `dgm fit`
 #: (the same number for both, so the default threshold compares like with like).
 SCORE_SAMPLES = 100

@@ -31,6 +31,17 @@ MAX_VALUES = 5 * 10**8
 TEMPORARY_MARK = ".tmp"
 
 
+def temporary_pattern(name: str) -> str:
+    """The glob pattern of `write_atomic`'s temporary files for the file called `name`
+    (whose stem may itself hold a glob).
+
+    >>> temporary_pattern("loss.csv")
+    '.loss.*.tmp.csv'
+    """
+    stem, dot, suffix = name.rpartition(".")
+    return f".{stem}.*{TEMPORARY_MARK}{dot}{suffix}"
+
+
 #: A file name this long leaves no room for the temporary name it is written under.
 MAX_NAME_BYTES = 200
 
