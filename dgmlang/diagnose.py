@@ -29,7 +29,13 @@ import torch
 import pyro
 from pyro import poutine
 
-__all__ = ["explain_failure"]
+__all__ = ["argument_check_failed", "explain_failure"]
+
+
+def argument_check_failed(err: ValueError) -> bool:
+    """Whether `err` is torch's argument validation refusing a distribution's parameters or
+    a value (what a non-finite or out-of-range argument raises while validation is on)."""
+    return "Expected parameter" in str(err) or "Expected value" in str(err)
 
 
 def explain_failure(model: Any, batch: Mapping[str, torch.Tensor], *, rows: Sequence[int],

@@ -29,7 +29,7 @@ from dgmlang.data import Dataset, positive_int, prepare_data
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
-from dgmlang.diagnose import explain_failure
+from dgmlang.diagnose import argument_check_failed, explain_failure
 from dgmlang.weights import check_importance_weighting, iwae_bound
 
 __all__ = ["DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
@@ -163,7 +163,7 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
         with pyro.validation_enabled(False) if number > 1 else contextlib.nullcontext():
             loss = loss_fn(batch, size)
     except ValueError as err:
-        if "Expected parameter" not in str(err) and "Expected value" not in str(err):
+        if not argument_check_failed(err):
             raise
         raise DGMTrainingError(
             f"training stopped at step {number}: a distribution got invalid parameters "
@@ -207,8 +207,8 @@ def held_out_loss(loss_fn: Loss, held_out: Dataset, rows: int) -> float:
             chunk = held_out.rows(slice(start, start + rows))
             try:
                 value = float(loss_fn(chunk.values, held_out.n))
-            except ValueError as err:  # a distribution's argument checks
-                if "Expected parameter" not in str(err) and "Expected value" not in str(err):
+            except ValueError as err:
+                if not argument_check_failed(err):
                     raise
                 value = math.nan
             if not math.isfinite(value):
