@@ -29,6 +29,8 @@ import torch
 import pyro
 from pyro import poutine
 
+from dgmlang.errors import rows_phrase
+
 __all__ = ["argument_check_failed", "explain_failure"]
 
 
@@ -124,8 +126,7 @@ def _at(value: torch.Tensor, rows: list[int]) -> str:
     hit = [rows[i] for i in torch.nonzero(per_row).flatten().tolist()]
     if not hit:
         return ""
-    listed = ", ".join(str(r) for r in hit[:5]) + (", ..." if len(hit) > 5 else "")
-    return f" at data row{'s' if len(hit) > 1 else ''} {listed}"
+    return f" at data {rows_phrase(hit, most=5)}"
 
 
 def _network(parameter: str) -> str:

@@ -16,7 +16,7 @@ m.dgm:2:10: unknown name 'zz'
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from dgmlang.source import Span
 
@@ -114,3 +114,14 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
+
+
+def rows_phrase(rows: Sequence[int], *, most: int = 10) -> str:
+    """Data rows named in a message: the first `most` of them.
+
+    >>> rows_phrase([3]), rows_phrase(range(12))
+    ('row 3', 'rows 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, ...')
+    """
+    rows = list(rows)
+    listed = ", ".join(map(str, rows[:most])) + (", ..." if len(rows) > most else "")
+    return f"row{'s' if len(rows) > 1 else ''} {listed}"

@@ -24,7 +24,7 @@ from pyro.infer import infer_discrete
 
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
 from dgmlang.supports import support_of
-from dgmlang.errors import DGMDataError, DGMModelError
+from dgmlang.errors import DGMDataError, DGMModelError, rows_phrase
 from dgmlang.gibbs import gibbs
 from dgmlang.nets import seeded
 from dgmlang import weights as importance
@@ -150,22 +150,14 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
         bad = ~torch.isfinite(scores)
         if bool(bad.any()):  # never a silent -inf: name the rows (and the site, if one shows)
             rows = bad.nonzero().flatten().tolist()
-            listed = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
             values = sorted({"nan" if math.isnan(v) else ("-inf" if v < 0 else "inf")
                              for v in scores[bad].tolist()})
             from dgmlang.diagnose import explain_failure  # only on failure
 
             why = explain_failure(model, dataset.rows(torch.tensor(rows[:100])).values,
                                   rows=rows[:100], rng_state=rng_state)
-            err = DGMDataError(
-                f"log_prob: the log-likelihood of row{'s' if len(rows) > 1 else ''} {listed} "
-                f"is {' or '.join(values)}" + (f" ({why})" if why else ""),
-                hint="these rows passed the data checks, but the model's log-density is not "
-                     "finite at them: look at their values (a magnitude like 1e20 overflows "
-                     "float32 inside a density, e.g. in (x - loc)**2)",
-            )
-            err.rows = rows  # type: ignore[attr-defined] - for callers that renumber rows
-            raise err
+            raise _bad_rows(f"log_prob: the log-likelihood of {rows_phrase(rows)} is "
+                            f"{' or '.join(values)}" + (f" ({why})" if why else ""), rows)
     return scores
 
 
@@ -197,7 +189,9 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
             except DGMDataError as err:
                 if getattr(err, "rows", None) is None:
                     raise
-                raise _bad_rows("invert", [int(rows[i]) for i in err.rows]) from None
+                bad = [int(rows[i]) for i in err.rows]
+                raise _bad_rows(f"invert: the model's density is not finite at {rows_phrase(bad)}, "
+                                "so no posterior draw can be weighted there", bad) from None
     out: dict[str, torch.Tensor] = {}
     for name in model.roles.data + model.roles.latents:
         first = pieces[0][1][name]
@@ -269,13 +263,11 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[
             for name in model.roles.model_enumerated}
 
 
-def _bad_rows(what: str, rows: list[int]) -> DGMDataError:
+def _bad_rows(message: str, rows: list[int]) -> DGMDataError:
     """The error for data rows at which the model's density is not finite (they passed the
     data checks), its ``rows`` attribute listing them counted from 0."""
-    listed = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
     err = DGMDataError(
-        f"{what}: the model's density is not finite at row{'s' if len(rows) > 1 else ''} "
-        f"{listed}, so no posterior draw can be weighted there",
+        message,
         hint="these rows passed the data checks, but the model's log-density is not finite at "
              "them: look at their values (a magnitude like 1e20 overflows float32 inside a "
              "density, e.g. in (x - loc)**2)",

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from dgmlang.errors import DGMDataError, DGMError, DGMUsageError
+from dgmlang.errors import DGMDataError, DGMError, DGMUsageError, rows_phrase
 
 #: Rows per chunk when scoring or inverting with a progress bar.
 CHUNK_ROWS = 64
@@ -207,9 +207,8 @@ def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet
                 rows = getattr(err, "rows", None)
                 if rows is None:
                     raise
-                listed = ", ".join(str(start + r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
                 where = f"{source}: " if source else ""
-                raise DGMDataError(f"{where}the log-likelihood of row{'s' if len(rows) > 1 else ''} {listed} "
+                raise DGMDataError(f"{where}the log-likelihood of {rows_phrase([start + r for r in rows])} "
                                    "is not finite", hint=err.hint) from None
             bar.update(len(out[-1]))
     return np.concatenate(out)
