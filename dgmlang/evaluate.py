@@ -14,7 +14,7 @@ torch.Size([3, 2])
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 from torch import nn

@@ -30,7 +30,6 @@ import functools
 import gc
 import importlib.resources
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
