@@ -362,3 +362,17 @@ def test_unreadable_csv_text_is_a_data_error(tmp_path, content, says):
     (tmp_path / "d.csv").write_bytes(content)
     with pytest.raises(DGMDataError, match=f"d.csv is not a readable .csv file .*{says}"):
         read_data(tmp_path / "d.csv", CVAE)
+
+
+def test_an_npz_entry_of_an_unknown_compression_method_is_a_data_error(tmp_path):
+    # zipfile reads the archive's directory, then refuses the entry's method when numpy
+    # reads the array (NotImplementedError): a damaged file, not a traceback
+    path = tmp_path / "x.npz"
+    np.savez(path, x=np.zeros((3, 4)))
+    raw = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
+        at = raw.find(signature)
+        raw[at + offset:at + offset + 2] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DGMDataError, match="is not a readable .npz file"):
+        read_table(path)
