@@ -60,7 +60,7 @@ class ModelFacts:
         self.global_order = [n for n in self.order if roles[n] == "global"]
         self.local_order = [n for n in self.order if roles[n] in ("data", "latent")]
         self.data_order = [n for n in self.order if roles[n] == "data"]
-        self._constant: dict[int, bool] = {}
+        self._constant: dict[int, tuple[irm.IRExpr, bool]] = {}
         self.onehot_classes: dict[str, int] = {}
         self.integer_uses: dict[str, list[IntegerUse]] = {}
         self._collect_integer_uses()
@@ -84,16 +84,16 @@ class ModelFacts:
 
     def is_constant(self, expr: irm.IRExpr) -> bool:
         """Whether `expr` reads nothing but literals and consts (its value never changes)."""
-        key = id(expr)
-        if key not in self._constant:
-            self._constant[key] = not any(
-                isinstance(e, irm.NetCall) for e in irm.walk([expr])
-            ) and all(
-                name in self.consts or (name in self.lets and not any(
-                    isinstance(e, irm.NetCall) for e in irm.walk([self.lets[name]])))
-                for name in self.reads([expr])
-            )
-        return self._constant[key]
+        cached = self._constant.get(id(expr))
+        if cached is not None and cached[0] is expr:  # kept with the expression: ids are reused
+            return cached[1]
+        constant = not any(isinstance(e, irm.NetCall) for e in irm.walk([expr])) and all(
+            name in self.consts or (name in self.lets and not any(
+                isinstance(e, irm.NetCall) for e in irm.walk([self.lets[name]])))
+            for name in self.reads([expr])
+        )
+        self._constant[id(expr)] = (expr, constant)
+        return constant
 
     # ------------------------------------------------------------------ discrete sites
 
