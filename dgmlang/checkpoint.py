@@ -8,8 +8,10 @@ compiles, and restores.
 
 The file is a ``torch.save`` of a dict: ``metadata`` (JSON text: kind, format version, the
 dgmlang and torch versions, the model's name and file, fitted, guide plan, history),
-``source``, ``model_state``, ``guide_state`` and (format 2) ``digest``: a SHA-256 over
-every other entry of the dict — the metadata text, the source text, and every tensor's
+``source``, ``model_state``, ``guide_state``, (format 3, after a `fit`) ``training_state``
+— the optimizer state, torch's random state and the epoch's row order of
+`dgmlang.runstate.TrainingState`, whose other fields are the metadata's ``training`` object —
+and (format 2) ``digest``: a SHA-256 over every other entry of the dict — the metadata text, the source text, and every tensor's
 name, dtype, shape and bytes (`payload_digest`). A field a later version adds is covered
 without a change here. `read` recomputes it: a damaged file (one flipped byte anywhere that
 changes what is loaded) is a `DGMCheckpointError`. The digest detects corruption, not
@@ -40,17 +42,22 @@ from typing import Any, Mapping
 import torch
 
 from dgmlang.errors import DGMCheckpointError, DGMUsageError
+from dgmlang.runstate import TrainingState, check_optimizer_fits, named_parameters
+from dgmlang.runstate import decode as decode_training, encode as encode_training
 
 __all__ = ["CHECKPOINT_KIND", "FORMAT_VERSION", "Checkpoint", "check_fits", "dgmlang_version",
            "payload_digest", "read", "restore", "save"]
 
 #: Version of the checkpoint layout written by `save`; `read` refuses newer ones. Format 1
-#: (dgmlang before issue 11) has no digest: it is still read, unverified.
-FORMAT_VERSION = 2
+#: (dgmlang before issue 11) has no digest: it is still read, unverified. Format 2 has no
+#: training state: it loads, and cannot be resumed.
+FORMAT_VERSION = 3
 CHECKPOINT_KIND = "dgmlang-checkpoint"
 #: The entries every checkpoint holds, besides ``digest``.
 _FIELDS = ("metadata", "source", "model_state", "guide_state")
 _STATES = ("model_state", "guide_state")
+#: The optional entry holding the training state's tensors (format 3).
+_TRAINING = "training_state"
 _DIGEST_PREFIX = "sha256:"
 
 
@@ -58,7 +65,8 @@ _DIGEST_PREFIX = "sha256:"
 class Checkpoint:
     """What a checkpoint file holds, checked: the source text and the name of the model in
     it, the file it was compiled from, the parameters of its model and guide, its history
-    and whether it was fitted; `metadata` is the whole (checked) metadata, `extra` any other
+    and whether it was fitted, the state to resume its training from (`training`, None
+before format 3 or a fit); `metadata` is the whole (checked) metadata, `extra` any other
     entries a later version wrote, `format_version` the file's format and `verified` whether
     its digest was checked (format 1 files have none)."""
 
@@ -74,6 +82,7 @@ class Checkpoint:
     extra: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     verified: bool = True
+    training: TrainingState | None = None
 
 
 def dgmlang_version() -> str:
@@ -154,8 +163,9 @@ def payload_digest(payload: Mapping[str, Any]) -> str:
 
 def save(model: Any, path: str | os.PathLike) -> None:
     """Write `model` (a `dgmlang.compiled.CompiledModel`) to one file: source text,
-    metadata (JSON), the parameters and the digest over them, atomically (a temporary file
-    in the same folder, then `os.replace`)."""
+    metadata (JSON), the parameters, the training state when it has one, and the digest over
+    them, atomically: a temporary file in the same folder, flushed to the disk (fsync), then
+    `os.replace` — a crash at any moment leaves the old file or the new one, whole."""
     if not model.source:
         raise DGMUsageError("this model has no source text to save",
                             hint="compile it from .dgm text or a file to save it")
@@ -171,11 +181,14 @@ def save(model: Any, path: str | os.PathLike) -> None:
         "history": model.history,
     }
     payload = {
-        "metadata": json.dumps(metadata),
         "source": model.source,
         "model_state": model.model.state_dict(),
         "guide_state": model.guide.state_dict(),
     }
+    training = getattr(model, "training_state", None)
+    if training is not None:
+        metadata["training"], payload[_TRAINING] = encode_training(training)
+    payload["metadata"] = json.dumps(metadata)
     payload["digest"] = payload_digest(payload)
     target = Path(path)
     handle, temporary = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.",
@@ -183,11 +196,28 @@ def save(model: Any, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(temporary, target)
+        _sync_folder(target.parent)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush the folder's entry for a renamed file to the disk (POSIX; a no-op elsewhere)."""
+    try:
+        descriptor = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 # ---------------------------------------------------------------- read
@@ -237,7 +267,12 @@ def read(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(source, str) or not source:
         raise DGMCheckpointError(f"{path} is damaged: its model text is not text")
     states = {name: _state(path, name, payload[name]) for name in _STATES}
-    extra = {key: value for key, value in payload.items() if key not in (*_FIELDS, "digest")}
+    training = None
+    if ("training" in metadata) != (_TRAINING in payload):
+        raise DGMCheckpointError(f"{path} is damaged: its training state is incomplete")
+    if _TRAINING in payload:
+        training = decode_training(path, metadata["training"], payload[_TRAINING])
+    extra = {key: value for key, value in payload.items() if key not in (*_FIELDS, _TRAINING, "digest")}
     if any(not isinstance(key, str) for key in extra):
         raise DGMCheckpointError(f"{path} is not a dgmlang checkpoint (unexpected contents)")
     return Checkpoint(
@@ -253,6 +288,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         extra=extra,
         format_version=version,
         verified=digest is not None,
+        training=training,
     )
 
 
@@ -279,7 +315,7 @@ def _check_container(path: Path) -> None:
 #: The metadata fields and their JSON types (format 1 files may lack the optional ones).
 _REQUIRED = {"kind": str, "format_version": int, "model": str}
 _OPTIONAL = {"dgmlang_version": str, "torch_version": str, "filename": str, "fitted": bool,
-             "guide_plan": list, "history": dict}
+             "guide_plan": list, "history": dict, "training": dict}
 
 
 def _metadata(path: Path, text: Any) -> dict[str, Any]:
@@ -403,10 +439,12 @@ def _describe(tensor: torch.Tensor) -> str:
 
 
 def restore(model: Any, saved: Checkpoint) -> None:
-    """Put the parameters, history and fitted flag of `saved` into `model`, compiled from
-    ``saved.source``; parameters that do not fit it (names, shapes, dtypes: checked before
-    anything is copied) are a `DGMCheckpointError`."""
+    """Put the parameters, history, fitted flag and training state of `saved` into `model`,
+    compiled from ``saved.source``; parameters or optimizer state that do not fit it (names,
+    shapes, dtypes: checked before anything is copied) are a `DGMCheckpointError`."""
     check_fits(model, saved)
+    if saved.training is not None:
+        check_optimizer_fits(saved.path, saved.training, named_parameters(model))
     try:
         model.model.load_state_dict(saved.model_state)
         model.guide.load_state_dict(saved.guide_state)
@@ -417,3 +455,4 @@ def restore(model: Any, saved: Checkpoint) -> None:
         ) from None
     model.history = {name: list(values) for name, values in saved.history.items()}
     model.fitted = saved.fitted
+    model.training_state = saved.training

@@ -46,6 +46,7 @@ from dgmlang.guide import build_guide
 from dgmlang.inverse import GuidePlan
 from dgmlang.ir import ModelIR
 from dgmlang.lower import lower
+from dgmlang.runstate import TrainingState
 
 __all__ = ["CompiledModel", "SiteRoles"]
 
@@ -117,6 +118,8 @@ class CompiledModel:
         self.guide = build_guide(ir, plan, self.model)
         self.history: dict[str, list[float]] = {"loss": [], "validation": []}
         self.fitted = False
+        #: where the last `fit` stopped (`dgmlang.runstate.TrainingState`), None before any
+        self.training_state: TrainingState | None = None
 
     def __repr__(self) -> str:
         state = "fitted" if self.fitted else "not fitted"
@@ -135,21 +138,40 @@ class CompiledModel:
     # ------------------------------------------------------------------ training
 
     def fit(self, data: Any, *, epochs: int | None = None, steps: int | None = None,
-            batch_size: int = 128, lr: float = 1e-3, num_particles: int = 1,
-            objective: str = "elbo", validation: Any = None, seed: int | None = None,
-            progress: bool = True) -> list[float]:
+            batch_size: int | None = None, lr: float | None = None,
+            num_particles: int | None = None, objective: str | None = None,
+            validation: Any = None, seed: int | None = None, progress: bool = True,
+            resume: bool = False, fresh_optimizer: bool = False,
+            checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+            checkpoint_seconds: float | None = training.DEFAULT_CHECKPOINT_SECONDS,
+            should_stop: Callable[[], bool] | None = None) -> list[float]:
         """Fit the model and guide to `data`; returns the loss per step, per data point.
 
         `data` holds every data and input variable shaped ``(n, *shape)``. With neither
-        `epochs` nor `steps`, 200 epochs. `objective` is "elbo" or "iwae" (the
-        importance-weighted bound with `num_particles` samples per data point). `validation`
-        (data of the same form) is scored after every epoch into ``history["validation"]``.
-        A NaN or infinite loss or gradient raises `DGMTrainingError`; the parameters are then
-        those from before the failing step. See `dgmlang.training.fit`.
+        `epochs` nor `steps`, 200 epochs. `batch_size` (128), `lr` (1e-3, Adam),
+        `num_particles` (1) and `objective` ("elbo", or "iwae": the importance-weighted
+        bound with `num_particles` samples per data point) take those defaults when None.
+        `validation` (data of the same form) is scored after every epoch into
+        ``history["validation"]``. A NaN or infinite loss or gradient raises
+        `DGMTrainingError`; the parameters are then those from before the failing step.
+
+        A later `fit` keeps the optimizer's state (Adam's moments) from the last one, or from
+        the loaded checkpoint, unless `fresh_optimizer`. `resume=True` continues the stored
+        run exactly (its settings, data order position, random state and optimizer): to
+        its planned end, or `steps`/`epochs` more; `fit(steps=20)` then
+        ``fit(steps=20, resume=True)`` equals ``fit(steps=40)`` bit for bit on the CPU.
+        With `checkpoint` (a file path) the model and its training state are written there
+        atomically every `checkpoint_every` steps, every `checkpoint_seconds` seconds (60;
+        None: not by time) and at the end. `should_stop` (called before every step) ends
+        the fit early when it returns True, the checkpoint written. See
+        `dgmlang.training.fit` and docs/inference.md.
         """
         return training.fit(self, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                             num_particles=num_particles, objective=objective,
-                            validation=validation, seed=seed, progress=progress)
+                            validation=validation, seed=seed, progress=progress, resume=resume,
+                            fresh_optimizer=fresh_optimizer, checkpoint=checkpoint,
+                            checkpoint_every=checkpoint_every,
+                            checkpoint_seconds=checkpoint_seconds, should_stop=should_stop)
 
     def objective(self, objective: str, num_particles: int) -> Callable[..., torch.Tensor]:
         """The training loss ``loss(batch, size)`` that `fit` steps on (a differentiable

@@ -9,6 +9,11 @@ estimator without Pyro's per-step tracing. Every step is checked before the opti
 a NaN or infinite loss or gradient, or a distribution handed invalid parameters, stops
 training with a `DGMTrainingError`, the parameters left as they were before that step.
 
+The run's state at every step boundary — optimizer state, torch's random state, the epoch's
+order and the position in it — can be written to a checkpoint during training and continued
+from exactly (`resume=True`; `dgmlang.runstate` holds the state, `dgmlang.checkpoint` the
+file), so a stopped or killed run ends bit-identical to an uninterrupted one on the CPU.
+
 Every function takes the compiled model (`dgmlang.compiled.CompiledModel`) and reads its
 public attributes only: `ir`, `plan`, `model`, `guide`, `facts`, `roles`, `history`,
 `fitted`, `name`, `objective`.
@@ -17,6 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -24,76 +32,210 @@ from tqdm import tqdm
 
 import pyro
 
-from dgmlang import fastpath
+from dgmlang import fastpath, runstate
+from dgmlang.checkpoint import save as save_checkpoint
 from dgmlang.data import Dataset, positive_int, prepare_data
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
+from dgmlang.runstate import named_parameters
 from dgmlang.diagnose import argument_check_failed, explain_failure
 from dgmlang.weights import check_importance_weighting, iwae_bound
 
-__all__ = ["DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
+__all__ = ["DEFAULT_CHECKPOINT_SECONDS", "DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
            "objective", "step"]
 
 #: Training length when neither `epochs` nor `steps` is given.
 DEFAULT_EPOCHS = 200
+#: With a `checkpoint` path, `fit` writes it at least this often (seconds) and at the end.
+DEFAULT_CHECKPOINT_SECONDS = 60.0
 OBJECTIVES = ("elbo", "iwae")
 
 Loss = Callable[..., torch.Tensor]
 
 
 def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None = None,
-        batch_size: int = 128, lr: float = 1e-3, num_particles: int = 1, objective: str = "elbo",
-        validation: Any = None, seed: int | None = None, progress: bool = True) -> list[float]:
+        batch_size: int | None = None, lr: float | None = None, num_particles: int | None = None,
+        objective: str | None = None, validation: Any = None, seed: int | None = None,
+        progress: bool = True, resume: bool = False, fresh_optimizer: bool = False,
+        checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+        checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
+        should_stop: Callable[[], bool] | None = None) -> list[float]:
     """Fit `model` (its Pyro model and guide) to `data`; the loss per step, per data point.
-    The options are `CompiledModel.fit`'s. The loss comes from ``model.objective(...)``."""
-    positive_int("batch_size", batch_size)
-    positive_int("num_particles", num_particles)
-    if epochs is not None and steps is not None:
-        raise DGMUsageError("give epochs or steps, not both")
-    if epochs is not None:
-        positive_int("epochs", epochs)
-    if steps is not None:
-        positive_int("steps", steps)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or math.isinf(lr):
-        raise DGMUsageError(f"lr must be a positive number, not {lr!r}")
-    loss_fn = model.objective(objective, num_particles)
+    The options are `CompiledModel.fit`'s. The loss comes from ``model.objective(...)``.
+    The run's state at the last step boundary is left in ``model.training_state``."""
+    given = {"batch_size": batch_size, "lr": lr, "num_particles": num_particles,
+             "objective": objective, "seed": seed}
+    settings = runstate.settings_for(model.training_state, given, resume=resume)
+    _check_options(settings, epochs=epochs, steps=steps, resume=resume, fresh_optimizer=fresh_optimizer,
+                   checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
+    loss_fn = model.objective(settings["objective"], settings["num_particles"])
     dataset = prepare_data(model.ir, data, purpose="fit", facts=model.facts,
                            dtype=model.model.dtype)
     held_out = None
     if validation is not None:
         held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts,
                                 dtype=model.model.dtype)
+    fingerprints = (runstate.data_fingerprint(dataset.values, dataset.n),
+                    None if held_out is None else runstate.data_fingerprint(held_out.values, held_out.n))
+    previous = model.training_state
+    if resume:
+        runstate.check_same_data(previous, *fingerprints)
 
     n = dataset.n
-    rows_per_step = min(batch_size, n)
+    rows_per_step = min(settings["batch_size"], n)
     steps_per_epoch = math.ceil(n / rows_per_step)
-    total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
-    losses: list[float] = []
+    if steps is not None or epochs is not None or not resume:
+        count = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    else:
+        count = previous.planned_steps - previous.steps_done
+        if count == 0:
+            raise DGMUsageError(f"the run is finished ({previous.steps_done} of {previous.planned_steps} "
+                                "steps); there is nothing to resume",
+                                hint="give steps= or epochs= to train it further")
+    if resume:
+        state = previous.advanced(planned_steps=previous.steps_done + count)
+        random_state = _restored_rng(previous.rng)
+    else:
+        state = runstate.TrainingState(
+            settings=settings, data=fingerprints[0], validation=fingerprints[1], steps_done=0,
+            epochs_done=0, planned_steps=count, position=0, order=None,
+            rng=torch.random.get_rng_state(), optimizer={})
+        random_state = seeded(seed)
     named = named_parameters(model)
     # a model with nothing to learn (fixed distributions only) is scored, not updated
-    optimizer = torch.optim.Adam([p for _, p in named], lr=lr) if named else None
-    with seeded(seed), tqdm(total=total, disable=not progress, desc=f"fit {model.name}",
+    optimizer = torch.optim.Adam([p for _, p in named], lr=settings["lr"]) if named else None
+    if optimizer is not None and previous is not None and not fresh_optimizer:
+        runstate.load_optimizer_state(optimizer, named, previous.optimizer)
+    saver = _Checkpointer(model, checkpoint, every=checkpoint_every, seconds=checkpoint_seconds)
+    losses: list[float] = []
+    order, position, epochs_done = state.order, state.position, state.epochs_done
+    first = state.steps_done + 1
+
+    def boundary(rng: torch.Tensor | None = None) -> runstate.TrainingState:
+        return state.advanced(steps_done=first - 1 + len(losses), epochs_done=epochs_done,
+                              position=position, order=order,
+                              rng=torch.random.get_rng_state() if rng is None else rng,
+                              optimizer=runstate.optimizer_state(optimizer, named))
+
+    between_steps, failed = True, None
+    with random_state, tqdm(total=count, disable=not progress, desc=f"fit {model.name}",
                             unit="step") as bar:
-        while len(losses) < total:
-            order = torch.randperm(n)
-            for start in range(0, n, rows_per_step):
-                if len(losses) == total:
-                    break
-                rows = order[start:start + rows_per_step]
+        try:
+            while len(losses) < count:
+                if should_stop is not None and should_stop():
+                    if losses:  # stopped between steps: the state there, written
+                        saver.save(boundary())
+                    return losses
+                if order is None:
+                    order, position = torch.randperm(n), 0
+                rows = order[position:position + rows_per_step]
+                before = torch.random.get_rng_state()
                 batch = dataset.rows(rows).values
-                loss = step(loss_fn, batch, n, optimizer, named, len(losses) + 1,
-                            first_update=not model.fitted, model=model, rows=rows)
+                between_steps = False
+                try:
+                    loss = step(loss_fn, batch, n, optimizer, named, first + len(losses),
+                                first_update=not model.fitted, model=model, rows=rows, rng_state=before)
+                except DGMTrainingError:  # nothing moved: the state before the step holds
+                    failed = boundary(before)
+                    raise
                 losses.append(loss / n)
                 model.history["loss"].append(loss / n)
                 model.fitted = True
+                position += len(rows)
+                between_steps = True
                 bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
                 bar.update()
-            if held_out is not None:
-                score = held_out_loss(loss_fn, held_out, rows_per_step)
-                model.history["validation"].append(score)
-                bar.set_postfix(loss=f"{losses[-1]:.4g}", validation=f"{score:.4g}", refresh=False)
+                if position >= n:
+                    order, position, epochs_done = None, 0, epochs_done + 1
+                if held_out is not None and (position == 0 or len(losses) == count):
+                    _validate(model, loss_fn, held_out, rows_per_step, first - 1 + len(losses), bar)
+                saver.after_step(boundary, first - 1 + len(losses))
+            saver.save(boundary())
+        except BaseException:
+            # an interrupt or error inside a step (a KeyboardInterrupt, say) leaves no state to
+            # continue from exactly: a later save holds none, a later fit starts Adam afresh
+            model.training_state = failed or (boundary() if between_steps else None)
+            raise
     return losses
+
+
+def _check_options(settings: dict[str, Any], *, epochs: int | None, steps: int | None, resume: bool,
+                   fresh_optimizer: bool, checkpoint_every: int | None,
+                   checkpoint_seconds: float | None) -> None:
+    positive_int("batch_size", settings["batch_size"])
+    positive_int("num_particles", settings["num_particles"])
+    if epochs is not None and steps is not None:
+        raise DGMUsageError("give epochs or steps, not both")
+    if epochs is not None:
+        positive_int("epochs", epochs)
+    if steps is not None:
+        positive_int("steps", steps)
+    lr = settings["lr"]
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or math.isinf(lr):
+        raise DGMUsageError(f"lr must be a positive number, not {lr!r}")
+    if resume and fresh_optimizer:
+        raise DGMUsageError("resume=True continues the run's optimizer; fresh_optimizer=True "
+                            "cannot go with it", hint="leave one of them out")
+    if checkpoint_every is not None:
+        positive_int("checkpoint_every", checkpoint_every)
+    if checkpoint_seconds is not None and (
+            not isinstance(checkpoint_seconds, (int, float)) or isinstance(checkpoint_seconds, bool)
+            or not checkpoint_seconds > 0 or math.isinf(checkpoint_seconds)):
+        raise DGMUsageError(f"checkpoint_seconds must be a positive number or None, not {checkpoint_seconds!r}")
+
+
+class _Checkpointer:
+    """Writes the model with its training state to `path` (when given) every `every` steps
+    of the run and whenever `seconds` have passed since the last write; `save` also keeps
+    the state on the model."""
+
+    def __init__(self, model: Any, path: str | os.PathLike | None, *, every: int | None,
+                 seconds: float | None):
+        if path is not None:
+            if not isinstance(path, (str, os.PathLike)):
+                raise DGMUsageError(f"checkpoint must be a file path, not a {type(path).__name__}")
+            folder = Path(path).parent
+            if not folder.is_dir():
+                raise DGMUsageError(f"cannot write the checkpoint {path}: no folder {folder}",
+                                    hint="create the folder first")
+        self.model, self.path, self.every, self.seconds = model, path, every, seconds
+        self.last = time.monotonic()
+
+    def after_step(self, boundary: Callable[[], "runstate.TrainingState"], steps_done: int) -> None:
+        if self.path is None:
+            return
+        if (self.every is not None and steps_done % self.every == 0) or (
+                self.seconds is not None and time.monotonic() - self.last >= self.seconds):
+            self.save(boundary())
+
+    def save(self, state: "runstate.TrainingState") -> None:
+        self.model.training_state = state
+        if self.path is not None:
+            try:
+                save_checkpoint(self.model, self.path)
+            except OSError as err:
+                raise DGMUsageError(f"cannot write the checkpoint {self.path}: {err.strerror or err}",
+                                    hint="check the disk's free space and the folder's permissions") from None
+            self.last = time.monotonic()
+
+
+@contextlib.contextmanager
+def _restored_rng(state: torch.Tensor):
+    """Run the block from torch's random state `state`, leaving the caller's stream as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(state)
+        yield
+
+
+def _validate(model: Any, loss_fn: Loss, held_out: Dataset, rows: int, steps_done: int, bar: Any) -> None:
+    """Score the validation data into ``history["validation"]``, with random draws of its
+    own (seeded by the step count): the training's random stream is not touched, so a run
+    takes the same steps with or without validation data, and after a resume."""
+    with seeded(steps_done):
+        score = held_out_loss(loss_fn, held_out, rows)
+    model.history["validation"].append(score)
+    bar.set_postfix(loss=f"{model.history['loss'][-1]:.4g}", validation=f"{score:.4g}", refresh=False)
 
 
 def objective(model: Any, name: str, num_particles: int) -> Loss:
@@ -137,7 +279,8 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
 
 def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | None,
          named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool,
-         model: Any = None, rows: torch.Tensor | None = None) -> float:
+         model: Any = None, rows: torch.Tensor | None = None,
+         rng_state: torch.Tensor | None = None) -> float:
     """Step `number` of a fit: the loss on `batch`, checked, then one optimizer update
     (none when there is nothing to learn). `first_update` says whether the model has never
     been updated, which decides the hint of a failure. The loss's value is returned.
@@ -145,7 +288,8 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
     A non-finite loss or gradient stops the fit; with `model` and the batch's data set
     `rows`, the message names the site that went non-finite first and its rows, found by
     recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step."""
-    rng_state = torch.random.get_rng_state()  # the step's draws, to recompute a failure
+    if rng_state is None:  # the random state the step starts from, to recompute a failure
+        rng_state = torch.random.get_rng_state()
 
     def stop(what: str, *, gradient: bool = False) -> DGMTrainingError:
         cause = None
@@ -220,15 +364,6 @@ def held_out_loss(loss_fn: Loss, held_out: Dataset, rows: int) -> float:
                 )
             total += value * chunk.n / held_out.n
     return total / held_out.n
-
-
-def named_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
-    """The parameters of the model and the guide (each once)."""
-    seen: dict[int, tuple[str, torch.nn.Parameter]] = {}
-    for prefix, module in (("model", model.model), ("guide", model.guide)):
-        for name, param in module.named_parameters():
-            seen.setdefault(id(param), (f"{prefix}.{name}", param))
-    return list(seen.values())
 
 
 def _gradients_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:

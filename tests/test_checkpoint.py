@@ -150,7 +150,78 @@ def test_format_1_files_are_read_unverified(fitted, saved):
     refused(saved, "do not match the digest")
 
 
+def test_format_2_files_load_without_a_training_state(fitted, saved):
+    def format_2(payload):
+        payload.pop("training_state")
+        meta = json.loads(payload["metadata"])
+        meta.pop("training")
+        meta["format_version"] = 2
+        payload["metadata"] = json.dumps(meta)
+
+    assert checkpoint.read(saved).training is not None
+    rewrite(saved, format_2)
+    loaded = dgmlang.load_fitted(saved)
+    assert checkpoint.read(saved).format_version == 2 and loaded.training_state is None
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded).values(), params(fitted).values()))
+    with pytest.raises(DGMError, match="has none"):
+        loaded.fit({"x": torch.zeros(4, 2)}, steps=1, resume=True, progress=False)
+
+
+def test_the_digest_covers_the_training_state(saved):
+    def bump(payload):
+        state = payload["training_state"]["optimizer"]["model.params.mu_unconstrained"]
+        state["exp_avg"] = state["exp_avg"] + 1e-3
+
+    rewrite(saved, bump, seal=False)
+    refused(saved, "do not match the digest")
+
+
 # ---------------------------------------------------------------- every field type-checked
+
+
+def set_training(**fields):
+    def change(payload):
+        meta = json.loads(payload["metadata"])
+        meta["training"].update(fields)
+        payload["metadata"] = json.dumps(meta)
+    return change
+
+
+def set_training_tensor(key, value):
+    return lambda payload: payload["training_state"].__setitem__(key, value)
+
+
+def set_moment(value):
+    return lambda payload: payload["training_state"]["optimizer"]["model.params.mu_unconstrained"].__setitem__(
+        "exp_avg", value)
+
+
+@pytest.mark.parametrize("change, match", [
+    (set_metadata(training=[1]), "'training' should be a JSON object"),
+    (set_training(steps_done=-1), "'steps_done' should be a whole number >= 0"),
+    (set_training(position=1.5), "'position' should be a whole number >= 0"),
+    (set_training(planned_steps=1), "'planned_steps' is below 'steps_done'"),
+    (set_training(settings={"lr": 0.1}), "'settings' should hold batch_size"),
+    (set_training(settings={"batch_size": 0, "lr": 0.1, "num_particles": 1, "objective": "elbo", "seed": 0}),
+     "'batch_size' and 'num_particles' should be whole numbers >= 1"),
+    (set_training(settings={"batch_size": 4, "lr": -1, "num_particles": 1, "objective": "elbo", "seed": 0}),
+     "'lr' should be a positive number"),
+    (set_training(settings={"batch_size": 4, "lr": 0.1, "num_particles": 1, "objective": "map", "seed": 0}),
+     "'objective' should be 'elbo' or 'iwae'"),
+    (set_training(data={"rows": 8}), "'data' should hold rows and sample_sha256"),
+    (set_training(optimizer="sgd"), "'optimizer' should be 'adam'"),
+    (set_training_tensor("rng", torch.zeros(3, dtype=torch.uint8)), "'rng' should be 5056 bytes"),
+    (set_training_tensor("order", torch.arange(7)), "'order' should be empty or a permutation of the 8 rows"),
+    (set_training_tensor("order", torch.zeros(8, dtype=torch.int64)), "'order' is not a permutation"),
+    (set_training_tensor("optimizer", [1]), "'optimizer' should be a dict"),
+    (set_moment(torch.tensor([1.0, float("nan")])), "should be finite float tensors"),
+    (set_moment(torch.zeros(3)), r"'exp_avg' for 'model.params.mu_unconstrained' is shaped \[3\]"),
+    (lambda p: p["training_state"]["optimizer"].__setitem__("model.nothing", {}), "'model.nothing', which"),
+    (lambda p: p.pop("training_state"), "training state is incomplete"),
+])
+def test_every_training_state_field_is_type_checked(saved, change, match):
+    rewrite(saved, change)
+    refused(saved, match)
 
 
 def tensor_source(payload):
