@@ -323,6 +323,105 @@ def test_ctrl_c_keeps_the_model_after_the_last_completed_step(workdir):
     assert fitted.fitted and len(fitted.history["loss"]) == info["steps"]
 
 
+# ---------------------------------------------------------------- runs that survive (issue 12, item 4)
+
+RESUMABLE_STEPS = 150
+
+
+def resumable_fit(out: Path) -> list[str]:
+    """A `dgm fit` writing a checkpoint every 7 steps (6 steps an epoch: mid-epoch ones too)."""
+    return ["fit", "tiny.dgm", "--data", "tiny.npz", "--steps", str(RESUMABLE_STEPS), "--batch-size", "8",
+            "--threads", "1", "--checkpoint-every", "7", "--no-score", "-q", "--out", str(out)]
+
+
+def dgm_here(*args, cwd: Path) -> int:
+    """`dgm` in this process (no interpreter to start), leaving torch's thread count as it was."""
+    import torch
+
+    threads, before = torch.get_num_threads(), Path.cwd()
+    os.chdir(cwd)
+    try:
+        return dgm(*args)
+    finally:
+        os.chdir(before)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir) -> Path:
+    out = workdir / "runs" / "uninterrupted"
+    assert dgm_here(*resumable_fit(out), cwd=workdir) == 0
+    return out
+
+
+def stop_after_the_first_checkpoint(workdir: Path, out: Path, how: signal.Signals) -> int:
+    """Start a resumable fit, send `how` once its first checkpoint exists; its exit status."""
+    with subprocess.Popen([sys.executable, "-m", "dgmlang.cli", *resumable_fit(out)], cwd=workdir, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 120
+        while not (out / CHECKPOINT).is_file():
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        process.send_signal(how)
+        return process.wait(60)
+
+
+def steps_saved(run: Path) -> int:
+    import dgmlang
+
+    return dgmlang.load_fitted(run / CHECKPOINT).training_state.steps_done
+
+
+def assert_same_parameters(run: Path, reference: Path) -> None:
+    import torch
+
+    got, expected = (torch.load(path / CHECKPOINT, weights_only=True) for path in (run, reference))
+    for state in ("model_state", "guide_state"):
+        assert got[state].keys() == expected[state].keys()
+        different = [k for k in expected[state] if not torch.equal(got[state][k], expected[state][k])]
+        assert not different, f"not bit-identical to the uninterrupted run: {state} {different}"
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_parameters(workdir, uninterrupted):
+    out = workdir / "runs" / "killed"
+    assert stop_after_the_first_checkpoint(workdir, out, signal.SIGKILL) == -signal.SIGKILL
+    assert 0 < steps_saved(out) < RESUMABLE_STEPS  # killed mid-run, after a checkpoint
+    assert dgm_here("fit", "--resume", out, "-q", cwd=workdir) == 0
+    assert_same_parameters(out, uninterrupted)
+    assert steps_saved(out) == RESUMABLE_STEPS and json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(workdir, uninterrupted, capsys):
+    out = workdir / "runs" / "terminated"
+    assert stop_after_the_first_checkpoint(workdir, out, signal.SIGTERM) == 143
+    info = json.loads((out / "run.json").read_text())
+    assert info["interrupted"] and info["status"] == "stopped" and info["steps"] == steps_saved(out)
+    # refused: other model text, other data, settings of its own
+    (workdir / "tiny_changed.dgm").write_text(TINY.replace("hidden = [8]", "hidden = [9]"))
+    assert dgm("fit", workdir / "tiny_changed.dgm", "--resume", out) == 1
+    assert "differs from the text the run was fitted with" in capsys.readouterr().err
+    with np.load(workdir / "tiny.npz") as archive:
+        np.savez(workdir / "tiny_other.npz", x=np.flip(archive["x"], 0), y=archive["y"])
+    assert dgm("fit", "--resume", out, "--data", workdir / "tiny_other.npz", "-q") == 1
+    assert "the data differ from the run's (the same number of rows, different values)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dgm("fit", "--resume", out, "--batch-size", "4")
+    assert "leave out --batch-size" in capsys.readouterr().err
+    assert dgm_here("fit", "--resume", out, "--data", "tiny.npz", "-q", cwd=workdir) == 0
+    assert_same_parameters(out, uninterrupted)
+
+
+def test_resume_refuses_a_folder_without_checkpoint_and_a_finished_run(workdir, uninterrupted, tmp_path, capsys):
+    assert dgm("fit", "--resume", tmp_path) == 1
+    assert "holds no checkpoint (model.dgmfit)" in capsys.readouterr().err
+    assert dgm("fit", "--resume", uninterrupted) == 1
+    assert f"is finished ({RESUMABLE_STEPS} of {RESUMABLE_STEPS} steps)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dgm("fit", "tiny.dgm")
+    assert "give the model FILE and --data DATA" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- integer data against every use
 
 

@@ -13,8 +13,9 @@
 A wrong command line (an unknown option, a value of the wrong type or beyond its limit)
 exits 2 with a usage line, as argparse does; a mistake found in what the command reads (a
 model file, a data file, a run folder, an output path, a value that does not fit the model)
-exits 1 with the rendered DGMError and no traceback. Ctrl-C during `fit` saves the model as
-it was after the last completed step and exits 130. Every file is written to a temporary
+exits 1 with the rendered DGMError and no traceback. Ctrl-C (SIGINT) or SIGTERM during
+`fit`'s training stops it after the step in progress, saves the checkpoint and exits 130 or
+143; `dgm fit --resume RUN` continues the run. Every file is written to a temporary
 file in its folder and renamed over the target (`shared.write_atomic`), so a symlink planted
 at an output path is replaced, never followed. docs/cli.md is the
 reference.

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from dgmlang import __version__
-from dgmlang.cli.fit import cmd_fit
+from dgmlang.cli.fit import RUN_SETTINGS, cmd_fit
 from dgmlang.cli.invert import cmd_invert
 from dgmlang.cli.model_files import cmd_check, cmd_graph
 from dgmlang.cli.runs import REFERENCE_SCORES, RUN_INFO, SCORE_SAMPLES, THRESHOLD_QUANTILE
@@ -18,6 +18,7 @@ from dgmlang.cli.shared import (MAX_EPOCHS, MAX_INPUT_CHARS, MAX_INPUT_DEPTH, MA
                                 MAX_ROWS, MAX_SEED, MAX_STEPS, OUTPUT_FORMATS)
 
 GRAPH_FORMATS = (".dot", ".png", ".svg")
+MAX_THREADS = 1024  # --threads
 SCORE_FORMATS = (".csv", ".npz")
 
 
@@ -158,6 +159,16 @@ def _check_sample(parser: argparse.ArgumentParser, args) -> None:
         parser.error("how many samples? give -n N (e.g. -n 16), or --inputs DATA for one sample per row")
 
 
+def _check_fit(parser: argparse.ArgumentParser, args) -> None:
+    if args.resume is None:
+        if args.file is None or args.data is None:
+            parser.error("give the model FILE and --data DATA (or --resume RUN to continue a run)")
+        return
+    given = [f"--{name.replace('_', '-')}" for name in RUN_SETTINGS if getattr(args, name) not in (None, False)]
+    if given:
+        parser.error(f"--resume continues the run with its own settings: leave out {', '.join(given)}")
+
+
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
     """What argparse cannot say about one option alone; a usage error (status 2) each. The
     subcommand's own parser (args.parser) prints the usage line."""
@@ -204,28 +215,48 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{REFERENCE_SCORES} and {RUN_INFO} (with the default outlier threshold: the "
                     f"{THRESHOLD_QUANTILE:.0%} quantile of the log-likelihoods of the --validation rows, "
                     "or of the training rows without it). "
-                    "Ctrl-C stops training and saves the model as it was after the last completed step.",
-        epilog="example:\n  dgm fit examples/digits_cvae.dgm --data digits --epochs 100 --out runs/cvae")
-    p.add_argument("file", type=Path, metavar="FILE", help="the .dgm model file")
-    p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
+                    "The checkpoint is written every 60 s (--checkpoint-seconds), every --checkpoint-every "
+                    "steps and at the end. Ctrl-C (SIGINT) or SIGTERM stops training after the step in "
+                    "progress, saves the checkpoint and exits 130 or 143; --resume RUN continues such a run "
+                    "(or one killed outright) from its last checkpoint, ending exactly where the uninterrupted "
+                    "run would with the same --threads.",
+        epilog="examples:\n  dgm fit examples/digits_cvae.dgm --data digits --epochs 100 --out runs/cvae\n"
+               "  dgm fit --resume runs/cvae")
+    p.add_argument("file", type=Path, metavar="FILE", nargs="?",
+                   help="the .dgm model file (with --resume: optional, checked against the run's model text)")
+    p.add_argument("--data", metavar="DATA",
+                   help=DATA_HELP + " (required; with --resume: the run's data unless given)")
     p.add_argument("--model", help="which model of the file (needed when it holds several)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_whole(1, MAX_EPOCHS),
                         help="passes over the data (default 200 when --steps is not given)")
     length.add_argument("--steps", type=_whole(1, MAX_STEPS), help="optimizer steps, instead of --epochs")
-    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), default=128, help="rows per step")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo", help="the training bound")
-    p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES), default=1, help="samples per row (iwae: importance samples)")
-    p.add_argument("--validation", metavar="DATA", help="held-out data scored after every epoch")
-    p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
+    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), help="rows per step (default: 128)")
+    p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: 0.001)")
+    p.add_argument("--objective", choices=("elbo", "iwae"), help="the training bound (default: elbo)")
+    p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES),
+                   help="samples per row (iwae: importance samples) (default: 1)")
+    p.add_argument("--validation", metavar="DATA",
+                   help="held-out data scored after every epoch (with --resume: the run's unless given)")
+    p.add_argument("--seed", type=_whole(0, MAX_SEED), help="random seed (default: 0)")
+    p.add_argument("--threads", type=_whole(1, MAX_THREADS), metavar="N",
+                   help="CPU threads torch may use (torch.set_num_threads; default: torch's choice, or the "
+                        "resumed run's); a resumed run ends bit-identical to an uninterrupted one with the "
+                        "same number")
+    p.add_argument("--checkpoint-every", type=_whole(1, MAX_STEPS), metavar="K",
+                   help="also write the checkpoint every K steps")
+    p.add_argument("--checkpoint-seconds", type=_positive_float, default=60.0, metavar="S",
+                   help="write the checkpoint whenever S seconds have passed since the last one")
+    p.add_argument("--resume", type=Path, metavar="RUN",
+                   help="continue the run in the folder RUN from its checkpoint, with its settings, model "
+                        "text and data")
     p.add_argument("--out", type=Path, metavar="RUN", help="the run folder to write (default runs/MODEL)")
     p.add_argument("--overwrite", action="store_true",
                    help="fit into a run folder that already holds a run, deleting that run's files first")
     p.add_argument("--no-score", action="store_true",
                    help="skip scoring the reference rows (no default outlier threshold)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=cmd_fit, parser=p)
+    p.set_defaults(handler=cmd_fit, check=_check_fit, parser=p)
 
     p = sub.add_parser(
         "sample", help="draw new data from a fitted model", formatter_class=_Formatter,

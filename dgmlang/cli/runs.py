@@ -3,13 +3,15 @@ thresholds drawn from its reference scores.
 
 ::
 
-    RUN/model.dgmfit      the fitted model (CompiledModel.save; dgmlang.load_fitted reads it)
+    RUN/model.dgmfit      the fitted model (CompiledModel.save; dgmlang.load_fitted reads it),
+                          written during training too: the checkpoint `--resume` continues from
     RUN/loss.csv          the loss per step (and the validation loss per epoch)
     RUN/loss.png          the loss curve
     RUN/samples.png       samples from the fitted model (an image grid for image data)
     RUN/reference_scores.csv  the log-likelihood of each validation row (training rows when
                           there is no --validation), for outlier thresholds
-    RUN/run.json          how it was fitted, and the default outlier threshold
+    RUN/run.json          how it was fitted (written when training starts: what `--resume`
+                          reads), and the default outlier threshold
 """
 from __future__ import annotations
 
