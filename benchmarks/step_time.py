@@ -10,7 +10,9 @@ medians to plain PyTorch and to hand-written Pyro.
 * plain PyTorch and hand-written Pyro: ``benchmarks/baselines.py`` (the same networks, the same
   estimator: the single-sample ELBO of a random minibatch of 128, per data point; Adam 1e-3);
 * dgmlang: ``m = dgmlang.compile(TEXT)`` once, then ``m.fit(data, steps=N, batch_size=128,
-  progress=False)`` per round, as a user calls it, so data checks and batching are included.
+  progress=False, fresh_optimizer=True)`` per round, as a user calls it, so data checks and
+  batching are included (a fresh Adam each round: a later `fit` keeps the optimizer's state
+  otherwise, which costs nothing per step but would make the rounds differ).
 
 The last column is the mean loss per data point over the last round: the implementations train
 for the same number of steps, so their losses should be alike (they are different random runs).
@@ -133,7 +135,9 @@ def _dgmlang_runner(text: str, data: torch.Tensor) -> tuple[Runner | None, str]:
         return None, f"not available (compile failed: {type(error).__name__}: {error})"
 
     def run(steps: int) -> list:
-        return model.fit({"x": data}, steps=steps, batch_size=hand.BATCH_SIZE, progress=False)
+        # a fresh Adam each round, as before fit kept the optimizer's state across calls
+        return model.fit({"x": data}, steps=steps, batch_size=hand.BATCH_SIZE, progress=False,
+                         fresh_optimizer=True)
 
     return run, ""
 
