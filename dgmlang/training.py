@@ -76,8 +76,7 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     if validation is not None:
         held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts,
                                 dtype=model.model.dtype)
-    fingerprints = (runstate.data_fingerprint(dataset.values, dataset.n),
-                    None if held_out is None else runstate.data_fingerprint(held_out.values, held_out.n))
+    fingerprints = (_fingerprint(dataset), None if held_out is None else _fingerprint(held_out))
     previous = model.training_state
     if resume:
         runstate.check_same_data(previous, *fingerprints)
@@ -158,6 +157,12 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
             model.training_state = failed or (boundary() if between_steps else None)
             raise
     return losses
+
+
+def _fingerprint(dataset: Dataset) -> dict[str, Any]:
+    """The data's fingerprint: its values and which entries are missing."""
+    masks = {f"{name}:observed": mask for name, mask in dataset.observed.items()}
+    return runstate.data_fingerprint({**dataset.values, **masks}, dataset.n)
 
 
 def _check_options(settings: dict[str, Any], *, epochs: int | None, steps: int | None, resume: bool,

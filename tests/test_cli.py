@@ -335,7 +335,8 @@ def resumable_fit(out: Path) -> list[str]:
 
 
 def dgm_here(*args, cwd: Path) -> int:
-    """`dgm` in this process (no interpreter to start), leaving torch's thread count as it was."""
+    """`dgm` in this process (no interpreter to start), run from `cwd`; `--threads` holds only
+    while the command runs."""
     import torch
 
     threads, before = torch.get_num_threads(), Path.cwd()
@@ -344,7 +345,7 @@ def dgm_here(*args, cwd: Path) -> int:
         return dgm(*args)
     finally:
         os.chdir(before)
-        torch.set_num_threads(threads)
+        assert torch.get_num_threads() == threads
 
 
 @pytest.fixture(scope="module")

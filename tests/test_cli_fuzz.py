@@ -341,6 +341,15 @@ class Case:
                 options.append(["-o", self.output((".png", ".svg", ".dot"))])
             if rng.random() < 0.2:
                 options.append(["--model", rng.choice(["tiny", "plain", "nope", ""])])
+        elif command == "fit" and rng.random() < 0.15:  # continue a run (issue 12)
+            options.append(["--resume", self.run_folder()])
+            if rng.random() < 0.3:
+                argv.append(self.model_file())
+            if rng.random() < 0.3:
+                options.append(["--data", self.data_file(rng.choice(["tiny.npz", "tiny.csv", "plain.npz"]))])
+            if rng.random() < 0.2:
+                options.append([rng.choice(["--batch-size", "--steps", "--seed", "--threads"]), _number(rng, 1, 2)])
+            options.append(["-q"])
         elif command == "fit":
             argv.append(self.model_file())
             if rng.random() < 0.95:
@@ -365,6 +374,10 @@ class Case:
                 options.append(["--validation", self.data_file()])
             if rng.random() < 0.1:
                 options.append(["--model", rng.choice(["tiny", "plain", "nope"])])
+            if rng.random() < 0.15:
+                options.append([rng.choice(["--threads", "--checkpoint-every"]), _number(rng, 1, 2)])
+            if rng.random() < 0.1:
+                options.append(["--checkpoint-seconds", rng.choice(["0.001", "60", "0", "-1", "nan", "inf", "x"])])
             options.append(["-q"])
         elif command == "sample":
             argv.append(self.run_folder())

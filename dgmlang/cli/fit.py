@@ -168,11 +168,21 @@ def _run_info(run: Path) -> dict:
 
 
 def _train(model, data: dict, validation, out: Path, info: dict, args, *, resume: bool, length: dict) -> int:
-    """Fit (or continue) with checkpoints into `out`, then write the run's other files."""
+    """Fit (or continue) with checkpoints into `out`, then write the run's other files, with
+    torch's thread count set to the run's while it runs (as it was afterwards)."""
     import torch
 
+    threads = torch.get_num_threads()
     if info.get("threads") is not None:
         torch.set_num_threads(info["threads"])
+    try:
+        return _fit_and_write(model, data, validation, out, info, args, resume=resume, length=length)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_and_write(model, data: dict, validation, out: Path, info: dict, args, *, resume: bool,
+                   length: dict) -> int:
     n = info["rows"] = len(next(iter(data.values())))
     say(f"{'resuming' if resume else 'fitting'} {model.name} {'on' if resume else 'to'} {n} rows of {info['data']} -> {out}/",
         file=sys.stderr)
