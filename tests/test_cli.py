@@ -406,10 +406,10 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(workdir, unint
         np.savez(workdir / "tiny_other.npz", x=np.flip(archive["x"], 0), y=archive["y"])
     assert dgm("fit", "--resume", out, "--data", workdir / "tiny_other.npz", "-q") == 1
     assert "the data differ from the run's (the same number of rows, different values)" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        dgm("fit", "--resume", out, "--batch-size", "4")
-    assert "leave out --batch-size" in capsys.readouterr().err
-    assert dgm_here("fit", "--resume", out, "--data", "tiny.npz", "-q", cwd=workdir) == 0
+    assert dgm("fit", "--resume", out, "--batch-size", "4") == 1
+    assert "with --batch-size 4: the run's is 8" in capsys.readouterr().err
+    # the command that started the run, given again with --resume, continues it
+    assert dgm_here(*resumable_fit(out), "--resume", out, cwd=workdir) == 0
     assert_same_parameters(out, uninterrupted)
 
 
@@ -421,6 +421,9 @@ def test_resume_refuses_a_folder_without_checkpoint_and_a_finished_run(workdir, 
     with pytest.raises(SystemExit):
         dgm("fit", "tiny.dgm")
     assert "give the model FILE and --data DATA" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dgm("fit", "--resume", uninterrupted, "--overwrite")
+    assert "--overwrite would delete it" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- integer data against every use

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 from dgmlang import __version__
-from dgmlang.cli.fit import RUN_SETTINGS, cmd_fit
+from dgmlang.cli.fit import cmd_fit
 from dgmlang.cli.invert import cmd_invert
 from dgmlang.cli.model_files import cmd_check, cmd_graph
 from dgmlang.cli.runs import REFERENCE_SCORES, RUN_INFO, SCORE_SAMPLES, THRESHOLD_QUANTILE
@@ -164,9 +164,8 @@ def _check_fit(parser: argparse.ArgumentParser, args) -> None:
         if args.file is None or args.data is None:
             parser.error("give the model FILE and --data DATA (or --resume RUN to continue a run)")
         return
-    given = [f"--{name.replace('_', '-')}" for name in RUN_SETTINGS if getattr(args, name) not in (None, False)]
-    if given:
-        parser.error(f"--resume continues the run with its own settings: leave out {', '.join(given)}")
+    if args.overwrite:
+        parser.error("--resume continues a run; --overwrite would delete it: give one of them")
 
 
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
@@ -249,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the checkpoint whenever S seconds have passed since the last one")
     p.add_argument("--resume", type=Path, metavar="RUN",
                    help="continue the run in the folder RUN from its checkpoint, with its settings, model "
-                        "text and data")
+                        "text and data (options given again must agree with the run's)")
     p.add_argument("--out", type=Path, metavar="RUN", help="the run folder to write (default runs/MODEL)")
     p.add_argument("--overwrite", action="store_true",
                    help="fit into a run folder that already holds a run, deleting that run's files first")

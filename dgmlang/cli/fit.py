@@ -24,8 +24,6 @@ from dgmlang.errors import DGMTrainingError, DGMUsageError
 FIT_DEFAULTS = {"batch_size": 128, "lr": 1e-3, "objective": "elbo", "num_particles": 1, "seed": 0}
 #: The exit status after a signal stopped training: 128 + the signal's number.
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
-#: The options `--resume` takes from the run instead.
-RUN_SETTINGS = ("model", "epochs", "steps", *FIT_DEFAULTS, "out", "overwrite")
 
 
 @contextmanager
@@ -119,6 +117,7 @@ def _resume(args) -> int:
         raise DGMUsageError(f"the run in {run} is finished ({state.steps_done} of {state.planned_steps} "
                             "steps); there is nothing to resume",
                             hint="start another run: dgm fit MODEL.dgm --data DATA --out NEW_RUN")
+    _check_same_settings(args, run, model, info)
     model_file = Path(args.file) if args.file is not None else Path(info["model_file"])
     if args.file is not None or model_file.is_file():
         if read_source(model_file) != model.source:
@@ -144,6 +143,25 @@ def _resume(args) -> int:
                 **{key: value for key, value in (("threads", args.threads), ("no_score", args.no_score or None))
                    if value is not None})
     return _train(model, data, validation, run, info, args, resume=True, length={})
+
+
+def _check_same_settings(args, run: Path, model, info: dict) -> None:
+    """The options that set a run (given again with `--resume`, as in the command that started
+    it) must agree with the run's; none can change it."""
+    state = model.training_state
+    stored = {**{key: state.settings[key] for key in FIT_DEFAULTS}, "model": model.name,
+              "steps": state.planned_steps if info.get("epochs") is None else None,
+              "epochs": info.get("epochs")}
+    for key, value in stored.items():
+        given = getattr(args, key)
+        if given is not None and given != value:
+            option = f"--{key.replace('_', '-')}"
+            raise DGMUsageError(f"cannot resume {run} with {option} {given}: the run's is {value}",
+                                hint=f"--resume continues the run with its own settings: leave out {option}, "
+                                     "or start a new run with --out")
+    if args.out is not None and Path(args.out).resolve() != run.resolve():
+        raise DGMUsageError(f"--resume {run} continues that run in its own folder, not in --out {args.out}",
+                            hint="leave out --out")
 
 
 def _run_info(run: Path) -> dict:
