@@ -108,6 +108,8 @@ def _resume(args) -> int:
                  "60 by default, or every --checkpoint-every steps); fit it again with --overwrite")
     info = _run_info(run)
     model = load_fitted(saved)
+    for leftover in run.glob(f".{CHECKPOINT}.*.tmp"):  # a write cut short by kill -9
+        leftover.unlink(missing_ok=True)
     state = model.training_state
     if state is None:
         raise DGMUsageError(f"cannot resume {run}: its checkpoint holds no training state (it was "
