@@ -109,7 +109,7 @@ class ProcessGroup:
             for param in parameters:
                 buffer = param.detach().to(self.device)
                 dist.broadcast(buffer, src=0)
-                if buffer is not param.data:
+                if buffer.data_ptr() != param.data_ptr():
                     param.copy_(buffer)
 
     def epoch_order(self, n: int) -> torch.Tensor:
@@ -186,6 +186,7 @@ def shared_failures(group: ProcessGroup | None) -> Iterator[None]:
     if group is None:
         yield
         return
+    group.failed = False  # a failure shared by an earlier fit is over
     try:
         yield
     except Exception as err:

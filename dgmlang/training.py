@@ -8,6 +8,8 @@ discrete latents are summed out) or the importance-weighted bound (``objective="
 estimator without Pyro's per-step tracing. Every step is checked before the optimizer moves:
 a NaN or infinite loss or gradient, or a distribution handed invalid parameters, stops
 training with a `DGMTrainingError`, the parameters left as they were before that step.
+Inside a `torch.distributed` process group the processes share each step's batch and average
+their gradients (`dgmlang.distributed`; the lines marked [distributed]).
 
 Every function takes the compiled model (`dgmlang.compiled.CompiledModel`) and reads its
 public attributes only: `ir`, `plan`, `model`, `guide`, `facts`, `roles`, `history`,

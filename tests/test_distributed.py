@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import dgmlang
-from dgmlang import distributed, fastpath
+from dgmlang import cli, distributed, fastpath
+from dgmlang.errors import DGMUsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = """
@@ -138,9 +139,15 @@ def test_the_processes_sharing_a_batch_split_it_without_padding():
             assert sum(distributed.split_sizes(rows, processes)) == rows
 
 
-def test_fit_outside_a_process_group_is_unchanged():
+def test_outside_a_process_group_one_process_writes_and_a_bad_count_is_refused(monkeypatch, capsys):
     assert distributed.current() is None and distributed.writes_files()
-    assert not distributed.launched() or "WORLD_SIZE" in os.environ
+    with pytest.raises(DGMUsageError, match="at least 1"):
+        distributed.launch("dgmlang.cli", ["fit"], 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cli.main(["fit", "m.dgm", "--data", "d.npz", "--nproc", "3"]) == 1
+    assert "--nproc 3 under a launcher that started 2 processes here" in capsys.readouterr().err
 
 
 def test_dgm_fit_nproc_2_writes_the_run_folder_once(tmp_path):
