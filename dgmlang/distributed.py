@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -72,11 +73,25 @@ class ProcessGroup:
 
     # -------------------------------------------------------------- check-ins
 
+    @contextlib.contextmanager
+    def contact(self) -> Iterator[None]:
+        """Around a collective: the error of a lost connection (a process that died) becomes a
+        `DGMTrainingError`, with no attempt to tell the others (the launcher stops them)."""
+        try:
+            yield
+        except RuntimeError as err:
+            self.failed = True
+            raise DGMTrainingError(
+                f"process {self.rank} of {self.size} lost contact with the others "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+                hint="another process stopped or was killed: see its messages") from None
+
     def check_in(self, *, rows: int = 0, loss: float = 0.0) -> tuple[int, float]:
         """Tell the others this process is healthy; returns the global batch size (the sum
         of `rows`) and the row-weighted loss sum. Raises when another process failed."""
         status = torch.tensor([0.0, float(rows), loss * rows], dtype=torch.float64, device=self.device)
-        dist.all_reduce(status)
+        with self.contact():
+            dist.all_reduce(status)
         if status[0].item() > 0:
             self._raise_peer_failure()
         return int(status[1].item()), float(status[2].item())
@@ -88,12 +103,14 @@ class ProcessGroup:
             return
         self.failed = True
         status = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
-        dist.all_reduce(status)
-        dist.all_gather_object([None] * self.size, _describe(err))
+        with self.contact():
+            dist.all_reduce(status)
+            dist.all_gather_object([None] * self.size, _describe(err))
 
     def _raise_peer_failure(self) -> None:
         reports: list[Any] = [None] * self.size
-        dist.all_gather_object(reports, None)
+        with self.contact():
+            dist.all_gather_object(reports, None)
         self.failed = True
         rank, report = next((r, rep) for r, rep in enumerate(reports) if rep is not None)
         kind, message, hint = report
@@ -105,7 +122,7 @@ class ProcessGroup:
     def share_parameters(self, parameters: Sequence[torch.nn.Parameter]) -> None:
         """Give every process rank 0's parameter values."""
         self.check_in()
-        with torch.no_grad():
+        with torch.no_grad(), self.contact():
             for param in parameters:
                 buffer = param.detach().to(self.device)
                 dist.broadcast(buffer, src=0)
@@ -118,7 +135,8 @@ class ProcessGroup:
         self.check_in()
         order = torch.randperm(n) if self.rank == 0 else torch.empty(n, dtype=torch.int64)
         buffer = order.to(self.device)
-        dist.broadcast(buffer, src=0)
+        with self.contact():
+            dist.broadcast(buffer, src=0)
         return buffer.cpu()
 
     def shard(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -143,7 +161,8 @@ class ProcessGroup:
             flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
             if weight != 1.0:
                 flat.mul_(weight)
-            dist.all_reduce(flat)
+            with self.contact():
+                dist.all_reduce(flat)
             flat.div_(self.size)
             offset = 0
             for g in grads:
@@ -243,6 +262,7 @@ def launch(module: str, argv: Sequence[str], processes: int) -> int:
     first process that failed."""
     if not isinstance(processes, int) or processes < 1:
         raise DGMUsageError(f"the number of processes must be a whole number of at least 1, not {processes!r}")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -250,15 +270,25 @@ def launch(module: str, argv: Sequence[str], processes: int) -> int:
     config.training_script_args = list(argv)  # as given: not parsed as the launcher's options
     # the machine's cores shared out, unless the user chose a thread count
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-    quiet = logging.getLogger("torch.distributed.elastic")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # a worker's failure is reported by the worker itself
+    # the launcher's own log lines go: a worker's failure is reported by the worker itself
+    quiet = {name: logger.level for name, logger in logging.Logger.manager.loggerDict.items()
+             if name.startswith("torch.distributed") and isinstance(logger, logging.Logger)}
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(config)
     except ChildFailedError as err:
-        failures = err.failures
-        first = failures.get(0) or next(iter(failures.values()))
-        return first.exitcode if first.exitcode > 0 else 1
+        # a process killed by a signal (not the launcher's SIGTERM) first: the others only
+        # lost contact with it; else one that printed its error
+        rank, first = min(err.failures.items(), key=lambda item: (
+            not (item[1].exitcode < 0 and item[1].exitcode != -signal.SIGTERM), item[1].timestamp, item[0]))
+        if first.exitcode > 0:
+            return first.exitcode  # the process printed its error
+        raise DGMTrainingError(f"process {rank} of {processes} was killed ({first.signal_name()}); "
+                               "the others were stopped", hint="out of memory is a common cause") from None
+    except SignalException as err:  # Ctrl-C or a kill: the workers were stopped with it
+        return 128 + int(err.sigval)
     finally:
-        quiet.setLevel(level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
     return 0

@@ -37,7 +37,7 @@ model pointwise {
 #: (name, rows, dtype, path, batch size per process, steps): what each process group trains
 CASES = [("float32", 1437, "float32", "fast", 64, 50),
          ("float64", 1437, "float64", "fast", 64, 50),
-         ("float64_pyro", 1437, "float64", "pyro", 64, 50),
+         ("float64_pyro", 1437, "float64", "pyro", 64, 20),  # past the first ragged batch (step 12)
          ("one_row_short", 129, "float64", "fast", 64, 6)]  # every second step: 1 row, 1 process empty
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
@@ -102,21 +102,39 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def launch(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Wait for `process`; a hang fails the test (the process is killed) instead of stalling."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"the processes did not finish in {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return finish(start(args, cwd))
 
 
 def test_two_processes_give_the_one_process_parameters_and_share_a_failure(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    done = launch(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker),
-                   str(Path(__file__).parent), str(tmp_path)], tmp_path)
+    processes = start(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(worker),
+                       str(Path(__file__).parent), str(tmp_path)], tmp_path)
+    # meanwhile, one process with the same global batch
+    expected_by_case = {case[0]: train(*case[1:4], case[4] * 2, case[5]) for case in CASES}
+    done = finish(processes)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for name, rows, dtype, path, batch, steps in CASES:
-        expected = train(rows, dtype, path, batch * 2, steps)  # one process, the same global batch
+        expected = expected_by_case[name]
         for rank in ranks:
             got = rank[name]
             assert got.keys() == expected.keys()
@@ -166,6 +184,7 @@ def test_dgm_fit_nproc_2_writes_the_run_folder_once(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DGM_SLOW") != "1", reason="slow; set DGM_SLOW=1")
 def test_dgm_fit_nproc_2_reports_a_failure_of_one_process_once(tmp_path):
     (tmp_path / "m.dgm").write_text(MODEL)
     # a row no float32 Normal can score: the loss of the process holding it is infinite

@@ -73,6 +73,10 @@ def cmd_fit(args) -> int:
         if group is not None and group.failed and not group.writes_files:
             return 1  # rank 0 reports the failure, with its message
         raise
+    except KeyboardInterrupt:
+        if group is not None and not group.writes_files:
+            return 130  # rank 0 reports it and saves the model
+        raise
     finally:
         distributed.leave()
 
