@@ -209,7 +209,10 @@ def shared_failures(group: ProcessGroup | None) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        group.fail(err)
+        try:
+            group.fail(err)
+        except DGMTrainingError:
+            pass  # the others are gone already; this process's own error is the one to report
         raise
     group.check_in()
 
