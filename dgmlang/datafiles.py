@@ -136,15 +136,15 @@ def read_table(spec: str | Path) -> Table:
     try:
         if suffix == ".csv":
             return _read_csv(path)
+        if suffix == ".npy":  # mapped, not read: the rows are read as training asks for them
+            return Table(text, {"": np.load(path, mmap_mode="r", allow_pickle=False)})
         with path.open("rb") as file:  # our handle: numpy leaks its own on a broken zip
-            if suffix == ".npy":
-                return Table(text, {"": np.load(file, allow_pickle=False)})
             with np.load(file, allow_pickle=False) as archive:
                 return Table(text, {key: archive[key] for key in archive.files})
     except DGMDataError:
         raise
     except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+        if any(says in str(err) for says in ("allow_pickle", "Object arrays", "Python objects")):
             raise DGMDataError(f"{text} holds Python objects, not numbers",
                                hint="save plain numeric arrays (refusing to unpickle)") from None
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})") from None
@@ -321,30 +321,52 @@ def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bo
     if array.shape[0] == 0:
         raise DGMDataError(f"{source}: '{var.name}' has no rows", hint="give at least one data point")
     if array.dtype.kind == "f":
-        nan = np.isnan(array)
-        if nan.any() and not (allow_missing and var.role == "data"):
-            where = _position(np.argwhere(nan)[0], var, csv_lines=csv_lines)
+        bad = _first_bad_entries(array, var, allow_missing=allow_missing)
+        if "nan" in bad and not (allow_missing and var.role == "data"):
+            where = _position(bad["nan"], var, csv_lines=csv_lines)
             hint = ("an input is never missing; give every value" if var.role == "input" and allow_missing
                     else "missing values are allowed only in the data given to invert")
             raise DGMDataError(f"{source}: {where} is empty (a missing value)", hint=hint)
-        inf = np.isinf(array)
-        if inf.any():
-            where = _position(np.argwhere(inf)[0], var, csv_lines=csv_lines)
-            raise DGMDataError(f"{source}: {where} holds {array[tuple(np.argwhere(inf)[0])]}, "
+        if "inf" in bad:
+            where = _position(bad["inf"], var, csv_lines=csv_lines)
+            raise DGMDataError(f"{source}: {where} holds {array[tuple(bad['inf'])]}, "
                                f"not a finite number", hint="infinities are never valid data")
-        if _is_integer_variable(var) and not nan.any():
-            for bad, what, expected in (
-                    (array != np.rint(array), "not a whole number", "give whole numbers"),
-                    (np.abs(array) >= 2.0 ** 63, "beyond the whole numbers an int64 holds",
-                     "values from -2**63 to 2**63 - 1")):
-                if bad.any():
-                    index = np.argwhere(bad)[0]
+        if _is_integer_variable(var) and "nan" not in bad:
+            for key, what, expected in (
+                    ("fraction", "not a whole number", "give whole numbers"),
+                    ("huge", "beyond the whole numbers an int64 holds", "values from -2**63 to 2**63 - 1")):
+                if key in bad:
+                    index = bad[key]
                     raise DGMDataError(
                         f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
                         f"{array[tuple(index)]:g}, {what}",
                         hint=f"'{var.name}' is an int input: {expected}")
             array = array.astype(np.int64)  # CSV has no dtypes: whole-number labels become ints
     return array
+
+
+def _first_bad_entries(array: np.ndarray, var: Variable, *, allow_missing: bool) -> dict[str, np.ndarray]:
+    """The index of the first NaN (``"nan"``), infinity (``"inf"``) and, for an int input,
+    fraction (``"fraction"``) and value beyond an int64 (``"huge"``) in a float array,
+    read a `dgmlang.data.CHUNK_CELLS` piece at a time (a memmap is not loaded whole)."""
+    from dgmlang.data import chunk_rows
+
+    first: dict[str, np.ndarray] = {}
+    per_piece = chunk_rows(tuple(array.shape[1:]))
+    for start in range(0, array.shape[0], per_piece):
+        piece = np.asarray(array[start:start + per_piece])
+        found = {"nan": np.isnan(piece), "inf": np.isinf(piece)}
+        if _is_integer_variable(var):
+            found["fraction"] = piece != np.rint(piece)
+            found["huge"] = np.abs(piece) >= 2.0 ** 63
+        for key, bad in found.items():
+            if key not in first and bad.any():
+                index = np.argwhere(bad)[0]
+                index[0] += start
+                first[key] = index
+        if "nan" in first and not (allow_missing and var.role == "data"):
+            break  # the first NaN is the message
+    return first
 
 
 def _is_integer_variable(var: Variable) -> bool:
