@@ -5,7 +5,9 @@ arrays keyed by variable name, each shaped ``(n, *shape)``, ready for `fit`, `in
 `log_prob` or `sample`'s inputs. Formats:
 
 * ``.npz`` — one array per variable, under the variable's name (``np.savez(f, x=x, y=y)``);
-* ``.npy`` — one array, for a model with a single variable to fill (one `data`, no `input`);
+  arrays stored uncompressed (`np.savez`) are memory-mapped, compressed ones read whole;
+* ``.npy`` — one array, for a model with a single variable to fill (one `data`, no `input`),
+  memory-mapped: its rows are read as they are used;
 * ``.csv`` — a header row, then one row per data point. A scalar variable ``y`` is the
   column ``y``; a vector ``x[3]`` the columns ``x[0]``, ``x[1]``, ``x[2]``; an array
   ``img[2, 2]`` the columns ``img[0][0]``, ``img[0][1]``, ``img[1][0]``, ``img[1][1]``
@@ -40,6 +42,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +143,9 @@ def read_table(spec: str | Path) -> Table:
             return Table(text, {"": np.load(path, mmap_mode="r", allow_pickle=False)})
         with path.open("rb") as file:  # our handle: numpy leaks its own on a broken zip
             with np.load(file, allow_pickle=False) as archive:
-                return Table(text, {key: archive[key] for key in archive.files})
+                arrays = {key: _mapped_member(path, archive.zip, key) for key in archive.files}
+                return Table(text, {key: archive[key] if array is None else array
+                                    for key, array in arrays.items()})
     except DGMDataError:
         raise
     except ValueError as err:
@@ -154,6 +159,41 @@ def read_table(spec: str | Path) -> Table:
     except (OSError, EOFError, zipfile.BadZipFile, csv.Error, NotImplementedError) as err:
         # csv: a cell over 128 KiB; NotImplementedError: a zip entry of an unknown compression
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})".splitlines()[0]) from None
+
+
+def _mapped_member(path: Path, archive: zipfile.ZipFile, key: str) -> np.memmap | None:
+    """The array `key` of an .npz file memory-mapped where it lies in the file, when it is
+    stored uncompressed (`np.savez` stores them so); None when it must be read whole (a
+    compressed member from `np.savez_compressed`, a header numpy's readers would refuse, an
+    empty array), and `np.load` reads it, with its own errors."""
+    names = archive.namelist()
+    member = key + ".npy" if key + ".npy" in names else key
+    info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # 0x1: encrypted
+        return None
+    with path.open("rb") as file:
+        file.seek(info.header_offset)
+        local = file.read(30)  # the member's local header: its name and extra field follow
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        file.seek(start)
+        try:
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return None
+            shape, fortran_order, dtype = read_header(file)
+        except ValueError:
+            return None
+        offset = file.tell()
+    size = dtype.itemsize * math.prod(shape)
+    if dtype.hasobject or size == 0 or offset - start + size > info.file_size:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")
 
 
 def _check_magic(path: Path, suffix: str) -> None:

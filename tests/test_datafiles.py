@@ -407,3 +407,16 @@ def test_a_file_is_checked_in_chunks_with_rows_counted_in_the_whole_file(tmp_pat
     np.savez(tmp_path / "c.npz", x=labels, y=np.arange(6))
     with pytest.raises(DGMDataError, match=r"c\.npz: data variable 'x' \(Binomial\): row 3, column 1 holds 17"):
         validate(CVAE, read_data(tmp_path / "c.npz", CVAE), str(tmp_path / "c.npz"), purpose="fit")
+
+
+def test_uncompressed_npz_arrays_are_memory_mapped_and_compressed_ones_read(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    y = np.array([1, 2, 3])
+    np.savez(tmp_path / "d.npz", x=x, y=y, extra=np.asfortranarray(np.ones((2, 3))))
+    table = read_table(tmp_path / "d.npz")
+    assert all(isinstance(a, np.memmap) for a in table.arrays.values())
+    assert table.arrays["x"].tolist() == x.tolist() and table.arrays["y"].tolist() == y.tolist()
+    assert table.arrays["extra"].tolist() == np.ones((2, 3)).tolist()
+    np.savez_compressed(tmp_path / "c.npz", x=x, y=y)
+    arrays = read_data(tmp_path / "c.npz", CVAE)
+    assert not isinstance(arrays["x"], np.memmap) and arrays["x"].tolist() == x.tolist()
