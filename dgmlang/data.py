@@ -455,6 +455,8 @@ def _normal_rows(index: Any, n: int) -> slice | np.ndarray:
         # a backward slice becomes row numbers: its concrete stop may be -1, which a slice reads as the last row
         return slice(start, stop, step) if step > 0 else np.arange(start, stop, step, dtype=np.int64)
     if isinstance(index, torch.Tensor):
+        if index.dtype == torch.int64 and index.device.type == "cpu" and not index.requires_grad:
+            return index.numpy()  # a batch's row numbers: the common case, kept cheap
         index = index.detach().cpu()
         if index.dtype == torch.bool:
             index = index.nonzero().flatten()
@@ -474,12 +476,17 @@ def _compose(outer: slice | np.ndarray, inner: slice | np.ndarray) -> slice | np
     if isinstance(outer, np.ndarray):
         return outer[inner]
     picked = range(outer.start, outer.stop, outer.step)
+    if isinstance(inner, np.ndarray) and outer.start == 0 and outer.step == 1:
+        return inner  # rows of all rows: indexing a column checks the row numbers itself
     if isinstance(inner, slice):
         picked = picked[inner]
         if picked.step > 0:
             return slice(picked.start, picked.stop, picked.step)
         return np.arange(picked.start, picked.stop, picked.step, dtype=np.int64)
-    return np.arange(picked.start, picked.stop, picked.step, dtype=np.int64)[inner]
+    inner = np.where(inner < 0, inner + len(picked), inner)
+    if inner.size and (inner.min() < 0 or inner.max() >= len(picked)):
+        raise IndexError(f"row numbers out of range for {len(picked)} rows")
+    return picked.start + inner * picked.step
 
 
 def _pieces(rows: slice | np.ndarray, per_piece: int):
@@ -520,8 +527,11 @@ class _TensorColumn:
 
     def take(self, rows: slice | np.ndarray) -> torch.Tensor:
         if isinstance(rows, np.ndarray):
-            rows = torch.from_numpy(rows).to(self.tensor.device)
-        return self.tensor[rows].cpu()
+            rows = torch.from_numpy(rows)
+            if self.tensor.device.type != "cpu":
+                rows = rows.to(self.tensor.device)
+        taken = self.tensor[rows]
+        return taken if taken.device.type == "cpu" else taken.cpu()
 
 
 class _DatasetRows:
