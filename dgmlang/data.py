@@ -541,6 +541,10 @@ class _DatasetRows:
     each row once)."""
 
     def __init__(self, dataset: Any, purpose: str):
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            raise DGMDataError(f"{purpose}: an IterableDataset has no rows to pick by number",
+                               hint="give a map-style Dataset (__len__ and __getitem__(i) -> dict of "
+                                    "variable -> value), or numpy arrays (np.load(..., mmap_mode='r'))")
         try:
             self.n = len(dataset)
         except TypeError:

@@ -571,7 +571,15 @@ def test_a_torch_dataset_that_breaks_the_protocol_is_a_data_error():
             return {"x": torch.zeros(3)}
 
     assert "row 0 is a Tensor, not a dict" in error("counts", Bare())
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([{"x": torch.zeros(3)}])
+
+        def __len__(self):
+            return 1
+
     assert "has no len()" in error("counts", Endless())
+    assert "an IterableDataset has no rows to pick by number" in error("counts", Stream())
     assert "has no rows" in error("counts", Rows({"x": torch.zeros(0, 3)}))
     ragged = Rows({"x": [torch.zeros(3), torch.zeros(3), torch.zeros(4)]})
     assert "row 2: 'x' has shape (4,), but row 0's has (3,)" in error("counts", ragged)
