@@ -25,6 +25,7 @@ from tqdm import tqdm
 import pyro
 
 from dgmlang import fastpath
+from dgmlang.calibrate import calibrate
 from dgmlang.data import Dataset, positive_int, prepare_data
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
@@ -70,6 +71,8 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     steps_per_epoch = math.ceil(n / rows_per_step)
     total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
     losses: list[float] = []
+    if not model.fitted:
+        calibrate(model, dataset)  # the guide's reference scales, from the training data
     named = named_parameters(model)
     # a model with nothing to learn (fixed distributions only) is scored, not updated
     optimizer = torch.optim.Adam([p for _, p in named], lr=lr) if named else None
