@@ -5,10 +5,11 @@ replays them in the model (latents the model sums out are summed exactly by `pou
 and sums the log densities site by site. The importance-weighted training bound
 (`iwae_bound`), `log_prob`, sampling/importance resampling and the Metropolis-Hastings steps
 of `invert` are built on it. The per-data-point log-sum-exp is ours: Pyro's `RenyiELBO` and
-`vectorized_importance_weights` give no per-point bound under subsampling.
+`vectorized_importance_weights` give no per-point bound under subsampling. `chunk_plan`
+sizes the chunks the queries weigh at once (`CHUNK_CELLS`, `CHUNK_VALUES`).
 
 Every function takes the compiled model (`dgmlang.compiled.CompiledModel`) and reads its
-public attributes only: `model`, `guide`, `ir`, `roles`.
+public attributes only: `model`, `guide`, `ir`, `roles`, `facts`.
 """
 from __future__ import annotations
 
@@ -25,11 +26,16 @@ from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.errors import DGMUsageError
 
-__all__ = ["CHUNK_CELLS", "PARTICLES", "Weights", "check_importance_weighting", "importance_weights",
-           "in_particles", "iwae_bound", "site_sums"]
+__all__ = ["CHUNK_CELLS", "CHUNK_VALUES", "PARTICLES", "Weights", "check_importance_weighting",
+           "chunk_plan", "importance_weights", "in_particles", "iwae_bound", "site_sums",
+           "values_per_row"]
 
 #: (particles x data points) evaluated at once by `log_prob` and `invert` (bounds memory).
 CHUNK_CELLS = 16384
+#: Entries of the data points' variables evaluated at once by `log_prob` and `invert`:
+#: (particles x data points x `values_per_row`), so a big data point (``data x[65536]``)
+#: gets fewer particles at a time.
+CHUNK_VALUES = 2 ** 24
 #: The plate of vectorized particles; the data plate is dim -1, so particles go at -2 and
 #: enumerated discrete latents from -3 leftwards.
 PARTICLES = "particles"
@@ -61,6 +67,34 @@ def in_particles(fn: Callable, particles: int | None) -> Callable:
             return fn(*args, **kwargs)
 
     return vectorized
+
+
+def values_per_row(model: Any) -> int:
+    """How many values one data point under one particle holds: the entries of every data,
+    input and latent variable, times the classes of each latent the model sums out (its
+    enumeration multiplies what every site downstream of it holds). At least 1."""
+    values = sum(math.prod(v.shape) for v in model.ir.variables if v.role in ("data", "input", "latent"))
+    for name in model.roles.model_enumerated:
+        values *= model.facts.classes(name) or 1
+    return max(1, values)
+
+
+def chunk_plan(rows: int, particles: int, values: int, *, cells: int | None = None) -> tuple[int, int]:
+    """(data points, particles) to evaluate at once for `rows` points of `particles` particles,
+    each (point, particle) cell holding `values` values (`values_per_row`): as many points as
+    fit with all their particles, else one point and as many particles as fit. A chunk holds
+    at most `cells` cells (`CHUNK_CELLS` by default) and `CHUNK_VALUES` values, and never
+    less than one point and one particle.
+
+    >>> chunk_plan(100, 1000, 3)      # small points: 16 points with all their particles
+    (16, 1000)
+    >>> chunk_plan(4, 1000, 65536)    # one big point: 256 of its particles at a time
+    (1, 256)
+    """
+    cells = CHUNK_CELLS if cells is None else cells
+    budget = max(1, min(cells, CHUNK_VALUES // max(1, values)))
+    points = max(1, min(rows, budget // particles))
+    return points, max(1, min(particles, budget // points))
 
 
 def check_importance_weighting(model: Any, what: str) -> None:

@@ -1,9 +1,11 @@
-"""Importance weighting: what it refuses (dgmlang/weights.py)."""
+"""Importance weighting: what it refuses, how it chunks (dgmlang/weights.py)."""
 import pytest
 import torch
 
 import dgmlang
+from dgmlang import weights
 from dgmlang.errors import DGMUsageError
+from dgmlang.weights import chunk_plan
 
 DELTA = """
 model collider {
@@ -35,9 +37,12 @@ def test_the_same_model_with_a_density_is_scored():
     assert torch.isfinite(m.log_prob(data, num_samples=4, seed=0)).all()
 
 
-def test_invert_names_the_rows_no_posterior_draw_can_be_weighted_at():
+@pytest.mark.parametrize("chunked", [False, True])
+def test_invert_names_the_rows_no_posterior_draw_can_be_weighted_at(chunked, monkeypatch):
     # 1e20 passes the data checks (float32 holds it) but its square overflows in the density
     m = dgmlang.compile(DELTA.replace(" guide(family = delta)", ""))
+    if chunked:  # one row at a time, its proposals 300 at a time: the row is still named
+        monkeypatch.setattr(weights, "CHUNK_VALUES", 300 * weights.values_per_row(m))
     x = torch.zeros(5)
     x[3] = 1e20
     with pytest.raises(dgmlang.errors.DGMDataError, match="not finite at row 3,") as err:
@@ -58,3 +63,36 @@ model wide {
     for draw in (lambda: m.sample(4, seed=0), lambda: simulate(m, 4, seed=0)):
         with pytest.raises(dgmlang.errors.DGMModelError, match="invalid arguments"):
             draw()
+
+
+# ---------------------------------------------------------------- chunks
+
+
+def test_chunks_are_bounded_by_cells_and_by_values():
+    assert chunk_plan(100, 1000, 3) == (16, 1000)  # CHUNK_CELLS: 16 points of 1,000 particles
+    assert chunk_plan(5, 1000, 3) == (5, 1000)
+    assert chunk_plan(3, 20000, 3) == (1, weights.CHUNK_CELLS)
+    assert chunk_plan(4, 1000, 65537) == (1, 255)  # CHUNK_VALUES: 2**24 // 65537 particles
+    assert chunk_plan(4, 1000, 10**9) == (1, 1)  # never less than one of each
+    assert chunk_plan(100, 1000, 3, cells=32000) == (32, 1000)
+    for rows, particles, values in [(7, 1000, 65537), (50, 100, 784), (3, 5, 1), (1, 10**6, 40)]:
+        points, per_chunk = chunk_plan(rows, particles, values)
+        assert points * per_chunk <= weights.CHUNK_CELLS
+        assert points * per_chunk * values <= weights.CHUNK_VALUES
+
+
+def test_values_per_row_counts_data_inputs_latents_and_summed_out_classes():
+    m = dgmlang.compile("""
+model m {
+    input  u[3]
+    data   x[2, 5]
+    latent z[4]
+    latent c
+    global g
+    c ~ Categorical(logits = zeros(3))
+    g ~ Normal(0, 1)
+    z ~ Normal(g, 1)
+    x ~ Normal(sum(z) + sum(u) + c, 1)
+}""")
+    assert m.roles.model_enumerated == ("c",)
+    assert weights.values_per_row(m) == (3 + 10 + 4 + 1) * 3
