@@ -163,8 +163,13 @@ class CompiledModel:
         With `checkpoint` (a file path) the model and its training state are written there
         atomically every `checkpoint_every` steps, every `checkpoint_seconds` seconds (60;
         None: not by time) and at the end. `should_stop` (called before every step) ends
-        the fit early when it returns True, the checkpoint written. See
-        `dgmlang.training.fit` and docs/inference.md.
+        the fit early when it returns True, the checkpoint written.
+
+        Inside a `torch.distributed` process group it trains data-parallel, `batch_size`
+        rows per process (`dgmlang.distributed`); rank 0 alone writes the checkpoint, a
+        `should_stop` on any process stops all after the same step, and a run resumes in
+        as many processes as it was trained by. See `dgmlang.training.fit` and
+        docs/inference.md.
         """
         return training.fit(self, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                             num_particles=num_particles, objective=objective,

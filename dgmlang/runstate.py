@@ -2,7 +2,7 @@
 continue exactly where it stopped.
 
 A `TrainingState` holds the run's settings (batch size, learning rate, particles,
-objective, seed), a fingerprint of its data, how far it got (steps and epochs done, the
+objective, seed, and how many processes trained it: `dgmlang.distributed`), a fingerprint of its data, how far it got (steps and epochs done, the
 steps planned), the epoch's row order and the position in it, torch's random state at that
 step boundary, and the Adam state of every parameter by name. `fit` keeps one on the model
 (``CompiledModel.training_state``); a checkpoint stores it (format 3: `encode` gives the
@@ -10,7 +10,9 @@ JSON part and the tensors, `decode` checks and reads them back).
 
 Every random draw of a step (the minibatch order, the guide's samples) comes from torch's
 CPU generator — Pyro samples through torch, and dgmlang's training uses neither Python's
-`random` nor numpy's — so that generator's state is the whole random state.
+`random` nor numpy's — so that generator's state is the whole random state. In a process
+group it is rank 0's state: the other processes restart their streams at every step from
+the seed, their rank and the step's number (`dgmlang.distributed.own_random_stream`).
 
 >>> import torch
 >>> rows = {"x": torch.arange(6.0).reshape(3, 2)}
@@ -31,11 +33,13 @@ import torch
 
 from dgmlang.errors import DGMCheckpointError, DGMUsageError
 
-__all__ = ["DEFAULTS", "FINGERPRINT_ROWS", "TrainingState", "data_fingerprint", "decode", "encode",
+__all__ = ["DEFAULTS", "FINGERPRINT_ROWS", "PROCESSES", "TrainingState", "data_fingerprint", "decode", "encode",
            "load_optimizer_state", "named_parameters", "optimizer_state", "settings_for"]
 
 #: `fit`'s settings when not given.
 DEFAULTS = {"batch_size": 128, "lr": 1e-3, "num_particles": 1, "objective": "elbo"}
+#: The setting that says how many processes trained the run (1 when a file does not say).
+PROCESSES = "processes"
 #: The data fingerprint hashes at most this many rows, evenly spaced, first and last included.
 FINGERPRINT_ROWS = 1024
 _RNG_BYTES = torch.random.get_rng_state().numel()
@@ -93,12 +97,15 @@ def data_fingerprint(values: Mapping[str, torch.Tensor], n: int) -> dict[str, An
     return {"rows": int(n), "sample_sha256": hasher.hexdigest()}
 
 
-def settings_for(previous: TrainingState | None, given: Mapping[str, Any], *, resume: bool) -> dict[str, Any]:
-    """The settings of a fit: the given ones (None = the default), or with `resume` the
-    stored run's, where a given one must agree with it."""
+def settings_for(previous: TrainingState | None, given: Mapping[str, Any], *, resume: bool,
+                 processes: int = 1) -> dict[str, Any]:
+    """The settings of a fit by `processes` processes: the given ones (None = the default),
+    or with `resume` the stored run's, where a given one, and the number of processes, must
+    agree with it."""
     if not resume:
         settings = {key: DEFAULTS[key] if given.get(key) is None else given[key] for key in DEFAULTS}
         settings["seed"] = given.get("seed")
+        settings[PROCESSES] = processes
         return settings
     if previous is None:
         raise DGMUsageError(
@@ -111,6 +118,13 @@ def settings_for(previous: TrainingState | None, given: Mapping[str, Any], *, re
                 f"resume=True continues the run with its own {key} ({previous.settings[key]!r}), "
                 f"not {value!r}",
                 hint=f"leave {key} out to resume, or fit without resume=True to start over")
+    stored = previous.settings[PROCESSES]
+    if processes != stored:
+        raise DGMUsageError(
+            f"cannot resume: the run was trained by {stored} process{'es' if stored > 1 else ''}, "
+            f"and this fit runs in {processes}",
+            hint=f"resume it in {stored} process{'es' if stored > 1 else ''} (dgm fit --resume RUN "
+                 f"--nproc {stored}, or a torch.distributed group of {stored}), which continues it exactly")
     return dict(previous.settings)
 
 
@@ -211,8 +225,11 @@ def decode(path: Path, metadata: Any, tensors: Any) -> TrainingState:
     if whole["planned_steps"] < whole["steps_done"]:
         raise bad("'planned_steps' is below 'steps_done'")
     settings = metadata.get("settings")
-    if not isinstance(settings, dict) or set(settings) != {*DEFAULTS, "seed"}:
-        raise bad("'settings' should hold batch_size, lr, num_particles, objective and seed")
+    if not isinstance(settings, dict) or set(settings) - {PROCESSES} != {*DEFAULTS, "seed"}:
+        raise bad("'settings' should hold batch_size, lr, num_particles, objective, seed and processes")
+    settings = {PROCESSES: 1, **settings}
+    if not (_whole(settings[PROCESSES]) or 0) >= 1:
+        raise bad("'processes' should be a whole number >= 1")
     if not (_whole(settings["batch_size"]) or 0) >= 1 or not (_whole(settings["num_particles"]) or 0) >= 1:
         raise bad("'batch_size' and 'num_particles' should be whole numbers >= 1")
     lr = settings["lr"]

@@ -8,6 +8,8 @@ discrete latents are summed out) or the importance-weighted bound (``objective="
 estimator without Pyro's per-step tracing. Every step is checked before the optimizer moves:
 a NaN or infinite loss or gradient, or a distribution handed invalid parameters, stops
 training with a `DGMTrainingError`, the parameters left as they were before that step.
+Inside a `torch.distributed` process group the processes share each step's batch and average
+their gradients (`dgmlang.distributed`; the lines marked [distributed]).
 
 The run's state at every step boundary — optimizer state, torch's random state, the epoch's
 order and the position in it — can be written to a checkpoint during training and continued
@@ -21,6 +23,7 @@ public attributes only: `ir`, `plan`, `model`, `guide`, `facts`, `roles`, `histo
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -32,7 +35,8 @@ from tqdm import tqdm
 
 import pyro
 
-from dgmlang import fastpath, runstate
+from dgmlang import distributed, fastpath, runstate
+from dgmlang.calibrate import calibrate
 from dgmlang.checkpoint import save as save_checkpoint
 from dgmlang.data import Dataset, positive_int, prepare_data
 from dgmlang.errors import DGMTrainingError, DGMUsageError
@@ -66,7 +70,9 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     The run's state at the last step boundary is left in ``model.training_state``."""
     given = {"batch_size": batch_size, "lr": lr, "num_particles": num_particles,
              "objective": objective, "seed": seed}
-    settings = runstate.settings_for(model.training_state, given, resume=resume)
+    group = distributed.current()  # [distributed] None outside a process group
+    settings = runstate.settings_for(model.training_state, given, resume=resume,
+                                     processes=1 if group is None else group.size)
     _check_options(settings, epochs=epochs, steps=steps, resume=resume, fresh_optimizer=fresh_optimizer,
                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
     loss_fn = model.objective(settings["objective"], settings["num_particles"])
@@ -82,7 +88,8 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
         runstate.check_same_data(previous, *fingerprints)
 
     n = dataset.n
-    rows_per_step = min(settings["batch_size"], n)
+    # [distributed] batch_size is per process: a step takes batch_size rows on each process
+    rows_per_step = min(settings["batch_size"] * settings[runstate.PROCESSES], n)
     steps_per_epoch = math.ceil(n / rows_per_step)
     if steps is not None or epochs is not None or not resume:
         count = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
@@ -101,12 +108,18 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
             epochs_done=0, planned_steps=count, position=0, order=None,
             rng=torch.random.get_rng_state(), optimizer={})
         random_state = seeded(seed)
+    if not model.fitted:  # never on a resumed run: its references come from its checkpoint
+        calibrate(model, dataset)  # the guide's reference scales, from the training data
     named = named_parameters(model)
+    if group is not None:  # [distributed] every process starts from rank 0's parameters
+        group.share_parameters([p for _, p in named] + list(model.guide.buffers()))
     # a model with nothing to learn (fixed distributions only) is scored, not updated
     optimizer = torch.optim.Adam([p for _, p in named], lr=settings["lr"]) if named else None
     if optimizer is not None and previous is not None and not fresh_optimizer:
         runstate.load_optimizer_state(optimizer, named, previous.optimizer)
-    saver = _Checkpointer(model, checkpoint, every=checkpoint_every, seconds=checkpoint_seconds)
+    writes = group is None or group.writes_files  # [distributed] rank 0 alone writes checkpoints
+    saver = _Checkpointer(model, checkpoint if writes else None, every=checkpoint_every,
+                          seconds=checkpoint_seconds)
     losses: list[float] = []
     order, position, epochs_done = state.order, state.position, state.epochs_done
     first = state.steps_done + 1
@@ -117,31 +130,44 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
                               rng=torch.random.get_rng_state() if rng is None else rng,
                               optimizer=runstate.optimizer_state(optimizer, named))
 
+    def stopping() -> bool:
+        if group is not None:  # [distributed] asked on any process, agreed at the last step's check-in
+            return group.stopping
+        return should_stop is not None and should_stop()
+
     between_steps, failed = True, None
-    with random_state, tqdm(total=count, disable=not progress, desc=f"fit {model.name}",
-                            unit="step") as bar:
+    show = progress and writes  # [distributed] rank 0's bar only
+    with random_state, distributed.own_random_stream(group) as restart, distributed.shared_failures(group), \
+            tqdm(total=count, disable=not show, desc=f"fit {model.name}", unit="step") as bar:
         try:
             while len(losses) < count:
-                if should_stop is not None and should_stop():
+                if stopping():
                     if losses:  # stopped between steps: the state there, written
                         saver.save(boundary())
                     return losses
-                if order is None:
-                    order, position = torch.randperm(n), 0
+                if order is None:  # [distributed] rank 0 draws it, every process gets it
+                    order, position = torch.randperm(n) if group is None else group.epoch_order(n), 0
                 rows = order[position:position + rows_per_step]
+                taken = len(rows)
+                sync = None
+                if group is not None:  # [distributed] this process's piece; gradients averaged
+                    rows, counted = group.shard(rows)
+                    sync = functools.partial(group.reduce, rows=counted, stop=should_stop)
+                restart(first + len(losses))  # [distributed] a process other than rank 0: its draws
                 before = torch.random.get_rng_state()
                 batch = dataset.rows(rows).values
                 between_steps = False
                 try:
                     loss = step(loss_fn, batch, n, optimizer, named, first + len(losses),
-                                first_update=not model.fitted, model=model, rows=rows, rng_state=before)
+                                first_update=not model.fitted, model=model, rows=rows, rng_state=before,
+                                sync=sync)
                 except DGMTrainingError:  # nothing moved: the state before the step holds
                     failed = boundary(before)
                     raise
                 losses.append(loss / n)
                 model.history["loss"].append(loss / n)
                 model.fitted = True
-                position += len(rows)
+                position += taken
                 between_steps = True
                 bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
                 bar.update()
@@ -285,14 +311,17 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
 def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | None,
          named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool,
          model: Any = None, rows: torch.Tensor | None = None,
-         rng_state: torch.Tensor | None = None) -> float:
+         rng_state: torch.Tensor | None = None, sync: Callable | None = None) -> float:
     """Step `number` of a fit: the loss on `batch`, checked, then one optimizer update
     (none when there is nothing to learn). `first_update` says whether the model has never
     been updated, which decides the hint of a failure. The loss's value is returned.
 
     A non-finite loss or gradient stops the fit; with `model` and the batch's data set
     `rows`, the message names the site that went non-finite first and its rows, found by
-    recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step."""
+    recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step.
+
+    In a process group, `sync` (`dgmlang.distributed.ProcessGroup.reduce`) runs after the
+    backward pass: it averages the gradients over the processes and returns the global loss."""
     if rng_state is None:  # the random state the step starts from, to recompute a failure
         rng_state = torch.random.get_rng_state()
 
@@ -322,10 +351,14 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
     value = float(loss.detach())
     if not math.isfinite(value):
         raise stop(f"the loss is {value}")
-    if optimizer is None or not loss.requires_grad:
+    learns = optimizer is not None and loss.requires_grad
+    if learns:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if sync is not None:  # [distributed] every process reaches this, learning or not
+        value = sync(named if learns else [], value)
+    if not learns:
         return value
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     if not _gradients_finite(named):
         for name, param in named:
             if param.grad is not None and not bool(torch.isfinite(param.grad).all()):

@@ -101,3 +101,28 @@ def test_resuming_with_other_settings_or_data_is_refused(straight, change, match
 def test_resume_needs_a_training_state():
     with pytest.raises(DGMUsageError, match="has none"):
         dgmlang.compile(TEXT).fit(X, steps=1, resume=True, progress=False)
+
+
+def test_a_resumed_fit_keeps_the_references_of_its_checkpoint_and_never_recalibrates(tmp_path, monkeypatch):
+    from dgmlang import training
+
+    far = dgmlang.compile("""
+    model far {
+        data   x[2]
+        latent z
+        z ~ Normal(10000, 10)
+        x ~ Normal(z, 1)
+    }""")
+    data = {"x": far.sample(64, seed=0)["x"]}
+    far.fit(data, steps=3, seed=1, batch_size=16, progress=False, checkpoint=tmp_path / "far.dgmfit")
+    assert float(far.guide.reference("z").loc) == 10000.0  # calibrated before the first step
+    loaded = dgmlang.load_fitted(tmp_path / "far.dgmfit")
+    assert torch.equal(loaded.guide.reference("z").loc, far.guide.reference("z").loc)
+    assert torch.equal(loaded.guide.input_reference("x").loc, far.guide.input_reference("x").loc)
+
+    def recalibrates(*args):
+        raise AssertionError("a resumed fit recalibrated")
+
+    monkeypatch.setattr(training, "calibrate", recalibrates)
+    loaded.fit(data, steps=2, resume=True, progress=False)
+    assert loaded.training_state.steps_done == 5

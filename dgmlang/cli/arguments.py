@@ -20,6 +20,8 @@ from dgmlang.cli.shared import (MAX_EPOCHS, MAX_INPUT_CHARS, MAX_INPUT_DEPTH, MA
 GRAPH_FORMATS = (".dot", ".png", ".svg")
 MAX_THREADS = 1024  # --threads
 SCORE_FORMATS = (".csv", ".npz")
+#: --nproc: processes on one machine (more machines: torchrun --nnodes, docs/scaling.md)
+MAX_NPROC = 256
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -37,6 +39,7 @@ class _Formatter(argparse.HelpFormatter):
                 and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
+
 
 
 def _shown(text: str, width: int = 40) -> str:
@@ -230,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_whole(1, MAX_EPOCHS),
                         help="passes over the data (default 200 when --steps is not given)")
     length.add_argument("--steps", type=_whole(1, MAX_STEPS), help="optimizer steps, instead of --epochs")
-    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), help="rows per step (default: 128)")
+    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), help="rows per step, per process with --nproc (default: 128)")
     p.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: 0.001)")
     p.add_argument("--objective", choices=("elbo", "iwae"), help="the training bound (default: elbo)")
     p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES),
@@ -250,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in the folder RUN from its checkpoint, with its settings, model "
                         "text and data (options given again must agree with the run's)")
     p.add_argument("--out", type=Path, metavar="RUN", help="the run folder to write (default runs/MODEL)")
+    p.add_argument("--nproc", type=_whole(1, MAX_NPROC), metavar="N",
+                   help="train in N processes on this machine (torch.distributed, gloo on the CPU); "
+                        "--batch-size rows each per step (default: 1, or the resumed run's)")
     p.add_argument("--overwrite", action="store_true",
                    help="fit into a run folder that already holds a run, deleting that run's files first")
     p.add_argument("--no-score", action="store_true",

@@ -5,10 +5,17 @@ The run folder's checkpoint (model.dgmfit) is written every --checkpoint-every s
 run starts (what `--resume` needs to continue it) and again when it ends. SIGINT (Ctrl-C)
 and SIGTERM stop training after the step in progress, write the checkpoint and exit 130 and
 143; a second signal stops at once, keeping the last checkpoint.
+
+With --nproc N the command starts N processes (`dgmlang.distributed.launch`); rank 0 writes
+the run folder and every checkpoint, the others write nothing. The launcher passes a SIGINT
+or SIGTERM on to every process; each says so at its step's check-in, so all stop after the
+same step, rank 0 writes the checkpoint, and the launcher exits 130 or 143. `--resume RUN`
+starts as many processes as the run was trained by (run.json's "processes").
 """
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -18,7 +25,7 @@ from pathlib import Path
 from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
                               prepare_run_folder, write_history, write_info, write_reference_scores)
 from dgmlang.cli.shared import check_budget, draw_samples, row_values, say, to_numpy
-from dgmlang.errors import DGMTrainingError, DGMUsageError
+from dgmlang.errors import DGMError, DGMTrainingError, DGMUsageError
 
 #: `dgm fit`'s settings when not given (the Python defaults, and seed 0).
 FIT_DEFAULTS = {"batch_size": 128, "lr": 1e-3, "objective": "elbo", "num_particles": 1, "seed": 0}
@@ -50,13 +57,119 @@ def stop_on_signals():
 
 
 def cmd_fit(args) -> int:
+    """`dgm fit`; with ``--nproc N`` (or resuming a run trained so), in N processes (see
+    `dgmlang.distributed`), of which rank 0 writes the run folder and reports; under
+    torchrun, one of the launched processes."""
+    from dgmlang import distributed
+
+    if distributed.launched():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if args.nproc not in (None, 1, local):
+            raise DGMUsageError(f"--nproc {args.nproc} under a launcher that started {local} processes here",
+                                hint="leave out --nproc when running under torchrun")
+    else:
+        processes = _processes_asked(args)
+        if processes > 1:
+            _check_inputs(args)  # a mistake is reported once, before the processes start
+            return distributed.launch("dgmlang.cli", args.argv, processes)
+    group = distributed.join_from_environment(device=getattr(args, "device", None))
+    try:
+        if group is not None and not group.writes_files:
+            return _fit_without_files(args)
+        return _fit_run(args)
+    except DGMError:
+        if group is not None and group.failed and not group.writes_files:
+            return 1  # rank 0 reports the failure, with its message
+        raise
+    except KeyboardInterrupt:
+        if group is not None and not group.writes_files:
+            return 130  # rank 0 reports it; its last checkpoint stays
+        raise
+    finally:
+        distributed.leave()
+
+
+def _processes_asked(args) -> int:
+    """How many processes to start: --nproc, or when resuming without it, as many as the run
+    was trained by (run.json's "processes"; a run.json `_resume` refuses counts 1 here)."""
+    if args.nproc is not None:
+        return args.nproc
+    if args.resume is None:
+        return 1
+    try:
+        return _run_info(Path(args.resume)).get("processes", 1)
+    except DGMUsageError:
+        return 1  # reported by the one process
+
+
+def _settings(args) -> dict:
+    """The run's settings: the options given, else `FIT_DEFAULTS`."""
+    return {key: default if getattr(args, key) is None else getattr(args, key)
+            for key, default in FIT_DEFAULTS.items()}
+
+
+def _check_inputs(args) -> None:
+    """What `_fit_run` checks before training (the run folder, the model, the data; with
+    --resume, the run), before a multi-process fit starts its processes."""
+    from dgmlang.datafiles import read_data, validate
+    from dgmlang.frontend import check_source, read_source, select
+
+    if args.resume is not None:
+        _prepare_resume(args, tidy=False)
+        return
+    settings = _settings(args)
+    if args.out is not None:
+        prepare_run_folder(args.out, overwrite=args.overwrite)
+    source = read_source(args.file)
+    checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+    if args.out is None:
+        prepare_run_folder(Path("runs") / checked.ir.name, overwrite=args.overwrite)
+    check_budget(f"--batch-size {settings['batch_size']} x --num-particles {settings['num_particles']}",
+                 settings["batch_size"] * settings["num_particles"] * row_values(checked.ir))
+    validate(checked.ir, read_data(args.data, checked.ir), str(args.data), purpose="fit", facts=checked.facts)
+    if args.validation:
+        validate(checked.ir, read_data(args.validation, checked.ir), str(args.validation),
+                 purpose="validation", facts=checked.facts)
+
+
+def _fit_without_files(args) -> int:
+    """A process of a multi-process fit other than rank 0: train its share (or continue the
+    run with --resume), write nothing; a signal stops all processes after the same step."""
+    from dgmlang.datafiles import read_data
+    from dgmlang.frontend import check_source, compile_checked, read_source, select
+
+    if args.resume is not None:
+        model, data, validation, _, info = _prepare_resume(args, tidy=False)
+        options = {"resume": True}
+    else:
+        source = read_source(args.file)
+        checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+        data = read_data(args.data, checked.ir)
+        validation = read_data(args.validation, checked.ir) if args.validation else None
+        model = compile_checked(checked, source=source, filename=str(args.file))
+        info = {"threads": args.threads}
+        options = {"epochs": args.epochs, "steps": args.steps, **_settings(args)}
+    with _thread_count(info.get("threads")), stop_on_signals() as signals:
+        model.fit(data, validation=validation, progress=False, should_stop=lambda: bool(signals), **options)
+    return EXIT_STATUS[signals[0]] if signals else 0
+
+
+def _processes() -> int:
+    """How many processes train together (1 outside a process group)."""
+    from dgmlang import distributed
+
+    group = distributed.current()
+    return 1 if group is None else group.size
+
+
+def _fit_run(args) -> int:
+    """`dgm fit` in one process, or as rank 0 of several: fit (or resume) and write the run."""
     if args.resume is not None:
         return _resume(args)
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
-    settings = {key: default if getattr(args, key) is None else getattr(args, key)
-                for key, default in FIT_DEFAULTS.items()}
+    settings = _settings(args)
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
@@ -83,8 +196,8 @@ def cmd_fit(args) -> int:
     clear_run(out)  # an earlier run's files (--overwrite) go before the first file of this one
     info = {"model_file": str(args.file), "model": ir.name, "data": str(args.data),
             "validation": args.validation, "rows": len(next(iter(data.values()))), "steps": 0,
-            "epochs": args.epochs, **settings, "threads": args.threads, "no_score": args.no_score,
-            "status": "running"}
+            "epochs": args.epochs, **settings, "processes": _processes(), "threads": args.threads,
+            "no_score": args.no_score, "status": "running"}
     return _train(model, data, validation, out, info, args, resume=False,
                   length={"epochs": args.epochs, "steps": args.steps})
 
@@ -93,6 +206,14 @@ def _resume(args) -> int:
     """`dgm fit --resume RUN`: continue the run from its checkpoint, with its own settings,
     model text and data (run.json says where they are; a FILE, --data or --validation given
     must match)."""
+    model, data, validation, run, info = _prepare_resume(args, tidy=True)
+    return _train(model, data, validation, run, info, args, resume=True, length={})
+
+
+def _prepare_resume(args, *, tidy: bool) -> tuple:
+    """What `--resume RUN` continues, checked: the model loaded from the run's checkpoint,
+    the data, the validation data, the run folder and its run.json (updated). `tidy`
+    deletes what a checkpoint write cut short left (the process that writes files only)."""
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import load_fitted, read_source
 
@@ -108,7 +229,7 @@ def _resume(args) -> int:
                  "60 by default, or every --checkpoint-every steps); fit it again with --overwrite")
     info = _run_info(run)
     model = load_fitted(saved)
-    for leftover in run.glob(f".{CHECKPOINT}.*.tmp"):  # a write cut short by kill -9
+    for leftover in run.glob(f".{CHECKPOINT}.*.tmp") if tidy else ():  # a write cut short by kill -9
         leftover.unlink(missing_ok=True)
     state = model.training_state
     if state is None:
@@ -144,14 +265,17 @@ def _resume(args) -> int:
     info.update(data=str(data_spec), status="running", resumed_at=state.steps_done,
                 **{key: value for key, value in (("threads", args.threads), ("no_score", args.no_score or None))
                    if value is not None})
-    return _train(model, data, validation, run, info, args, resume=True, length={})
+    return model, data, validation, run, info
 
 
 def _check_same_settings(args, run: Path, model, info: dict) -> None:
     """The options that set a run (given again with `--resume`, as in the command that started
     it) must agree with the run's; none can change it."""
+    from dgmlang.runstate import PROCESSES
+
     state = model.training_state
     stored = {**{key: state.settings[key] for key in FIT_DEFAULTS}, "model": model.name,
+              "nproc": state.settings[PROCESSES],
               "steps": state.planned_steps if info.get("epochs") is None else None,
               "epochs": info.get("epochs")}
     for key, value in stored.items():
@@ -180,7 +304,8 @@ def _run_info(run: Path) -> dict:
             or not isinstance(info.get("data"), str) \
             or not isinstance(info.get("validation"), (str, type(None))) \
             or not isinstance(info.get("no_score", False), bool) \
-            or threads is not None and (type(threads) is not int or threads < 1):
+            or threads is not None and (type(threads) is not int or threads < 1) \
+            or type(info.get("processes", 1)) is not int or info.get("processes", 1) < 1:
         raise DGMUsageError(f"cannot resume {run}: {path} is missing or is not the JSON dgm fit writes "
                             "(it names the model file and the data)",
                             hint="fit the run again with --overwrite")
@@ -190,15 +315,22 @@ def _run_info(run: Path) -> dict:
 def _train(model, data: dict, validation, out: Path, info: dict, args, *, resume: bool, length: dict) -> int:
     """Fit (or continue) with checkpoints into `out`, then write the run's other files, with
     torch's thread count set to the run's while it runs (as it was afterwards)."""
+    with _thread_count(info.get("threads")):
+        return _fit_and_write(model, data, validation, out, info, args, resume=resume, length=length)
+
+
+@contextmanager
+def _thread_count(threads: int | None):
+    """torch's thread count set to `threads` (when given) for the block, as it was after."""
     import torch
 
-    threads = torch.get_num_threads()
-    if info.get("threads") is not None:
-        torch.set_num_threads(info["threads"])
-    try:
-        return _fit_and_write(model, data, validation, out, info, args, resume=resume, length=length)
-    finally:
+    before = torch.get_num_threads()
+    if threads is not None:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fit_and_write(model, data: dict, validation, out: Path, info: dict, args, *, resume: bool,
@@ -233,14 +365,17 @@ def _fit_and_write(model, data: dict, validation, out: Path, info: dict, args, *
             print("interrupted before the first step; nothing saved", file=sys.stderr)
             return status
         raise stopped  # type: ignore[misc]
+    from dgmlang.runstate import PROCESSES
+
+    state = model.training_state
+    if stopped is None and not state.finished:
+        interrupted = True  # [distributed] another process was asked to stop: all stopped together
     if stopped is not None:
         model.save(out / CHECKPOINT)  # fit writes none on a failure: the state before the failing step
-    state = model.training_state
     steps_done = state.steps_done
-    batch_size = state.settings["batch_size"]
-    write_history(model, out, n, batch_size)
-    info.update(steps=steps_done, final_loss=model.history["loss"][-1], interrupted=interrupted,
-                stopped=None if stopped is None else stopped.message,
+    write_history(model, out, n, state.settings["batch_size"] * state.settings[PROCESSES])
+    info.update(steps=steps_done, processes=state.settings[PROCESSES], final_loss=model.history["loss"][-1],
+                interrupted=interrupted, stopped=None if stopped is None else stopped.message,
                 status="stopped" if interrupted or stopped is not None else "finished")
     if interrupted or stopped is not None:
         write_info(out, info)
