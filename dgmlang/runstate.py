@@ -33,7 +33,7 @@ import torch
 
 from dgmlang.errors import DGMCheckpointError, DGMUsageError
 
-__all__ = ["DEFAULTS", "FINGERPRINT_ROWS", "PROCESSES", "TrainingState", "data_fingerprint", "decode", "encode",
+__all__ = ["DEFAULTS", "FINGERPRINT_ROWS", "PROCESSES", "TrainingState", "data_fingerprint", "decode", "encode", "fingerprint_rows",
            "load_optimizer_state", "named_parameters", "optimizer_state", "settings_for"]
 
 #: `fit`'s settings when not given.
@@ -81,17 +81,24 @@ def named_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return list(seen.values())
 
 
-def data_fingerprint(values: Mapping[str, torch.Tensor], n: int) -> dict[str, Any]:
+def fingerprint_rows(n: int) -> torch.Tensor:
+    """The rows a fingerprint of `n` rows reads: up to `FINGERPRINT_ROWS`, evenly spaced,
+    first and last included."""
+    return torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().long().unique() if n else torch.zeros(0).long()
+
+
+def data_fingerprint(values: Mapping[str, torch.Tensor], n: int, *, sampled: bool = False) -> dict[str, Any]:
     """A cheap fingerprint of data (variable -> tensor, n rows): the row count, and a SHA-256
-    over every variable's name, dtype and shape and the bytes of up to `FINGERPRINT_ROWS`
-    evenly spaced rows (all rows of a smaller data set). Resuming with other data is refused;
-    a change confined to rows outside the sample goes unnoticed."""
-    rows = torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().long().unique() if n else torch.zeros(0).long()
+    over every variable's name, dtype and shape and the bytes of the `fingerprint_rows`
+    (all rows of a smaller data set). With `sampled`, `values` hold those rows only (data
+    read a batch at a time is never read whole). Resuming with other data is refused; a
+    change confined to rows outside the sample goes unnoticed."""
+    rows = fingerprint_rows(n)
     hasher = hashlib.sha256(b"dgmlang-data\x00")
     for name in sorted(values):
         tensor = values[name]
-        hasher.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        sample = tensor[rows].detach().cpu().contiguous()
+        hasher.update(f"{name}|{tensor.dtype}|{(int(n), *tensor.shape[1:])}|".encode())
+        sample = (tensor if sampled else tensor[rows]).detach().cpu().contiguous()
         hasher.update(sample.reshape(-1).view(torch.uint8).numpy().tobytes()
                       if sample.dtype != torch.bool else sample.numpy().tobytes())
     return {"rows": int(n), "sample_sha256": hasher.hexdigest()}

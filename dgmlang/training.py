@@ -186,9 +186,11 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
 
 
 def _fingerprint(dataset: Dataset) -> dict[str, Any]:
-    """The data's fingerprint: its values and which entries are missing."""
-    masks = {f"{name}:observed": mask for name, mask in dataset.observed.items()}
-    return runstate.data_fingerprint({**dataset.values, **masks}, dataset.n)
+    """The data's fingerprint: its values and which entries are missing, read from the
+    sampled rows only (a memory-mapped data set is not read whole)."""
+    sample = dataset.rows(runstate.fingerprint_rows(dataset.n))
+    masks = {f"{name}:observed": mask for name, mask in sample.observed.items()}
+    return runstate.data_fingerprint({**sample.values, **masks}, dataset.n, sampled=True)
 
 
 def _check_options(settings: dict[str, Any], *, epochs: int | None, steps: int | None, resume: bool,
