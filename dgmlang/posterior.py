@@ -131,28 +131,29 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
     dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts,
                            dtype=model.model.dtype)
     points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
-    result = []
+    result, unreliable = [], []
+    guide_draws_latents = bool(model.roles.guide_locals)
 
-    def estimate(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        total = None
-        for done in range(0, num_samples, particles):
-            k = min(particles, num_samples - done)
-            lse = importance_weights(model, batch, particles=k).local.logsumexp(0)
-            total = lse if total is None else torch.logaddexp(total, lse)
-        return total - math.log(num_samples)
+    def estimate(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        local = [importance_weights(model, batch, particles=min(particles, num_samples - done)).local
+                 for done in range(0, num_samples, particles)]
+        log_w = torch.cat(local) if len(local) > 1 else local[0]  # (num_samples, points)
+        return (log_w.logsumexp(0) - math.log(num_samples),
+                importance.unreliable_points(log_w, guide_draws_latents=guide_draws_latents))
 
     with seeded(seed), torch.no_grad():
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
             batch = dataset.rows(slice(start, start + points)).values
             try:
-                result.append(estimate(batch))
+                scores, flags = estimate(batch)
             except ValueError:  # a distribution's argument checks: an overflow at some rows?
                 with pyro.validation_enabled(False):
-                    again = estimate(batch)
-                if bool(torch.isfinite(again).all()):
+                    scores, flags = estimate(batch)
+                if bool(torch.isfinite(scores).all()):
                     raise
-                result.append(again)  # the non-finite rows are named below
+            result.append(scores)  # non-finite rows are named below
+            unreliable.append(flags)
         scores = torch.cat(result)
         bad = ~torch.isfinite(scores)
         if bool(bad.any()):  # never a silent -inf: name the rows (and the site, if one shows)
@@ -165,6 +166,7 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
                                   rows=rows[:100], rng_state=rng_state)
             raise _bad_rows(f"log_prob: the log-likelihood of {rows_phrase(rows)} is "
                             f"{' or '.join(values)}" + (f" ({why})" if why else ""), rows)
+    importance.warn_if_unreliable("log_prob", torch.cat(unreliable))
     return scores
 
 
@@ -186,19 +188,25 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         for observed in dataset.observed.values():
             complete &= observed.reshape(dataset.n, -1).all(-1)
         pieces: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        unreliable: list[torch.Tensor] = []
         for rows in (complete.nonzero().squeeze(-1), (~complete).nonzero().squeeze(-1)):
             if len(rows) == 0:
                 continue
             part = dataset.rows(rows)
-            sampler = resample if bool(complete[rows[0]]) else gibbs
             try:
-                pieces.append((rows, sampler(model, part, globals_, num_samples)))
+                if bool(complete[rows[0]]):
+                    samples = resample(model, part, globals_, num_samples, unreliable=unreliable)
+                else:
+                    samples = gibbs(model, part, globals_, num_samples)
+                pieces.append((rows, samples))
             except DGMDataError as err:
                 if getattr(err, "rows", None) is None:
                     raise
                 bad = [int(rows[i]) for i in err.rows]
                 raise _bad_rows(f"invert: the model's density is not finite at {rows_phrase(bad)}, "
                                 "so no posterior draw can be weighted there", bad) from None
+    if unreliable:
+        importance.warn_if_unreliable("invert", torch.cat(unreliable))
     out: dict[str, torch.Tensor] = {}
     for name in model.roles.data + model.roles.latents:
         first = pieces[0][1][name]
@@ -210,7 +218,8 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     return out
 
 
-def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int) -> dict:
+def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,
+             unreliable: list[torch.Tensor] | None = None) -> dict:
     """Sampling/importance resampling for fully observed points: proposals from the guide,
     one resampled per posterior draw in proportion to p(x, z | g) / q(z | x, g).
 
@@ -218,7 +227,11 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
     from them; with globals, each posterior draw of the globals gets its own
     `SIR_PROPOSALS_PER_GLOBAL` proposals and one of them is kept. A point's proposals are
     weighed at once, however many, unless they hold more than `CHUNK_VALUES` values
-    (``data x[65536]``): then a chunk at a time (`choose_proposals`)."""
+    (``data x[65536]``): then a chunk at a time (`choose_proposals`).
+
+    `unreliable`, when given, gets per point whether its weights are too uneven to trust
+    (`dgmlang.weights.unreliable_points`) wherever a point's proposals are weighed at once
+    without globals (with globals, each draw's 32 proposals are too few to judge)."""
     roles = model.roles
     per_group = SIR_PROPOSALS_PER_GLOBAL if globals_ else SIR_PROPOSALS
     if not roles.guide_locals:
@@ -231,7 +244,8 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
     for start in range(0, part.n, points):
         batch = part.rows(slice(start, start + points)).values
         try:
-            chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk)
+            chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk,
+                                      unreliable=unreliable)
         except DGMDataError as err:
             err.rows = [start + i for i in err.rows]  # type: ignore[attr-defined]
             raise
@@ -263,7 +277,8 @@ def proposal_chunks(groups: int, per_group: int, per_chunk: int) -> list[tuple[i
 
 
 def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: dict[str, torch.Tensor],
-                     draws: int, per_group: int, per_chunk: int) -> dict[str, torch.Tensor]:
+                     draws: int, per_group: int, per_chunk: int, *,
+                     unreliable: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The guide's local latents resampled at the points of `batch`, ``(draws, rows, *shape)``:
     one proposal per draw of the globals among its `per_group` (with globals), else every
     draw among the same `per_group`, in proportion to the importance weights.
@@ -290,6 +305,9 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
             with pyro.validation_enabled(False):
                 weights = importance_weights(model, batch, particles=n_groups * n, given=given)
         log_w = weights.local.reshape(n_groups, n, rows).permute(0, 2, 1)  # (groups, rows, n)
+        if unreliable is not None and not globals_ and n == per_group:  # all of a point's proposals
+            unreliable.append(importance.unreliable_points(
+                log_w[0].T, guide_draws_latents=bool(model.roles.guide_locals)))
         finite = torch.isfinite(log_w).any(-1)
         bad = (torch.isnan(log_w) | (log_w == math.inf)).any(-1)
         here = slice(first_group, first_group + n_groups)
