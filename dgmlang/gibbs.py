@@ -103,7 +103,8 @@ def _update_locals(model: Any, batch, given, latents, *, warmup: bool) -> dict[s
     if warmup:
         return proposed
     current = importance_weights(model, batch, particles=None, given=given, guide_values=latents)
-    accept = torch.rand(proposal.local.shape[0]).log() < proposal.local - current.local
+    gain = proposal.local - current.local
+    accept = torch.rand(gain.shape[0], device=gain.device).log() < gain
     latents = {n: _where_rows(accept, proposed[n], latents[n]) for n in latents}
     log_p = torch.where(accept, proposal.log_p, current.log_p)
     return _random_walk(model, batch, given, latents, log_p)
@@ -123,7 +124,7 @@ def _random_walk(model: Any, batch, given, latents, log_p) -> dict[str, torch.Te
         step = first.nodes[name]["value"] - second.nodes[name]["value"]
         moved[name] = latents[name] + step / math.sqrt(2)
     new = importance_weights(model, batch, particles=None, given=given, guide_values=moved)
-    accept = torch.rand(log_p.shape[0]).log() < new.log_p - log_p
+    accept = torch.rand(log_p.shape[0], device=log_p.device).log() < new.log_p - log_p
     return {n: _where_rows(accept, moved[n], latents[n]) for n in latents}
 
 
@@ -136,7 +137,10 @@ def _sample_enumerated_rows(model: Any, batch, fixed, mask) -> dict[str, torch.T
     pyro_model = infer_discrete(poutine.condition(model.model, data=fixed),
                                 first_available_dim=-2, temperature=1)
     trace = poutine.trace(pyro_model).get_trace(batch, mask=mask)
-    return {name: trace.nodes[name]["value"] for name in model.roles.model_enumerated}
+    rows = next(iter(batch.values())).shape[0]
+    # one per row: a draw whose distribution depends on no per-row value comes back
+    # unbatched for a single row (scalar latents only are summed out)
+    return {name: trace.nodes[name]["value"].expand(rows) for name in model.roles.model_enumerated}
 
 
 def _redraw_missing(model: Any, part: Dataset, inputs, data, fixed) -> dict[str, torch.Tensor]:
@@ -154,8 +158,9 @@ def _redraw_missing(model: Any, part: Dataset, inputs, data, fixed) -> dict[str,
         proposed = torch.where(part.observed[name], value, draw)
         if model.roles.has_children[name]:
             new_trace = poutine.trace(pyro_model).get_trace({**inputs, **data, name: proposed})
-            gain = _others_log_prob(new_trace, name) - _others_log_prob(trace, name)
-            accept = torch.rand(part.n).log() < gain
+            gain = (_others_log_prob(new_trace, name, value.device)
+                    - _others_log_prob(trace, name, value.device))
+            accept = torch.rand(part.n, device=value.device).log() < gain
             proposed = _where_rows(accept, proposed, value)
         data[name] = proposed
     return data
@@ -166,12 +171,13 @@ def _where_rows(accept: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> t
     return torch.where(accept.reshape(-1, *(1,) * (new.dim() - 1)), new, old)
 
 
-def _others_log_prob(trace: poutine.Trace, name: str) -> torch.Tensor:
-    """Per row: the log density of every site in `trace` but `name` (rows = data plate)."""
+def _others_log_prob(trace: poutine.Trace, name: str, device: torch.device) -> torch.Tensor:
+    """Per row: the log density of every site in `trace` but `name` (rows = data plate;
+    zero on `device` when there is no other site)."""
     total: torch.Tensor | float = 0.0
     for site_name, site in prune_subsample_sites(trace).nodes.items():
         if site["type"] != "sample" or site_name == name:
             continue
         log_p = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
         total = total + log_p
-    return torch.as_tensor(total)
+    return total if torch.is_tensor(total) else torch.zeros((), device=device)

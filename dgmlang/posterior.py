@@ -14,6 +14,7 @@ public attributes only: `ir`, `model`, `guide`, `facts`, `roles`, `fitted`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -23,6 +24,7 @@ from pyro import poutine
 from pyro.infer import infer_discrete
 
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
+from dgmlang.devices import to_device
 from dgmlang.supports import support_of
 from dgmlang.errors import DGMDataError, DGMModelError, rows_phrase
 from dgmlang.gibbs import gibbs
@@ -51,6 +53,7 @@ def sample(model: Any, n: int, inputs: Mapping[str, Any] | None = None, *,
     """
     positive_int("n", n)
     given_inputs = prepare_inputs(model.ir, inputs, n, facts=model.facts, dtype=model.model.dtype)
+    given_inputs = to_device(given_inputs, model.model.device)
     with seeded(seed), torch.no_grad():
         pyro_model = model.model
         if model.roles.globals and model.fitted:
@@ -93,7 +96,7 @@ def guide_globals(model: Any, draws: int) -> dict[str, torch.Tensor]:
     if not model.roles.globals:
         return {}
     batch = _placeholder_batch(model)
-    trace = poutine.trace(in_particles(model.guide, draws)).get_trace(batch)
+    trace = poutine.trace(in_particles(model.guide, draws, model.model.device)).get_trace(batch)
     return {g: trace.nodes[g]["value"].reshape(draws, *model.ir.variable(g).shape)
             for g in model.roles.globals if g in trace.nodes}
 
@@ -106,7 +109,8 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
         var = model.ir.variable(name)
         support = support_of(model.ir, var, facts=model.facts)
         dtype = torch.long if support.integer_dtype else torch.get_default_dtype()
-        batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype)
+        batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype,
+                                 device=model.model.device)
     return batch
 
 
@@ -137,7 +141,7 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
     with seeded(seed), torch.no_grad():
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
-            batch = dataset.rows(slice(start, start + points)).values
+            batch = to_device(dataset.rows(slice(start, start + points)).values, model.model.device)
             try:
                 result.append(estimate(batch))
             except ValueError:  # a distribution's argument checks: an overflow at some rows?
@@ -154,7 +158,8 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
                              for v in scores[bad].tolist()})
             from dgmlang.diagnose import explain_failure  # only on failure
 
-            why = explain_failure(model, dataset.rows(torch.tensor(rows[:100])).values,
+            why = explain_failure(model, to_device(dataset.rows(torch.tensor(rows[:100], device="cpu")).values,
+                                                   model.model.device),
                                   rows=rows[:100], rng_state=rng_state)
             raise _bad_rows(f"log_prob: the log-likelihood of {rows_phrase(rows)} is "
                             f"{' or '.join(values)}" + (f" ({why})" if why else ""), rows)
@@ -175,7 +180,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                            facts=model.facts, dtype=model.model.dtype)
     with seeded(seed), torch.no_grad():
         globals_ = guide_globals(model, num_samples)
-        complete = torch.ones(dataset.n, dtype=torch.bool)
+        complete = torch.ones(dataset.n, dtype=torch.bool, device="cpu")  # the data's device
         for observed in dataset.observed.values():
             complete &= observed.reshape(dataset.n, -1).all(-1)
         pieces: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
@@ -183,6 +188,8 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
             if len(rows) == 0:
                 continue
             part = dataset.rows(rows)
+            part = replace(part, values=to_device(part.values, model.model.device),
+                           observed=to_device(part.observed, model.model.device))
             sampler = resample if bool(complete[rows[0]]) else gibbs
             try:
                 pieces.append((rows, sampler(model, part, globals_, num_samples)))
@@ -197,7 +204,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         first = pieces[0][1][name]
         value = first.new_empty(num_samples, dataset.n, *first.shape[2:])
         for rows, samples in pieces:
-            value[:, rows] = samples[name]
+            value[:, rows.to(value.device)] = samples[name]
         out[name] = value
     out.update(globals_)
     return out
@@ -235,10 +242,10 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
             raise err
         if globals_:  # one kept proposal per draw of the globals: (draws, rows)
             index = torch.distributions.Categorical(logits=log_w).sample()
-            index = index + per_group * torch.arange(groups).unsqueeze(1)
+            index = index + per_group * torch.arange(groups, device=index.device).unsqueeze(1)
         else:  # `draws` resampled proposals per point: (draws, rows)
             index = torch.distributions.Categorical(logits=log_w[0]).sample((draws,))
-        point = torch.arange(rows)
+        point = torch.arange(rows, device=index.device)
         chosen = {name: weights.guide_trace.nodes[name]["value"][index, point]
                   for name in roles.guide_locals}
         chosen.update(sample_enumerated(model, batch, chosen, globals_, draws))
@@ -255,7 +262,8 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[
     if not model.roles.model_enumerated:
         return {}
     given = {**latents, **{g: v.unsqueeze(1) for g, v in globals_.items()}}
-    pyro_model = in_particles(poutine.condition(model.model, data=given), draws)
+    pyro_model = in_particles(poutine.condition(model.model, data=given), draws,
+                              model.model.device)
     pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
     trace = poutine.trace(pyro_model).get_trace(batch)
     rows = next(iter(batch.values())).shape[0]

@@ -26,6 +26,7 @@ import pyro
 
 from dgmlang import fastpath
 from dgmlang.data import Dataset, positive_int, prepare_data
+from dgmlang.devices import to_device
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
@@ -76,12 +77,12 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     with seeded(seed), tqdm(total=total, disable=not progress, desc=f"fit {model.name}",
                             unit="step") as bar:
         while len(losses) < total:
-            order = torch.randperm(n)
+            order = torch.randperm(n, device="cpu")  # the data's order, the same on every device
             for start in range(0, n, rows_per_step):
                 if len(losses) == total:
                     break
                 rows = order[start:start + rows_per_step]
-                batch = dataset.rows(rows).values
+                batch = to_device(dataset.rows(rows).values, model.model.device)
                 loss = step(loss_fn, batch, n, optimizer, named, len(losses) + 1,
                             first_update=not model.fitted, model=model, rows=rows)
                 losses.append(loss / n)
@@ -120,7 +121,8 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
                 # refuses a differentiable loss, so score it plainly and skip the update
                 if "cannot be differentiated" not in str(err):
                     raise
-                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size))
+                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size),
+                                    device=model.model.device)
 
         return loss
     if name == "iwae":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
                               prepare_run_folder, write_history, write_info, write_reference_scores)
-from dgmlang.cli.shared import check_budget, draw_samples, row_values, say, to_numpy
+from dgmlang.cli.shared import check_budget, draw_samples, placement, row_values, say, to_numpy
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 
 
@@ -54,6 +54,7 @@ def cmd_fit(args) -> int:
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
+    device, dtype = placement(args)
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
@@ -76,7 +77,7 @@ def cmd_fit(args) -> int:
     except OSError as err:
         raise DGMUsageError(f"cannot create the run folder '{out}': {err.strerror or err}") from None
 
-    model = compile_checked(checked, source=source, filename=str(args.file))
+    model = compile_checked(checked, source=source, filename=str(args.file), device=device, dtype=dtype)
     n = len(next(iter(data.values())))
     say(f"fitting {ir.name} to {n} rows of {args.data} -> {out}/", file=sys.stderr)
     stopped: DGMTrainingError | None = None
