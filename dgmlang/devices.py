@@ -64,6 +64,8 @@ def device_of(spec: Any) -> torch.device:
                                 hint=f"use cuda:0 .. cuda:{count - 1}")
         if device.index is None:  # as a module's tensors will report it
             device = torch.device("cuda", torch.cuda.current_device())
+    if device.type != "cuda":
+        device = torch.device(device.type)  # "cpu:0" is the CPU, as tensors report it
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DGMUsageError(f"device {str(spec)!r} asked for, but torch's MPS backend (Apple "
                             "GPUs) is not available here", hint="use cpu")

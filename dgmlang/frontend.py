@@ -184,14 +184,15 @@ def load_fitted(path: str | Path, *, device=None, dtype=None) -> "CompiledModel"
 
 
 def _saved_dtype(saved):
-    """The float dtype the saved model computed in (that of its floating tensors; None when
-    it holds none, and the default float32 serves)."""
+    """The float dtype the saved model computed in: that of all its floating tensors when
+    they agree on float32 or float64. Otherwise (none, or a mix) None: the model is built in
+    float32 and a tensor of another dtype is refused by name when the tensors are compared."""
     import torch
 
-    for state in (saved.model_state, saved.guide_state):
-        for tensor in state.values():
-            if tensor.is_floating_point():
-                return tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else None
+    dtypes = {tensor.dtype for state in (saved.model_state, saved.guide_state)
+              for tensor in state.values() if tensor.is_floating_point()}
+    if len(dtypes) == 1 and next(iter(dtypes)) in (torch.float32, torch.float64):
+        return next(iter(dtypes))
     return None
 
 

@@ -287,8 +287,8 @@ def test_cuda_latent_model_fits_scores_and_inverts_like_the_cpu(tmp_path):
         model = dgmlang.compile(source, device=device)
         losses = model.fit(data, steps=300, batch_size=100, lr=0.02, seed=0, progress=False)
         score = model.log_prob({k: v[:50] for k, v in data.items()}, num_samples=500, seed=0)
-        posterior = model.invert({k: v[:20] for k, v in data.items()}, num_samples=200, seed=0)
-        results[device] = (sum(losses[-50:]) / 50, score.mean(), posterior)
+        draws = model.invert({k: v[:20] for k, v in data.items()}, num_samples=200, seed=0)
+        results[device] = (sum(losses[-50:]) / 50, score.mean(), draws)
         assert score.device.type == device
     (cpu_loss, cpu_score, cpu_post), (gpu_loss, gpu_score, gpu_post) = results["cpu"], results["cuda"]
     # different random streams, the same estimator: figures agree to Monte Carlo error
