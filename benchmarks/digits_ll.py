@@ -32,8 +32,8 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/digits_ll.py --device cuda --reference        # on a GPU
 
 With ``--device cuda`` dgmlang's model is compiled there (``dgmlang.load(..., device=...)``)
-and given the data on the CPU; the plain-PyTorch reference and the independent evaluator run
-there too (their tensors made with torch's default device set to it).
+and given the data on the CPU; the plain-PyTorch reference (its networks built on the CPU and
+moved) and the independent evaluator run there too.
 
 >>> args = parse_args(["--objective", "iwae"])
 >>> args.particles, target(args)
@@ -120,12 +120,12 @@ def independent_estimate(model, test_x: torch.Tensor, *, num_samples: int, seed:
         conditioned = poutine.condition(model.model, data={"z": z})
         # z is (k, b, 16): the networks broadcast over k, the data plate is b. x is observed
         # (at zeros) only so the model does not spend time sampling it; its fn is what we need.
-        placeholder = {"x": torch.zeros(z.shape[-2], test_x.shape[-1])}
+        placeholder = {"x": torch.zeros(z.shape[-2], test_x.shape[-1], device=z.device)}
         return poutine.trace(conditioned).get_trace(placeholder).nodes["x"]["fn"]
 
-    with hand._seeded(seed), torch.device(model.device):
-        test_x = test_x.to(model.device)
-        return hand.iwae_log_likelihood(encode, decode, test_x, num_samples=num_samples).mean().item()
+    with hand._seeded(seed):
+        return hand.iwae_log_likelihood(encode, decode, test_x.to(model.device),
+                                        num_samples=num_samples).mean().item()
 
 
 def fit_dgmlang(args: argparse.Namespace, train_x: torch.Tensor):
@@ -148,14 +148,13 @@ def fit_dgmlang(args: argparse.Namespace, train_x: torch.Tensor):
 def fit_reference(args: argparse.Namespace, train_x: torch.Tensor) -> hand.VAENetworks:
     """The hand-written plain-PyTorch VAE, trained for as many steps as `fit` takes."""
     steps = args.epochs * math.ceil(len(train_x) / hand.BATCH_SIZE)
-    with torch.device(args.device):  # the baselines make their tensors on the default device
-        nets = hand.VAENetworks(seed=args.seed)
-        torch.manual_seed(args.seed)
-        step = hand.plain_vae_step(nets, train_x.to(args.device), objective=args.objective,
-                                   num_particles=args.particles)
-        start = time.perf_counter()
-        losses = [step() for _ in range(steps)]
-        _synchronize()
+    nets = hand.VAENetworks(seed=args.seed).to(args.device)
+    torch.manual_seed(args.seed)
+    step = hand.plain_vae_step(nets, train_x.to(args.device), objective=args.objective,
+                               num_particles=args.particles)
+    start = time.perf_counter()
+    losses = [step() for _ in range(steps)]
+    _synchronize()
     seconds = time.perf_counter() - start
     print(f"hand-written plain PyTorch: {steps} steps in {seconds:.0f} s; "
           f"train loss over the last {min(steps, 12)} steps {sum(losses[-12:]) / len(losses[-12:]):.2f}")
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(log_prob minus it: {ll - check:+.3f})")
     if args.reference:
         nets = fit_reference(args, data.train_x)
-        with hand._seeded(args.seed + 1), torch.device(args.device):
+        with hand._seeded(args.seed + 1):
             reference = hand.vae_test_log_likelihood(nets, data.test_x.to(args.device),
                                                      num_samples=args.num_samples)
         print(f"hand-written plain PyTorch, same settings: {reference:.2f} nats per image")

@@ -15,8 +15,8 @@ medians to plain PyTorch and to hand-written Pyro.
 The last column is the mean loss per data point over the last round: the implementations train
 for the same number of steps, so their losses should be alike (they are different random runs).
 
-With ``--device cuda`` every implementation computes on the GPU: the baselines hold their
-data and networks there (built and run with torch's default device set to it), dgmlang is
+With ``--device cuda`` every implementation computes on the GPU: the baselines' networks are
+built on the CPU and moved there, with their data and minibatch indices; dgmlang is
 compiled with ``device="cuda"`` and given the data on the CPU, as a user would, so each of its
 steps includes copying the minibatch over (`dgmlang.devices.to_device`). Times on a GPU are
 taken after ``torch.cuda.synchronize()``.
@@ -96,12 +96,8 @@ class Benchmark:
     implementations: tuple[Implementation, ...]
 
 
-def _repeat(step: hand.Step, device: torch.device) -> Runner:
-    def run(steps: int) -> list:
-        with torch.device(device):  # the baselines make their tensors on the default device
-            return [step() for _ in range(steps)]
-
-    return run
+def _repeat(step: hand.Step) -> Runner:
+    return lambda steps: [step() for _ in range(steps)]
 
 
 def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Benchmark]:
@@ -110,32 +106,31 @@ def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Be
     train_x = digits().train_x  # dgmlang gets the data on the CPU, the baselines on `device`
     gmm_x = hand.gmm_data(GMM_POINTS, seed=seed)
     mu0 = hand.gmm_initial_means(seed=seed)
-    with torch.device(device):
-        return _build(selected, seed, device, train_x, gmm_x, mu0)
-
-
-def _build(selected, seed, device, train_x, gmm_x, mu0) -> list[Benchmark]:
-    def _repeat_on(step):
-        return _repeat(step, device)
-
     x_on, gmm_on, mu0_on = train_x.to(device), gmm_x.to(device), mu0.to(device)
+
+    def vae():  # built on the CPU, as dgmlang builds its networks, then moved
+        return hand.VAENetworks(seed=seed).to(device)
+
+    def hvae():
+        return hand.HVAENetworks(seed=seed).to(device)
+
     builders = {
         "vae": lambda: Benchmark("vae", VAE_TEXT, train_x, "Pyro Trace_ELBO", (
-            Implementation("plain PyTorch", _repeat_on(hand.plain_vae_step(hand.VAENetworks(seed=seed), x_on))),
-            Implementation("Pyro Trace_ELBO", _repeat_on(hand.pyro_vae_step(hand.VAENetworks(seed=seed), x_on))),
+            Implementation("plain PyTorch", _repeat(hand.plain_vae_step(vae(), x_on))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_vae_step(vae(), x_on))),
             Implementation("Pyro JitTrace_ELBO",
-                           _repeat_on(hand.pyro_vae_step(hand.VAENetworks(seed=seed), x_on, jit=True))),
+                           _repeat(hand.pyro_vae_step(vae(), x_on, jit=True))),
         )),
         "gmm": lambda: Benchmark("gmm", GMM_TEXT, gmm_x, "Pyro TraceEnum_ELBO", (
-            Implementation("plain PyTorch", _repeat_on(hand.plain_gmm_step(mu0_on, gmm_on))),
-            Implementation("Pyro TraceEnum_ELBO", _repeat_on(hand.pyro_gmm_step(mu0_on, gmm_on))),
-            Implementation("Pyro JitTraceEnum_ELBO", _repeat_on(hand.pyro_gmm_step(mu0_on, gmm_on, jit=True))),
+            Implementation("plain PyTorch", _repeat(hand.plain_gmm_step(mu0_on, gmm_on))),
+            Implementation("Pyro TraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0_on, gmm_on))),
+            Implementation("Pyro JitTraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0_on, gmm_on, jit=True))),
         )),
         "hvae": lambda: Benchmark("hvae", HVAE_TEXT, train_x, "Pyro Trace_ELBO", (
-            Implementation("plain PyTorch", _repeat_on(hand.plain_hvae_step(hand.HVAENetworks(seed=seed), x_on))),
-            Implementation("Pyro Trace_ELBO", _repeat_on(hand.pyro_hvae_step(hand.HVAENetworks(seed=seed), x_on))),
+            Implementation("plain PyTorch", _repeat(hand.plain_hvae_step(hvae(), x_on))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_hvae_step(hvae(), x_on))),
             Implementation("Pyro JitTrace_ELBO",
-                           _repeat_on(hand.pyro_hvae_step(hand.HVAENetworks(seed=seed), x_on, jit=True))),
+                           _repeat(hand.pyro_hvae_step(hvae(), x_on, jit=True))),
         )),
     }
     return [builders[name]() for name in selected]
