@@ -291,12 +291,16 @@ def test_cuda_latent_model_fits_scores_and_inverts_like_the_cpu(tmp_path):
         results[device] = (sum(losses[-50:]) / 50, score.mean(), draws)
         assert score.device.type == device
     (cpu_loss, cpu_score, cpu_post), (gpu_loss, gpu_score, gpu_post) = results["cpu"], results["cuda"]
-    # different random streams, the same estimator: figures agree to Monte Carlo error
-    assert abs(cpu_loss - gpu_loss) < 0.1 * abs(cpu_loss) + 0.5, (cpu_loss, gpu_loss)
-    assert abs(float(cpu_score) - float(gpu_score)) < 0.5, (float(cpu_score), float(gpu_score))
+    # different random streams, the same estimators: figures agree to Monte Carlo error (on
+    # the CPU, seeds 0, 1, 2 differ by at most 0.06 nats of loss, 0.03 of log-likelihood and
+    # 0.01 (mean) / 0.03 (max) in the posterior means of z, whose posterior sd is about 0.09)
+    assert abs(cpu_loss - gpu_loss) < 0.25, (cpu_loss, gpu_loss)
+    assert abs(float(cpu_score) - float(gpu_score)) < 0.15, (float(cpu_score), float(gpu_score))
     for name, value in gpu_post.items():
         assert value.device.type == "cuda"
         assert value.shape == cpu_post[name].shape
+    gap = (cpu_post["z"].mean(0) - gpu_post["z"].mean(0).cpu()).abs()
+    assert float(gap.mean()) < 0.03 and float(gap.max()) < 0.1, gap
 
 
 @pytest.mark.cuda
