@@ -380,7 +380,7 @@ def check_fits(model: Any, saved: Checkpoint) -> None:
                                 ("guide", model.guide, saved.guide_state)):
         expected = module.state_dict()
         problem = None
-        missing = sorted(set(expected) - set(state))
+        missing = sorted(set(expected) - set(state) - set(optional_keys(expected)))
         unexpected = sorted(set(state) - set(expected))
         if missing:
             problem = f"the {name}'s '{missing[0]}' is missing"
@@ -388,7 +388,7 @@ def check_fits(model: Any, saved: Checkpoint) -> None:
             problem = f"the file holds '{unexpected[0][:80]}', which the {name} does not have"
         else:
             for key, want in expected.items():
-                got = state[key]
+                got = state.get(key, want)
                 if got.shape != want.shape or got.dtype != want.dtype:
                     problem = (f"the {name}'s '{key}' is {_describe(got)} in the file, "
                                f"the model expects {_describe(want)}")
@@ -396,6 +396,13 @@ def check_fits(model: Any, saved: Checkpoint) -> None:
         if problem:
             raise DGMCheckpointError(
                 f"{saved.path}: the saved parameters do not fit model '{saved.model}' ({problem})")
+
+
+def optional_keys(state: dict) -> list[str]:
+    """Keys a checkpoint may lack: the guide's reference scales, which files written before
+    they existed do not hold; a model restored from such a file keeps them neutral (0 and
+    1), which is exactly how it was trained."""
+    return [key for key in state if key.startswith(("references.", "input_references."))]
 
 
 def _describe(tensor: torch.Tensor) -> str:
@@ -409,7 +416,10 @@ def restore(model: Any, saved: Checkpoint) -> None:
     check_fits(model, saved)
     try:
         model.model.load_state_dict(saved.model_state)
-        model.guide.load_state_dict(saved.guide_state)
+        guide_state = {**{key: value for key, value in model.guide.state_dict().items()
+                          if key in optional_keys(model.guide.state_dict())},
+                       **saved.guide_state}
+        model.guide.load_state_dict(guide_state)
     except (RuntimeError, TypeError, AttributeError) as err:
         raise DGMCheckpointError(
             f"{saved.path}: the saved parameters do not fit model '{saved.model}' "

@@ -179,7 +179,9 @@ class CompiledModel:
         importance-weighted bound with `num_particles` samples per data point). `validation`
         (data of the same form) is scored after every epoch into ``history["validation"]``.
         A NaN or infinite loss or gradient raises `DGMTrainingError`; the parameters are then
-        those from before the failing step. See `dgmlang.training.fit`.
+        those from before the failing step. Inside a `torch.distributed` process group it
+        trains data-parallel, `batch_size` rows per process (`dgmlang.distributed`). See
+        `dgmlang.training.fit`.
         """
         return training.fit(self, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                             num_particles=num_particles, objective=objective,

@@ -56,7 +56,7 @@ from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.facts import ModelFacts
 from dgmlang.lower import PLATE_NAME, LoweredModel, safe_attribute
 from dgmlang.nets import FlatMLP, seeded
-from dgmlang.sites import GuideSite, LatentShape, guide_inputs, latent_shape, raw_size
+from dgmlang.sites import GuideSite, LatentShape, Reference, guide_inputs, latent_shape, raw_size
 
 #: Hidden sizes of a guide network whose latent feeds no network in the model.
 DEFAULT_HIDDEN = (64,)
@@ -125,7 +125,10 @@ class AmortizedGuide(PyroModule):
     Attributes: `plan`, `nets` (the amortized networks by latent name), `flows`,
     `variational` (the globals' parameters), `sites` (one `dgmlang.sites.GuideSite` per
     latent the guide samples, in sampling order), `input_encoding` (per input name: the
-    number of classes it is one-hot encoded with, or None when fed as it is).
+    number of classes it is one-hot encoded with, or None when fed as it is),
+    `references` (by continuous latent or global: what its q is relative to, over its flat
+    unconstrained value) and `input_references` (by input fed as it is: what standardizes
+    it), each a `dgmlang.sites.Reference` set by `dgmlang.calibrate`.
     """
 
     def __init__(self, ir: irm.ModelIR, plan, lowered: LoweredModel, *, seed: int = 0):
@@ -142,6 +145,9 @@ class AmortizedGuide(PyroModule):
         self.plan = plan
         self.input_encoding: dict[str, int | None] = {}
         nets, flows, variational = nn.ModuleDict(), nn.ModuleDict(), VariationalGlobals()
+        references, input_references = nn.ModuleDict(), nn.ModuleDict()
+        self._reference_keys: dict[str, str] = {}
+        self._input_reference_keys: dict[str, str] = {}
         sites: list[GuideSite] = []
         mirrored = mirrored_networks(facts)  # one walk over the model, not one per latent
         with seeded(seed + GUIDE_SEED_OFFSET):
@@ -154,21 +160,29 @@ class AmortizedGuide(PyroModule):
                     info = latent_shape(facts, step.latent)
                     family = GlobalFamily(info)
                     variational.add(step.latent, family)
+                    reference = self._reference(references, self._reference_keys, step.latent,
+                                                (info.size,))
                     sites.append(GuideSite(step, model_site, info=info, inputs=[],
                                            evaluator=lowered.evaluator, variational=family,
-                                           flow=family.flow))
+                                           flow=family.flow, reference=reference))
                     continue
                 inputs = guide_inputs(step, facts)
+                standardized = {}
                 for item in inputs:
                     self.input_encoding.setdefault(item.name, item.classes)
+                    if not item.classes:
+                        standardized[item.name] = self._reference(
+                            input_references, self._input_reference_keys, item.name, ())
                 in_features = sum(math.prod(facts.variables[i.name].shape) * (i.classes or 1)
                                   for i in inputs)
-                info, flow = None, None
+                info, flow, reference = None, None, None
                 if step.kind == "enumerated_in_guide":
                     out_features = facts.classes(step.latent) if spec.name == "Categorical" else 1
                 else:
                     info = latent_shape(facts, step.latent)
                     out_features = raw_size(info.family, info.size)
+                    reference = self._reference(references, self._reference_keys, step.latent,
+                                                (info.size,))
                     if info.family == "flow":
                         key = safe_attribute(flows, step.latent)
                         flow = flows[key] = flow_transforms(info.size)
@@ -176,12 +190,32 @@ class AmortizedGuide(PyroModule):
                 key = safe_attribute(nets, step.latent)
                 network = nets[key] = FlatMLP(in_features, hidden, out_features, act)
                 sites.append(GuideSite(step, model_site, info=info, inputs=inputs,
-                                       evaluator=lowered.evaluator, network=network, flow=flow))
+                                       evaluator=lowered.evaluator, network=network, flow=flow,
+                                       reference=reference, input_references=standardized))
         self.nets = nets
         self.flows = flows
         self.variational = variational
+        self.references = references
+        self.input_references = input_references
         self.sites = sites
         self._sites_by_name = {site.name: site for site in sites}
+
+    @staticmethod
+    def _reference(store: nn.ModuleDict, keys: dict[str, str], name: str,
+                   shape: tuple[int, ...]) -> Reference:
+        """The `Reference` of `name` in `store`, made (neutral) the first time."""
+        if name not in keys:
+            keys[name] = safe_attribute(store, name)
+            store[keys[name]] = Reference(shape)
+        return store[keys[name]]
+
+    def reference(self, name: str) -> Reference:
+        """The reference of continuous latent or global `name`'s q (KeyError: none)."""
+        return self.references[self._reference_keys[name]]
+
+    def input_reference(self, name: str) -> Reference:
+        """The reference that standardizes input `name` (KeyError: none)."""
+        return self.input_references[self._input_reference_keys[name]]
 
     @property
     def model(self) -> LoweredModel:

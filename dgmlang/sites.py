@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.distributions import biject_to, constraints
-from torch.distributions.transforms import ReshapeTransform, identity_transform
+from torch.distributions.transforms import AffineTransform, ReshapeTransform, identity_transform
 
 import pyro.distributions as pdist
 
@@ -43,7 +43,7 @@ from dgmlang.facts import ModelFacts
 from dgmlang.nets import POSITIVE_FLOOR, to_constraint
 
 __all__ = [
-    "GuideInput", "GuideSite", "LatentShape", "ModelSite", "family_distribution",
+    "GuideInput", "GuideSite", "LatentShape", "ModelSite", "Reference", "family_distribution",
     "latent_shape", "lower_triangular", "plate_batch_shape", "pyro_class", "raw_size",
     "split_raw",
 ]
@@ -242,6 +242,47 @@ def split_raw(info: LatentShape, raw: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"loc": loc, "scale": nn.functional.softplus(scale) + POSITIVE_FLOOR}
 
 
+class Reference(nn.Module):
+    """A reference location and scale (buffers `loc` and `scale`, each shaped `shape`): what
+    a guide head's outputs are relative to, or what a guide network's input is standardized
+    by. Neutral (0 and 1, the arithmetic then exact) until `set`; `dgmlang.calibrate` sets
+    them before the first fit, and checkpoints keep them.
+
+    >>> ref = Reference((2,))
+    >>> ref.set(torch.tensor([100.0, 0.0]), torch.tensor([8.0, 1.0]))
+    >>> ref.rescale({"loc": torch.zeros(2), "scale": torch.ones(2)})
+    {'loc': tensor([100.,   0.]), 'scale': tensor([8., 1.])}
+    >>> ref.standardize(torch.tensor([108.0, 1.0]))
+    tensor([1., 1.])
+    """
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(shape))
+        self.register_buffer("scale", torch.ones(shape))
+
+    def set(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """Make `loc` and `scale` (broadcastable to the buffers' shape) the reference."""
+        with torch.no_grad():
+            self.loc.copy_(torch.as_tensor(loc, device=self.loc.device).expand_as(self.loc))
+            self.scale.copy_(torch.as_tensor(scale, device=self.scale.device).expand_as(self.scale))
+
+    def standardize(self, value: torch.Tensor) -> torch.Tensor:
+        """`value` in reference units: ``(value - loc) / scale``."""
+        return (value - self.loc) / self.scale
+
+    def rescale(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A family's parameters in reference units (over the flat unconstrained value) as
+        parameters of the value itself: ``loc + scale * raw_loc``, ``scale * raw_scale``,
+        ``diag(scale) @ raw_scale_tril``."""
+        out = {"loc": self.loc + self.scale * raw["loc"]}
+        if "scale" in raw:
+            out["scale"] = self.scale * raw["scale"]
+        if "scale_tril" in raw:
+            out["scale_tril"] = self.scale.unsqueeze(-1) * raw["scale_tril"]
+        return out
+
+
 def _to_support(info: LatentShape, support) -> list:
     """The transforms from the flat unconstrained value to the latent's support."""
     result = []
@@ -257,10 +298,15 @@ def _to_support(info: LatentShape, support) -> list:
 
 
 def family_distribution(info: LatentShape, support, raw: dict[str, torch.Tensor],
-                        flow: nn.ModuleList | None) -> pdist.TorchDistribution:
+                        flow: nn.ModuleList | None,
+                        reference: Reference | None = None) -> pdist.TorchDistribution:
     """q for one continuous latent from its parameters `raw`, each over the flattened
     unconstrained value, ``(*batch, info.size)``: "loc" and "scale" (normal, flow), "loc" and
-    "scale_tril" (mvn), or "loc" (delta)."""
+    "scale_tril" (mvn), or "loc" (delta). With a `reference`, `raw` is in its units: the
+    parameters are rescaled (normal, mvn, delta), or the flow's output is (flow: the flow
+    itself works in reference units)."""
+    if reference is not None and info.family != "flow":
+        raw = reference.rescale(raw)
     loc = raw["loc"]
     if info.family == "delta":
         value = loc.reshape(loc.shape[:-1] + info.unconstrained)
@@ -272,6 +318,9 @@ def family_distribution(info: LatentShape, support, raw: dict[str, torch.Tensor]
     elif info.family == "flow":
         base = pdist.Normal(loc, raw["scale"]).to_event(1)
         transforms = [*flow, *_to_support(info, support)]
+        if reference is not None:  # cached like the support's bijection, for the same reason
+            affine = AffineTransform(reference.loc, reference.scale, event_dim=1, cache_size=1)
+            transforms.insert(len(flow), affine)
     else:
         shape = (*loc.shape[:-1], *info.unconstrained)
         base = pdist.Normal(loc.reshape(shape), raw["scale"].reshape(shape))
@@ -301,13 +350,16 @@ class GuideSite:
     `network` is the amortized network (None for a global), `variational` a global's
     parameters (an object with ``parameters_of(info)``), `flow` the family's learned
     transforms, `model_site` the model's description of the same variable, `evaluator` the
-    model's (its ``dtype`` and ``device`` are those values are computed in).
+    model's (its ``dtype`` and ``device`` are those values are computed in). `reference` is
+    what a continuous latent's q is relative to, `input_references` (by input name) what the
+    network's inputs are standardized by (`Reference`; inputs one-hot encoded have none).
     """
 
     def __init__(self, step, model_site: ModelSite, *, info: LatentShape | None,
                  inputs: list[GuideInput], evaluator: Evaluator,
                  network: nn.Module | None = None, variational: Any = None,
-                 flow: nn.ModuleList | None = None):
+                 flow: nn.ModuleList | None = None, reference: Reference | None = None,
+                 input_references: dict[str, Reference] | None = None):
         self.name = step.latent
         self.kind = step.kind
         self.is_global = step.kind == "global"
@@ -318,16 +370,18 @@ class GuideSite:
         self.variational = variational
         self.flow = flow
         self.model_site = model_site
+        self.reference = reference
+        self.input_references = dict(input_references or {})
         self._evaluator = evaluator
         self._plain = len(inputs) == 1 and inputs[0].rank == 1 and not inputs[0].classes
 
     def features(self, env: Env) -> torch.Tensor:
-        """The guide network's input: each input (one-hot encoded where the guide encodes
-        it) flattened, broadcast and concatenated."""
+        """The guide network's input: each input standardized by its reference, or one-hot
+        encoded where the guide encodes it, flattened, broadcast and concatenated."""
         if self._plain:
             value = env.get(self.inputs[0].name)
-            if value is not None:
-                return value  # a vector in the model's dtype, as it is
+            if value is not None:  # a vector in the model's dtype
+                return self.input_references[self.inputs[0].name].standardize(value)
         if not self.inputs:
             return torch.zeros(0, dtype=self._evaluator.dtype, device=self._evaluator.device)
         parts = []
@@ -340,6 +394,8 @@ class GuideSite:
             rank = item.rank
             if item.classes:
                 value, rank = nn.functional.one_hot(value.long(), item.classes), rank + 1
+            else:
+                value = self.input_references[item.name].standardize(value)
             parts.append(flatten_event(value, rank))
         return concat_features(parts, self._evaluator.dtype)
 
@@ -355,11 +411,12 @@ class GuideSite:
         """q of the latent given the values in `env`."""
         if self.is_global:
             raw = self.variational.parameters_of(self.info)
-            return family_distribution(self.info, self.support(env), raw, self.flow)
+            return family_distribution(self.info, self.support(env), raw, self.flow, self.reference)
         out = self.network(self.features(env))
         if self.enumerated:
             return self._discrete(out, env)
-        return family_distribution(self.info, self.support(env), split_raw(self.info, out), self.flow)
+        return family_distribution(self.info, self.support(env), split_raw(self.info, out),
+                                   self.flow, self.reference)
 
     def _discrete(self, out: torch.Tensor, env: Env) -> pdist.TorchDistribution:
         dist = self.model_site.dist

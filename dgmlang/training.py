@@ -8,6 +8,8 @@ discrete latents are summed out) or the importance-weighted bound (``objective="
 estimator without Pyro's per-step tracing. Every step is checked before the optimizer moves:
 a NaN or infinite loss or gradient, or a distribution handed invalid parameters, stops
 training with a `DGMTrainingError`, the parameters left as they were before that step.
+Inside a `torch.distributed` process group the processes share each step's batch and average
+their gradients (`dgmlang.distributed`; the lines marked [distributed]).
 
 Every function takes the compiled model (`dgmlang.compiled.CompiledModel`) and reads its
 public attributes only: `ir`, `plan`, `model`, `guide`, `facts`, `roles`, `history`,
@@ -16,6 +18,7 @@ public attributes only: `ir`, `plan`, `model`, `guide`, `facts`, `roles`, `histo
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any, Callable
 
@@ -24,7 +27,8 @@ from tqdm import tqdm
 
 import pyro
 
-from dgmlang import fastpath
+from dgmlang import distributed, fastpath
+from dgmlang.calibrate import calibrate
 from dgmlang.data import Dataset, positive_int, prepare_data
 from dgmlang.devices import to_device
 from dgmlang.errors import DGMTrainingError, DGMUsageError
@@ -66,25 +70,37 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
         held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts,
                                 dtype=model.model.dtype)
 
+    group = distributed.current()  # [distributed] None outside a process group
     n = dataset.n
-    rows_per_step = min(batch_size, n)
+    # [distributed] batch_size is per process: a step takes batch_size rows on each process
+    rows_per_step = min(batch_size * (1 if group is None else group.size), n)
     steps_per_epoch = math.ceil(n / rows_per_step)
     total = steps if steps is not None else (epochs or DEFAULT_EPOCHS) * steps_per_epoch
     losses: list[float] = []
+    if not model.fitted:
+        calibrate(model, dataset)  # the guide's reference scales, from the training data
     named = named_parameters(model)
+    if group is not None:  # [distributed] every process starts from rank 0's parameters
+        group.share_parameters([p for _, p in named] + list(model.guide.buffers()))
     # a model with nothing to learn (fixed distributions only) is scored, not updated
     optimizer = torch.optim.Adam([p for _, p in named], lr=lr) if named else None
-    with seeded(seed), tqdm(total=total, disable=not progress, desc=f"fit {model.name}",
-                            unit="step") as bar:
+    show = progress and (group is None or group.writes_files)  # [distributed] rank 0's bar only
+    with seeded(seed), distributed.own_random_stream(group), distributed.shared_failures(group), \
+            tqdm(total=total, disable=not show, desc=f"fit {model.name}", unit="step") as bar:
         while len(losses) < total:
-            order = torch.randperm(n, device="cpu")  # the data's order, the same on every device
+            # the data's order is drawn on the CPU, so it is the same on every device
+            order = torch.randperm(n, device="cpu") if group is None else group.epoch_order(n)  # [distributed]
             for start in range(0, n, rows_per_step):
                 if len(losses) == total:
                     break
                 rows = order[start:start + rows_per_step]
+                sync = None
+                if group is not None:  # [distributed] this process's piece; gradients averaged
+                    rows, counted = group.shard(rows)
+                    sync = functools.partial(group.reduce, rows=counted)
                 batch = to_device(dataset.rows(rows).values, model.model.device)
                 loss = step(loss_fn, batch, n, optimizer, named, len(losses) + 1,
-                            first_update=not model.fitted, model=model, rows=rows)
+                            first_update=not model.fitted, model=model, rows=rows, sync=sync)
                 losses.append(loss / n)
                 model.history["loss"].append(loss / n)
                 model.fitted = True
@@ -139,14 +155,17 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
 
 def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | None,
          named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool,
-         model: Any = None, rows: torch.Tensor | None = None) -> float:
+         model: Any = None, rows: torch.Tensor | None = None, sync: Callable | None = None) -> float:
     """Step `number` of a fit: the loss on `batch`, checked, then one optimizer update
     (none when there is nothing to learn). `first_update` says whether the model has never
     been updated, which decides the hint of a failure. The loss's value is returned.
 
     A non-finite loss or gradient stops the fit; with `model` and the batch's data set
     `rows`, the message names the site that went non-finite first and its rows, found by
-    recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step."""
+    recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step.
+
+    In a process group, `sync` (`dgmlang.distributed.ProcessGroup.reduce`) runs after the
+    backward pass: it averages the gradients over the processes and returns the global loss."""
     rng_state = torch.random.get_rng_state()  # the step's draws, to recompute a failure
 
     def stop(what: str, *, gradient: bool = False) -> DGMTrainingError:
@@ -175,10 +194,14 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
     value = float(loss.detach())
     if not math.isfinite(value):
         raise stop(f"the loss is {value}")
-    if optimizer is None or not loss.requires_grad:
+    learns = optimizer is not None and loss.requires_grad
+    if learns:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if sync is not None:  # [distributed] every process reaches this, learning or not
+        value = sync(named if learns else [], value)
+    if not learns:
         return value
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
     if not _gradients_finite(named):
         for name, param in named:
             if param.grad is not None and not bool(torch.isfinite(param.grad).all()):

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to start `dgm fit --nproc N`'s processes
     try:
         return args.handler(args)
     except DGMError as err:

@@ -19,6 +19,8 @@ from dgmlang.cli.shared import (MAX_EPOCHS, MAX_INPUT_CHARS, MAX_INPUT_DEPTH, MA
 
 GRAPH_FORMATS = (".dot", ".png", ".svg")
 SCORE_FORMATS = (".csv", ".npz")
+#: --nproc: processes on one machine (more machines: torchrun --nnodes, docs/scaling.md)
+MAX_NPROC = 256
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -36,6 +38,7 @@ class _Formatter(argparse.HelpFormatter):
                 and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
+
 
 
 def _shown(text: str, width: int = 40) -> str:
@@ -222,13 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=_whole(1, MAX_EPOCHS),
                         help="passes over the data (default 200 when --steps is not given)")
     length.add_argument("--steps", type=_whole(1, MAX_STEPS), help="optimizer steps, instead of --epochs")
-    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), default=128, help="rows per step")
+    p.add_argument("--batch-size", type=_whole(1, MAX_ROWS), default=128, help="rows per step (per process with --nproc)")
     p.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo", help="the training bound")
     p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES), default=1, help="samples per row (iwae: importance samples)")
     p.add_argument("--validation", metavar="DATA", help="held-out data scored after every epoch")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("--out", type=Path, metavar="RUN", help="the run folder to write (default runs/MODEL)")
+    p.add_argument("--nproc", type=_whole(1, MAX_NPROC), default=1, metavar="N",
+                   help="train in N processes on this machine (torch.distributed, gloo on the CPU); "
+                        "--batch-size rows each per step")
     p.add_argument("--overwrite", action="store_true",
                    help="fit into a run folder that already holds a run, deleting that run's files first")
     p.add_argument("--no-score", action="store_true",

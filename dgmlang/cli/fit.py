@@ -1,6 +1,7 @@
 """`dgm fit`: fit a model to data and write a run folder."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
                               prepare_run_folder, write_history, write_info, write_reference_scores)
 from dgmlang.cli.shared import check_budget, draw_samples, placement, row_values, say, to_numpy
-from dgmlang.errors import DGMTrainingError, DGMUsageError
+from dgmlang.errors import DGMError, DGMTrainingError, DGMUsageError
 
 
 @contextmanager
@@ -51,6 +52,81 @@ def interrupts_between_steps():
 
 
 def cmd_fit(args) -> int:
+    """`dgm fit`; with ``--nproc N``, in N processes (see `dgmlang.distributed`), of which
+    rank 0 writes the run folder and reports; under torchrun, one of the launched processes."""
+    from dgmlang import distributed
+
+    if distributed.launched():
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if args.nproc not in (1, local):
+            raise DGMUsageError(f"--nproc {args.nproc} under a launcher that started {local} processes here",
+                                hint="leave out --nproc when running under torchrun")
+    elif args.nproc > 1:
+        _check_inputs(args)  # a mistake is reported once, before the processes start
+        return distributed.launch("dgmlang.cli", args.argv, args.nproc)
+    group = distributed.join_from_environment(device=getattr(args, "device", None))
+    try:
+        if group is not None and not group.writes_files:
+            return _fit_without_files(args)
+        return _fit_and_write(args)
+    except DGMError:
+        if group is not None and group.failed and not group.writes_files:
+            return 1  # rank 0 reports the failure, with its message
+        raise
+    except KeyboardInterrupt:
+        if group is not None and not group.writes_files:
+            return 130  # rank 0 reports it and saves the model
+        raise
+    finally:
+        distributed.leave()
+
+
+def _check_inputs(args) -> None:
+    """What `_fit_and_write` checks before training: the run folder, the model, the data."""
+    from dgmlang.datafiles import read_data, validate
+    from dgmlang.frontend import check_source, read_source, select
+
+    placement(args)
+    if args.out is not None:
+        prepare_run_folder(args.out, overwrite=args.overwrite)
+    source = read_source(args.file)
+    checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+    if args.out is None:
+        prepare_run_folder(Path("runs") / checked.ir.name, overwrite=args.overwrite)
+    check_budget(f"--batch-size {args.batch_size} x --num-particles {args.num_particles}",
+                 args.batch_size * args.num_particles * row_values(checked.ir))
+    validate(checked.ir, read_data(args.data, checked.ir), str(args.data), purpose="fit", facts=checked.facts)
+    if args.validation:
+        validate(checked.ir, read_data(args.validation, checked.ir), str(args.validation),
+                 purpose="validation", facts=checked.facts)
+
+
+def _fit_without_files(args) -> int:
+    """A process of a multi-process fit other than rank 0: train its share, write nothing."""
+    from dgmlang.datafiles import read_data
+    from dgmlang.frontend import check_source, compile_checked, read_source, select
+
+    device, dtype = placement(args)
+    source = read_source(args.file)
+    checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+    data = read_data(args.data, checked.ir)
+    validation = read_data(args.validation, checked.ir) if args.validation else None
+    model = compile_checked(checked, source=source, filename=str(args.file), device=device, dtype=dtype)
+    model.fit(data, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+              num_particles=args.num_particles, objective=args.objective, validation=validation,
+              seed=args.seed, progress=False)
+    return 0
+
+
+def _processes() -> int:
+    """How many processes train together (1 outside a process group)."""
+    from dgmlang import distributed
+
+    group = distributed.current()
+    return 1 if group is None else group.size
+
+
+def _fit_and_write(args) -> int:
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
@@ -99,11 +175,11 @@ def cmd_fit(args) -> int:
         raise stopped  # type: ignore[misc]
     clear_run(out)  # an earlier run's files (--overwrite) go before the first file of this one
     model.save(out / CHECKPOINT)
-    write_history(model, out, n, args.batch_size)
+    write_history(model, out, n, args.batch_size * _processes())
     info = {"model_file": str(args.file), "model": ir.name, "data": str(args.data), "rows": n,
             "steps": steps_done, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "objective": args.objective, "num_particles": args.num_particles, "seed": args.seed,
-            "final_loss": model.history["loss"][-1], "interrupted": interrupted,
+            "processes": _processes(), "final_loss": model.history["loss"][-1], "interrupted": interrupted,
             "stopped": None if stopped is None else stopped.message}
     if interrupted or stopped is not None:
         write_info(out, info)

@@ -1,0 +1,136 @@
+"""The guide's reference scales, set once before a model's first fit.
+
+A guide network's inputs are standardized, and its heads produce a latent's location and
+scale relative to a reference (`dgmlang.sites.Reference`), so a model whose values are near
+10,000, or near 0.001, trains as one near unit scale does. `calibrate` sets them:
+
+* each input a guide network reads as it is: from the training rows when it is data or an
+  input, from draws of the model otherwise — one location and scale per variable;
+* each continuous latent and global: from draws of the model given the training rows'
+  inputs (its prior, through the networks as initialised), mapped to the unconstrained space
+  q lives in — one location and scale per entry.
+
+Each is a robust estimate (median; interquartile range / 1.349) made coarse: the scale is a
+power of two, the location a multiple of it. Values already within a factor of
+`SCALE_BAND` of unit scale keep scale 1, and locations within `LOCATION_BAND` scales of zero
+keep 0, so a model near unit scale trains exactly as without references.
+
+>>> import dgmlang, torch
+>>> m = dgmlang.compile('''
+... model far {
+...     data   x[2]
+...     latent z
+...     z ~ Normal(10000, 10)
+...     x ~ Normal(z, 1)
+... }''')
+>>> from dgmlang.data import prepare_data
+>>> data = {"x": m.sample(64, seed=0)["x"]}
+>>> calibrate(m, prepare_data(m.ir, data, purpose="fit", facts=m.facts))
+>>> m.guide.reference("z").loc, m.guide.reference("z").scale
+(tensor([10000.]), tensor([1.]))
+>>> m.guide.input_reference("x").loc, m.guide.input_reference("x").scale
+(tensor(10001.), tensor(1.))
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.distributions import biject_to
+
+from dgmlang.data import Dataset
+from dgmlang.errors import DGMError
+from dgmlang.nets import seeded
+from dgmlang.posterior import forward_trace
+from dgmlang.weights import in_particles
+
+__all__ = ["LOCATION_BAND", "SCALE_BAND", "calibrate", "coarse_reference"]
+
+#: Scales within this factor of 1 (either way) are left at 1.
+SCALE_BAND = 16.0
+#: Locations within this many scales of 0 are left at 0.
+LOCATION_BAND = 16.0
+#: Training rows read for the inputs' references, and rows x draws of the model.
+DATA_ROWS = 256
+MODEL_ROWS = 16
+MODEL_DRAWS = 64
+#: At most this many values enter one quantile (torch.quantile's input is bounded).
+MAX_VALUES = 1 << 16
+CALIBRATION_SEED = 7_919
+
+
+def calibrate(model: Any, dataset: Dataset) -> None:
+    """Set the references of `model`'s guide (see the module docs) from `dataset`, the
+    prepared training data. Draws under a fixed seed, leaving the caller's random stream as
+    it was. A model that cannot be drawn from keeps neutral references for its latents."""
+    guide = model.guide
+    n = dataset.n
+    spread = torch.linspace(0, n - 1, steps=min(n, DATA_ROWS), device="cpu").round().long().unique()
+    rows = dataset.rows(spread).values
+    trace = _model_draws(model, rows)
+    for site in guide.sites:
+        for name, reference in site.input_references.items():
+            if name in rows:
+                values = rows[name]
+            elif trace is not None and name in trace.nodes:
+                values = trace.nodes[name]["value"]
+            else:
+                continue
+            loc, scale = coarse_reference(values.detach().reshape(-1, 1))
+            reference.set(loc[0], scale[0])
+        if site.info is None or trace is None or site.name not in trace.nodes:
+            continue
+        node = trace.nodes[site.name]
+        try:
+            unconstrained = biject_to(node["fn"].support).inv(node["value"].detach())
+        except (ValueError, RuntimeError, NotImplementedError):
+            continue
+        if unconstrained.numel() % site.info.size:
+            continue
+        loc, scale = coarse_reference(unconstrained.reshape(-1, site.info.size))
+        site.reference.set(loc, scale)
+
+
+def coarse_reference(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of `values` ``(draws, entries)``: a location and scale (see the module
+    docs), in `values`' dtype. Non-finite values are ignored; a column with none left, or
+    no spread, gets scale 1.
+
+    >>> loc, scale = coarse_reference(torch.tensor([[9000.0, 1e-3], [10000.0, -1e-3], [11000.0, 0.0]]))
+    >>> loc.tolist(), scale.tolist()
+    ([0.0, 0.0], [1024.0, 0.0009765625])
+    >>> coarse_reference(torch.tensor([[-3.0], [0.5], [9.0]]))  # near unit scale: neutral
+    (tensor([0.]), tensor([1.]))
+    """
+    dtype = values.dtype if values.is_floating_point() else torch.get_default_dtype()
+    v = values.detach().to(torch.float64)
+    if v.shape[0] > MAX_VALUES:
+        v = v[torch.linspace(0, v.shape[0] - 1, MAX_VALUES, device=v.device).long()]
+    v = torch.where(torch.isfinite(v), v, torch.nan)
+    center = v.nanmedian(0).values
+    low, high = v.nanquantile(torch.tensor([0.25, 0.75], dtype=torch.float64, device=v.device), dim=0)
+    spread = (high - low) / 1.349
+    sd = torch.sqrt(torch.nanmean((v - v.nanmean(0)) ** 2, 0))
+    spread = torch.where(spread > 0, spread, sd)
+    spread = torch.where(torch.isfinite(spread) & (spread > 0), spread, torch.ones_like(spread))
+    exponent = torch.round(torch.log2(spread))
+    band = math.log2(SCALE_BAND)
+    scale = torch.where(exponent.abs() > band, torch.exp2(exponent.clamp(-120, 120)),
+                        torch.ones_like(spread))
+    center = torch.where(torch.isfinite(center), center, torch.zeros_like(center))
+    loc = torch.where(center.abs() > LOCATION_BAND * scale, torch.round(center / scale) * scale,
+                      torch.zeros_like(center))
+    return loc.to(dtype), scale.to(dtype)
+
+
+def _model_draws(model: Any, rows: dict[str, torch.Tensor]):
+    """A trace of `MODEL_DRAWS` draws of the model for its first `MODEL_ROWS` rows' inputs
+    (None when the model cannot be drawn from: its references stay neutral)."""
+    inputs = {name: rows[name][:MODEL_ROWS] for name in model.roles.inputs if name in rows}
+    n = min(MODEL_ROWS, len(next(iter(rows.values())))) if rows else MODEL_ROWS
+    try:
+        with seeded(CALIBRATION_SEED), torch.no_grad():
+            return forward_trace(in_particles(model.model, MODEL_DRAWS, model.model.device), inputs, n)
+    except (DGMError, ValueError):
+        return None
