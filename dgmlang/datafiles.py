@@ -5,7 +5,9 @@ arrays keyed by variable name, each shaped ``(n, *shape)``, ready for `fit`, `in
 `log_prob` or `sample`'s inputs. Formats:
 
 * ``.npz`` — one array per variable, under the variable's name (``np.savez(f, x=x, y=y)``);
-* ``.npy`` — one array, for a model with a single variable to fill (one `data`, no `input`);
+  arrays stored uncompressed (`np.savez`) are memory-mapped, compressed ones read whole;
+* ``.npy`` — one array, for a model with a single variable to fill (one `data`, no `input`),
+  memory-mapped: its rows are read as they are used;
 * ``.csv`` — a header row, then one row per data point. A scalar variable ``y`` is the
   column ``y``; a vector ``x[3]`` the columns ``x[0]``, ``x[1]``, ``x[2]``; an array
   ``img[2, 2]`` the columns ``img[0][0]``, ``img[0][1]``, ``img[1][0]``, ``img[1][1]``
@@ -40,6 +42,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,15 +139,17 @@ def read_table(spec: str | Path) -> Table:
     try:
         if suffix == ".csv":
             return _read_csv(path)
+        if suffix == ".npy":  # mapped, not read: the rows are read as training asks for them
+            return Table(text, {"": np.load(path, mmap_mode="r", allow_pickle=False)})
         with path.open("rb") as file:  # our handle: numpy leaks its own on a broken zip
-            if suffix == ".npy":
-                return Table(text, {"": np.load(file, allow_pickle=False)})
             with np.load(file, allow_pickle=False) as archive:
-                return Table(text, {key: archive[key] for key in archive.files})
+                arrays = {key: _mapped_member(path, archive.zip, key) for key in archive.files}
+                return Table(text, {key: archive[key] if array is None else array
+                                    for key, array in arrays.items()})
     except DGMDataError:
         raise
     except ValueError as err:
-        if "allow_pickle" in str(err) or "Object arrays" in str(err):
+        if any(says in str(err) for says in ("allow_pickle", "Object arrays", "Python objects")):
             raise DGMDataError(f"{text} holds Python objects, not numbers",
                                hint="save plain numeric arrays (refusing to unpickle)") from None
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})") from None
@@ -154,6 +159,41 @@ def read_table(spec: str | Path) -> Table:
     except (OSError, EOFError, zipfile.BadZipFile, csv.Error, NotImplementedError) as err:
         # csv: a cell over 128 KiB; NotImplementedError: a zip entry of an unknown compression
         raise DGMDataError(f"{text} is not a readable {suffix} file ({err})".splitlines()[0]) from None
+
+
+def _mapped_member(path: Path, archive: zipfile.ZipFile, key: str) -> np.memmap | None:
+    """The array `key` of an .npz file memory-mapped where it lies in the file, when it is
+    stored uncompressed (`np.savez` stores them so); None when it must be read whole (a
+    compressed member from `np.savez_compressed`, a header numpy's readers would refuse, an
+    empty array), and `np.load` reads it, with its own errors."""
+    names = archive.namelist()
+    member = key + ".npy" if key + ".npy" in names else key
+    info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # 0x1: encrypted
+        return None
+    with path.open("rb") as file:
+        file.seek(info.header_offset)
+        local = file.read(30)  # the member's local header: its name and extra field follow
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            return None
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        file.seek(start)
+        try:
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return None
+            shape, fortran_order, dtype = read_header(file)
+        except ValueError:
+            return None
+        offset = file.tell()
+    size = dtype.itemsize * math.prod(shape)
+    if dtype.hasobject or size == 0 or offset - start + size > info.file_size:
+        return None
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")
 
 
 def _check_magic(path: Path, suffix: str) -> None:
@@ -321,30 +361,52 @@ def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bo
     if array.shape[0] == 0:
         raise DGMDataError(f"{source}: '{var.name}' has no rows", hint="give at least one data point")
     if array.dtype.kind == "f":
-        nan = np.isnan(array)
-        if nan.any() and not (allow_missing and var.role == "data"):
-            where = _position(np.argwhere(nan)[0], var, csv_lines=csv_lines)
+        bad = _first_bad_entries(array, var, allow_missing=allow_missing)
+        if "nan" in bad and not (allow_missing and var.role == "data"):
+            where = _position(bad["nan"], var, csv_lines=csv_lines)
             hint = ("an input is never missing; give every value" if var.role == "input" and allow_missing
                     else "missing values are allowed only in the data given to invert")
             raise DGMDataError(f"{source}: {where} is empty (a missing value)", hint=hint)
-        inf = np.isinf(array)
-        if inf.any():
-            where = _position(np.argwhere(inf)[0], var, csv_lines=csv_lines)
-            raise DGMDataError(f"{source}: {where} holds {array[tuple(np.argwhere(inf)[0])]}, "
+        if "inf" in bad:
+            where = _position(bad["inf"], var, csv_lines=csv_lines)
+            raise DGMDataError(f"{source}: {where} holds {array[tuple(bad['inf'])]}, "
                                f"not a finite number", hint="infinities are never valid data")
-        if _is_integer_variable(var) and not nan.any():
-            for bad, what, expected in (
-                    (array != np.rint(array), "not a whole number", "give whole numbers"),
-                    (np.abs(array) >= 2.0 ** 63, "beyond the whole numbers an int64 holds",
-                     "values from -2**63 to 2**63 - 1")):
-                if bad.any():
-                    index = np.argwhere(bad)[0]
+        if _is_integer_variable(var) and "nan" not in bad:
+            for key, what, expected in (
+                    ("fraction", "not a whole number", "give whole numbers"),
+                    ("huge", "beyond the whole numbers an int64 holds", "values from -2**63 to 2**63 - 1")):
+                if key in bad:
+                    index = bad[key]
                     raise DGMDataError(
                         f"{source}: {_position(index, var, csv_lines=csv_lines)} holds "
                         f"{array[tuple(index)]:g}, {what}",
                         hint=f"'{var.name}' is an int input: {expected}")
             array = array.astype(np.int64)  # CSV has no dtypes: whole-number labels become ints
     return array
+
+
+def _first_bad_entries(array: np.ndarray, var: Variable, *, allow_missing: bool) -> dict[str, np.ndarray]:
+    """The index of the first NaN (``"nan"``), infinity (``"inf"``) and, for an int input,
+    fraction (``"fraction"``) and value beyond an int64 (``"huge"``) in a float array,
+    read a `dgmlang.data.CHUNK_CELLS` piece at a time (a memmap is not loaded whole)."""
+    from dgmlang.data import chunk_rows
+
+    first: dict[str, np.ndarray] = {}
+    per_piece = chunk_rows(tuple(array.shape[1:]))
+    for start in range(0, array.shape[0], per_piece):
+        piece = np.asarray(array[start:start + per_piece])
+        found = {"nan": np.isnan(piece), "inf": np.isinf(piece)}
+        if _is_integer_variable(var):
+            found["fraction"] = piece != np.rint(piece)
+            found["huge"] = np.abs(piece) >= 2.0 ** 63
+        for key, bad in found.items():
+            if key not in first and bad.any():
+                index = np.argwhere(bad)[0]
+                index[0] += start
+                first[key] = index
+        if "nan" in first and not (allow_missing and var.role == "data"):
+            break  # the first NaN is the message
+    return first
 
 
 def _is_integer_variable(var: Variable) -> bool:

@@ -14,7 +14,6 @@ public attributes only: `ir`, `model`, `guide`, `facts`, `roles`, `fitted`.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -92,13 +91,20 @@ def forward_trace(pyro_model: Any, inputs: Mapping[str, torch.Tensor], n: int) -
 
 
 def guide_globals(model: Any, draws: int) -> dict[str, torch.Tensor]:
-    """`draws` samples of every global from the guide, each ``(draws, *shape)``."""
+    """`draws` samples of every global from the guide, each ``(draws, *shape)``. The guide
+    also draws the locals of a placeholder point, so draws are made at most `CHUNK_VALUES`
+    values at a time."""
     if not model.roles.globals:
         return {}
     batch = _placeholder_batch(model)
-    trace = poutine.trace(in_particles(model.guide, draws, model.model.device)).get_trace(batch)
-    return {g: trace.nodes[g]["value"].reshape(draws, *model.ir.variable(g).shape)
-            for g in model.roles.globals if g in trace.nodes}
+    step = max(1, importance.CHUNK_VALUES // importance.values_per_row(model))
+    parts = []
+    for first in range(0, draws, step):
+        n = min(step, draws - first)
+        trace = poutine.trace(in_particles(model.guide, n, model.model.device)).get_trace(batch)
+        parts.append({g: trace.nodes[g]["value"].reshape(n, *model.ir.variable(g).shape)
+                      for g in model.roles.globals if g in trace.nodes})
+    return {g: torch.cat([part[g] for part in parts]) for g in parts[0]}
 
 
 def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
@@ -119,15 +125,15 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
 
 def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
-    in chunks of at most `CHUNK_CELLS` (particles x points). Never silently -inf: rows whose
+    in chunks of at most `CHUNK_CELLS` (particles x points) and `CHUNK_VALUES` values
+    (`dgmlang.weights.chunk_plan`). Never silently -inf: rows whose
     estimate is not finite (data the checks accept but the model's density overflows at)
     are a `DGMDataError` naming them, its ``rows`` attribute listing them counted from 0."""
     positive_int("num_samples", num_samples)
     check_importance_weighting(model, "log_prob")
     dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts,
                            dtype=model.model.dtype)
-    points = max(1, min(dataset.n, importance.CHUNK_CELLS // num_samples))
-    particles = max(1, min(num_samples, importance.CHUNK_CELLS // points))
+    points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
     result = []
 
     def estimate(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -187,9 +193,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         for rows in (complete.nonzero().squeeze(-1), (~complete).nonzero().squeeze(-1)):
             if len(rows) == 0:
                 continue
-            part = dataset.rows(rows)
-            part = replace(part, values=to_device(part.values, model.model.device),
-                           observed=to_device(part.observed, model.model.device))
+            part = dataset.rows(rows)  # read on the CPU; resample and gibbs move what they read
             sampler = resample if bool(complete[rows[0]]) else gibbs
             try:
                 pieces.append((rows, sampler(model, part, globals_, num_samples)))
@@ -216,38 +220,25 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
 
     Without globals each point has `SIR_PROPOSALS` proposals and `draws` are resampled
     from them; with globals, each posterior draw of the globals gets its own
-    `SIR_PROPOSALS_PER_GLOBAL` proposals and one of them is kept."""
+    `SIR_PROPOSALS_PER_GLOBAL` proposals and one of them is kept. A point's proposals are
+    weighed at once, however many, unless they hold more than `CHUNK_VALUES` values
+    (``data x[65536]``): then a chunk at a time (`choose_proposals`)."""
     roles = model.roles
     per_group = SIR_PROPOSALS_PER_GLOBAL if globals_ else SIR_PROPOSALS
     if not roles.guide_locals:
         per_group = 1
     groups = draws if globals_ else 1
     particles = groups * per_group
-    points = max(1, min(part.n, importance.CHUNK_CELLS // particles))
+    points, per_chunk = importance.chunk_plan(part.n, particles, importance.values_per_row(model),
+                                              cells=max(importance.CHUNK_CELLS, particles))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
-        batch = part.rows(slice(start, start + points)).values
-        rows = next(iter(batch.values())).shape[0]
-        given = {g: v.repeat_interleave(per_group, 0).unsqueeze(1) for g, v in globals_.items()}
+        batch = to_device(part.rows(slice(start, start + points)).values, model.model.device)
         try:
-            weights = importance_weights(model, batch, particles=particles, given=given)
-        except ValueError:  # a distribution's argument checks: an overflow at some rows?
-            with pyro.validation_enabled(False):
-                weights = importance_weights(model, batch, particles=particles, given=given)
-        log_w = weights.local.reshape(groups, per_group, rows).permute(0, 2, 1)
-        usable = torch.isfinite(log_w).any(-1).all(0) & ~torch.isnan(log_w).any(-1).any(0)
-        if not bool(usable.all()):  # no proposal to resample at these points
-            err = DGMDataError("invert: some rows have no finite importance weight")
-            err.rows = [start + i for i in (~usable).nonzero().flatten().tolist()]  # type: ignore[attr-defined]
-            raise err
-        if globals_:  # one kept proposal per draw of the globals: (draws, rows)
-            index = torch.distributions.Categorical(logits=log_w).sample()
-            index = index + per_group * torch.arange(groups, device=index.device).unsqueeze(1)
-        else:  # `draws` resampled proposals per point: (draws, rows)
-            index = torch.distributions.Categorical(logits=log_w[0]).sample((draws,))
-        point = torch.arange(rows, device=index.device)
-        chosen = {name: weights.guide_trace.nodes[name]["value"][index, point]
-                  for name in roles.guide_locals}
+            chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk)
+        except DGMDataError as err:
+            err.rows = [start + i for i in err.rows]  # type: ignore[attr-defined]
+            raise
         chosen.update(sample_enumerated(model, batch, chosen, globals_, draws))
         for name in roles.data:
             chosen[name] = batch[name].expand(draws, *batch[name].shape)
@@ -256,19 +247,110 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
     return {name: torch.cat(values, dim=1) for name, values in out.items()}
 
 
+def proposal_chunks(groups: int, per_group: int, per_chunk: int) -> list[tuple[int, int, int, int]]:
+    """How `resample` weighs `groups` groups of `per_group` proposals, at most `per_chunk`
+    at a time: (first group, groups, first proposal, proposals) per chunk — whole groups
+    when a chunk holds one or more, else consecutive slices of one group.
+
+    >>> proposal_chunks(1, 1000, 1000)   # one chunk: everything at once
+    [(0, 1, 0, 1000)]
+    >>> proposal_chunks(1, 1000, 400)
+    [(0, 1, 0, 400), (0, 1, 400, 400), (0, 1, 800, 200)]
+    >>> proposal_chunks(5, 32, 64)
+    [(0, 2, 0, 32), (2, 2, 0, 32), (4, 1, 0, 32)]
+    """
+    if per_chunk >= per_group:
+        step = per_chunk // per_group
+        return [(g, min(step, groups - g), 0, per_group) for g in range(0, groups, step)]
+    return [(g, 1, j, min(per_chunk, per_group - j))
+            for g in range(groups) for j in range(0, per_group, per_chunk)]
+
+
+def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: dict[str, torch.Tensor],
+                     draws: int, per_group: int, per_chunk: int) -> dict[str, torch.Tensor]:
+    """The guide's local latents resampled at the points of `batch`, ``(draws, rows, *shape)``:
+    one proposal per draw of the globals among its `per_group` (with globals), else every
+    draw among the same `per_group`, in proportion to the importance weights.
+
+    The proposals are weighed `per_chunk` at a time (`proposal_chunks`). A draw takes its
+    proposal from its group's first chunk, then from each later chunk with probability (the
+    chunk's weight) / (the weight of the group's chunks so far), drawn within the chunk in
+    proportion to the weights: an exact draw from all of them (weighted reservoir sampling),
+    and with one chunk exactly the single categorical draw. Points where a group has no
+    finite weight, or a weight is NaN or +inf, are a `DGMDataError` whose ``rows`` lists
+    them (counted in `batch`)."""
+    rows = next(iter(batch.values())).shape[0]
+    groups = draws if globals_ else 1
+    chosen: dict[str, torch.Tensor] = {}
+    device = model.model.device
+    total = torch.full((groups, rows), -math.inf, dtype=torch.float64, device=device)  # log weight of a group's chunks so far
+    any_finite = torch.zeros(groups, rows, dtype=torch.bool, device=device)
+    broken = torch.zeros(rows, dtype=torch.bool, device=device)
+    for first_group, n_groups, first, n in proposal_chunks(groups, per_group, per_chunk):
+        given = {g: v[first_group:first_group + n_groups].repeat_interleave(n, 0).unsqueeze(1)
+                 for g, v in globals_.items()}
+        try:
+            weights = importance_weights(model, batch, particles=n_groups * n, given=given)
+        except ValueError:  # a distribution's argument checks: an overflow at some rows?
+            with pyro.validation_enabled(False):
+                weights = importance_weights(model, batch, particles=n_groups * n, given=given)
+        log_w = weights.local.reshape(n_groups, n, rows).permute(0, 2, 1)  # (groups, rows, n)
+        finite = torch.isfinite(log_w).any(-1)
+        bad = (torch.isnan(log_w) | (log_w == math.inf)).any(-1)
+        here = slice(first_group, first_group + n_groups)
+        any_finite[here] |= finite
+        broken |= bad.any(0)
+        logits = torch.where((finite & ~bad).unsqueeze(-1), log_w, torch.zeros_like(log_w))
+        if globals_:  # one proposal per draw of the globals: (groups, 1, rows)
+            index = torch.distributions.Categorical(logits=logits).sample().unsqueeze(1)
+        else:  # `draws` proposals of the one group: (1, draws, rows)
+            index = torch.distributions.Categorical(logits=logits[0]).sample((draws,))
+            index = index.unsqueeze(0)
+        index = index + n * torch.arange(n_groups, device=device).reshape(-1, 1, 1)
+        point = torch.arange(rows, device=device)
+        candidates = {name: weights.guide_trace.nodes[name]["value"][index, point]
+                      for name in model.roles.guide_locals}
+        chunk_total = log_w.logsumexp(-1).masked_fill(~finite | bad, -math.inf)
+        if first == 0:  # the group's first chunk: every draw takes its proposal
+            for name, value in candidates.items():
+                if name not in chosen:
+                    chosen[name] = value.new_empty(groups, *value.shape[1:])
+                chosen[name][here] = value
+            total[here] = chunk_total
+            continue
+        so_far = torch.logaddexp(total[here], chunk_total)
+        take = torch.rand(index.shape, device=device) < (chunk_total - so_far).exp().nan_to_num(0.0).unsqueeze(1)
+        for name, value in candidates.items():
+            keep = chosen[name][here]
+            chosen[name][here] = torch.where(take.reshape(*take.shape, *(1,) * (value.dim() - 3)), value, keep)
+        total[here] = so_far
+    usable = any_finite.all(0) & ~broken
+    if not bool(usable.all()):  # no proposal to resample at these points
+        err = DGMDataError("invert: some rows have no finite importance weight")
+        err.rows = (~usable).nonzero().flatten().tolist()  # type: ignore[attr-defined]
+        raise err
+    return {name: value.flatten(0, 1) for name, value in chosen.items()}
+
+
 def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[str, torch.Tensor]:
     """Latents the model sums out, drawn from their exact conditional posterior given the
-    data and the other latents (`infer_discrete`), ``(draws, rows)``."""
+    data and the other latents (`infer_discrete`), ``(draws, rows)``; at most
+    `CHUNK_VALUES` values at a time."""
     if not model.roles.model_enumerated:
         return {}
-    given = {**latents, **{g: v.unsqueeze(1) for g, v in globals_.items()}}
-    pyro_model = in_particles(poutine.condition(model.model, data=given), draws,
-                              model.model.device)
-    pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
-    trace = poutine.trace(pyro_model).get_trace(batch)
     rows = next(iter(batch.values())).shape[0]
-    return {name: trace.nodes[name]["value"].expand(draws, rows)
-            for name in model.roles.model_enumerated}
+    step = max(1, importance.CHUNK_VALUES // (rows * importance.values_per_row(model)))
+    parts = []
+    for first in range(0, draws, step):
+        n = min(step, draws - first)
+        given = {**{name: v[first:first + n] for name, v in latents.items()},
+                 **{g: v[first:first + n].unsqueeze(1) for g, v in globals_.items()}}
+        pyro_model = in_particles(poutine.condition(model.model, data=given), n, model.model.device)
+        pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
+        trace = poutine.trace(pyro_model).get_trace(batch)
+        parts.append({name: trace.nodes[name]["value"].expand(n, rows)
+                      for name in model.roles.model_enumerated})
+    return {name: torch.cat([part[name] for part in parts]) for name in model.roles.model_enumerated}
 
 
 def _bad_rows(message: str, rows: list[int]) -> DGMDataError:

@@ -5,10 +5,12 @@ replays them in the model (latents the model sums out are summed exactly by `pou
 and sums the log densities site by site. The importance-weighted training bound
 (`iwae_bound`), `log_prob`, sampling/importance resampling and the Metropolis-Hastings steps
 of `invert` are built on it. The per-data-point log-sum-exp is ours: Pyro's `RenyiELBO` and
-`vectorized_importance_weights` give no per-point bound under subsampling.
+`vectorized_importance_weights` give no per-point bound under subsampling. `chunk_plan`
+sizes the chunks the queries weigh at once (`CHUNK_CELLS`, `CHUNK_VALUES`); `pareto_k` tells
+how far a set of weights can be trusted.
 
 Every function takes the compiled model (`dgmlang.compiled.CompiledModel`) and reads its
-public attributes only: `model`, `guide`, `ir`, `roles`.
+public attributes only: `model`, `guide`, `ir`, `roles`, `facts`.
 """
 from __future__ import annotations
 
@@ -25,11 +27,16 @@ from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.errors import DGMUsageError
 
-__all__ = ["CHUNK_CELLS", "PARTICLES", "Weights", "check_importance_weighting", "importance_weights",
-           "in_particles", "iwae_bound", "site_sums"]
+__all__ = ["CHUNK_CELLS", "CHUNK_VALUES", "PARTICLES", "Weights", "check_importance_weighting",
+           "chunk_plan", "importance_weights", "in_particles", "iwae_bound", "pareto_k", "site_sums",
+           "values_per_row"]
 
 #: (particles x data points) evaluated at once by `log_prob` and `invert` (bounds memory).
 CHUNK_CELLS = 16384
+#: Entries of the data points' variables evaluated at once by `log_prob` and `invert`:
+#: (particles x data points x `values_per_row`), so a big data point (``data x[65536]``)
+#: gets fewer particles at a time.
+CHUNK_VALUES = 2 ** 24
 #: The plate of vectorized particles; the data plate is dim -1, so particles go at -2 and
 #: enumerated discrete latents from -3 leftwards.
 PARTICLES = "particles"
@@ -62,6 +69,34 @@ def in_particles(fn: Callable, particles: int | None, device: torch.device | Non
             return fn(*args, **kwargs)
 
     return vectorized
+
+
+def values_per_row(model: Any) -> int:
+    """How many values one data point under one particle holds: the entries of every data,
+    input and latent variable, times the classes of each latent the model sums out (its
+    enumeration multiplies what every site downstream of it holds). At least 1."""
+    values = sum(math.prod(v.shape) for v in model.ir.variables if v.role in ("data", "input", "latent"))
+    for name in model.roles.model_enumerated:
+        values *= model.facts.classes(name) or 1
+    return max(1, values)
+
+
+def chunk_plan(rows: int, particles: int, values: int, *, cells: int | None = None) -> tuple[int, int]:
+    """(data points, particles) to evaluate at once for `rows` points of `particles` particles,
+    each (point, particle) cell holding `values` values (`values_per_row`): as many points as
+    fit with all their particles, else one point and as many particles as fit. A chunk holds
+    at most `cells` cells (`CHUNK_CELLS` by default) and `CHUNK_VALUES` values, and never
+    less than one point and one particle.
+
+    >>> chunk_plan(100, 1000, 3)      # small points: 16 points with all their particles
+    (16, 1000)
+    >>> chunk_plan(4, 1000, 65536)    # one big point: 256 of its particles at a time
+    (1, 256)
+    """
+    cells = CHUNK_CELLS if cells is None else cells
+    budget = max(1, min(cells, CHUNK_VALUES // max(1, values)))
+    points = max(1, min(rows, budget // particles))
+    return points, max(1, min(particles, budget // points))
 
 
 def check_importance_weighting(model: Any, what: str) -> None:
@@ -152,3 +187,75 @@ def iwae_bound(model: Any, batch: Mapping[str, torch.Tensor], size: int, particl
     rows = weights.local.shape[-1]
     per_point = weights.local.logsumexp(0) - math.log(particles)
     return per_point.sum() * (size / rows) + weights.global_.mean()
+
+
+def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
+    """The Pareto k̂ of each row's importance weights, as PSIS computes it (Vehtari et al.,
+    "Pareto Smoothed Importance Sampling", 2015/2024; arviz's `psislw`): a generalized Pareto
+    distribution fitted, by Zhang & Stephens' (2009) empirical Bayes estimate with the weak
+    prior ``k = (n k + 10 * 0.5) / (n + 10)``, to how far the M = ceil(min(S / 5, 3 sqrt(S)))
+    largest of the S weights exceed the (M+1)-th largest. Above 0.7 the estimate the weights
+    make is unreliable; below 0.5, fine.
+
+    `log_weights` is ``(particles, rows)``; the result is ``(rows,)`` float64. As in arviz, a
+    row with 4 or fewer weights above the cutoff (S < 21, or weights that underflow next to
+    the largest) gets inf; a row whose weights are all equal (exact importance sampling,
+    which arviz calls inf for want of a tail) gets -inf; a row holding NaN, NaN.
+
+    >>> from torch.distributions import Normal
+    >>> z = 2 * torch.randn(1000, 3, generator=torch.Generator().manual_seed(0))  # q = N(0, 2²)
+    >>> log_w = Normal(0, 1).log_prob(z) - Normal(0, 2).log_prob(z)            # p = N(0, 1)
+    >>> bool((pareto_k(log_w) < 0.5).all())
+    True
+    """
+    if not torch.is_tensor(log_weights) or log_weights.dim() != 2 or not log_weights.is_floating_point():
+        what = (f"a {log_weights.dim()}-dim tensor" if torch.is_tensor(log_weights)
+                else type(log_weights).__name__)
+        raise DGMUsageError(f"pareto_k takes log weights shaped (particles, rows), got {what}",
+                            hint="pass a 2-dim float tensor, one column per data point")
+    log_w = log_weights.detach().to(torch.float64).T  # (rows, S)
+    rows, samples = log_w.shape
+    equal = log_w.amax(1) == log_w.amin(1)
+    tail_size = math.ceil(min(samples / 5, 3 * math.sqrt(samples)))
+    if tail_size <= 4 or samples < 2:
+        k = torch.full((rows,), math.inf, dtype=torch.float64)
+    else:
+        top = log_w.topk(tail_size + 1, dim=1).values  # descending
+        top = top - top[:, :1]
+        cutoff = top[:, tail_size].clamp(min=math.log(torch.finfo(torch.float64).tiny))
+        tail = top[:, :tail_size]
+        in_tail = tail > cutoff[:, None]  # a prefix of each row: the tail, largest first
+        exceed = torch.where(in_tail, tail.exp() - cutoff.exp()[:, None], torch.zeros_like(tail))
+        k = _gpd_shape(exceed, in_tail)
+    k = torch.where(equal, torch.tensor(-math.inf, dtype=torch.float64), k)
+    return torch.where(torch.isnan(log_w).any(1), torch.tensor(math.nan, dtype=torch.float64), k)
+
+
+def _gpd_shape(exceed: torch.Tensor, in_tail: torch.Tensor) -> torch.Tensor:
+    """The generalized Pareto shape k̂ per row of `exceed` ``(rows, M)`` (descending; the first
+    ``in_tail.sum(1)`` entries of a row are its sample) by Zhang & Stephens' empirical Bayes
+    estimate, with PSIS's prior towards 0.5 and its 30 + sqrt(n) grid points; inf where the
+    sample has 4 values or fewer."""
+    n = in_tail.sum(1)  # (rows,)
+    nf = n.to(torch.float64)
+    safe_n = n.clamp(min=1)
+    largest = exceed[:, 0]
+    quarter_at = (safe_n - torch.floor(nf / 4 + 0.5).long()).clamp(min=0, max=exceed.shape[1] - 1)
+    quarter = exceed.gather(1, quarter_at[:, None]).squeeze(1)  # the ascending int(n/4 + 0.5)-th
+    grid = 30 + torch.floor(nf.sqrt()).long()  # (rows,)
+    j = torch.arange(1, int(grid.max()) + 1, dtype=torch.float64)
+    on_grid = j[None, :] <= grid[:, None]
+    b = 1 - torch.sqrt(grid[:, None].to(torch.float64) / (j[None, :] - 0.5))
+    b = b / (3 * quarter[:, None]) + 1 / largest[:, None]  # (rows, grid)
+    terms = torch.log1p(-b[:, :, None] * exceed[:, None, :])
+    k_b = torch.where(in_tail[:, None, :], terms, torch.zeros_like(terms)).sum(-1) / safe_n[:, None]
+    profile = nf[:, None] * (torch.log(-(b / k_b)) - k_b - 1)
+    profile = torch.where(on_grid, profile, torch.tensor(-math.inf, dtype=torch.float64))
+    w = 1 / (profile[:, None, :] - profile[:, :, None]).exp().sum(-1)  # [r, j] = 1 / sum_i e^(L_i - L_j)
+    w = torch.where(on_grid & (w >= 10 * torch.finfo(torch.float64).eps), w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True)
+    b_post = torch.where(on_grid, b * w, torch.zeros_like(b)).sum(1)
+    terms = torch.log1p(-b_post[:, None] * exceed)
+    k = torch.where(in_tail, terms, torch.zeros_like(terms)).sum(1) / safe_n
+    k = (nf * k + 10 * 0.5) / (nf + 10)
+    return torch.where(n > 4, k, torch.tensor(math.inf, dtype=torch.float64))

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dgmlang.data import prepare_data, prepare_inputs
+import dgmlang
+from dgmlang import data as data_module
+from dgmlang.data import Dataset, prepare_data, prepare_inputs
 from dgmlang.errors import DGMDataError
 from dgmlang.frontend import check_source
 
@@ -39,6 +41,11 @@ model inputs {
     input w[3]
     data y
     y ~ Normal(dot(w, w) * s + p, 1)
+}
+model totals {
+    input t : int
+    data k[2]
+    k ~ Binomial(t, logits = zeros(2))
 }
 """
 IRS = {m.ir.name: m.ir for m in check_source(SOURCE, "data.dgm")}
@@ -461,3 +468,147 @@ def test_positions_can_be_written_by_the_caller():
 
     with pytest.raises(DGMDataError, match=r"data variable 'g' \(Gamma\): g at \(1,\) holds 0"):
         prepare_data(EDGES, {**good_edges(), "g": torch.tensor([1.0, 0.0])}, locate=locate)
+
+
+# ---------------------------------------------------------------- data bigger than memory
+
+
+def late_mistakes():
+    """(model, data, options, what the message names): mistakes past the first rows, and
+    pairs where whole-array checking reports a later row (an earlier variable or check wins)."""
+    x = torch.tensor([[1, 2, 3]] * 7)
+    over, nan_late = x.clone(), x.float()
+    over[5, 2] = 17
+    nan_late[6, 1], nan_late[1, 0] = float("nan"), 17  # NaN is checked before the support
+    labels = good_labels(7)
+    labels["k"] = labels["k"].clone()
+    labels["k"][5] = 4
+    support = {"pos": torch.ones(7), "unit": torch.full((7, 2), 0.5), "simplex": torch.full((7, 3), 1 / 3),
+               "poisson": torch.ones(7)}
+    support["pos"][4], support["unit"][0, 1] = -1.0, float("nan")  # pos is declared first
+    partly = {**support, "pos": torch.ones(7), "unit": torch.full((7, 2), 0.5)}
+    partly["simplex"] = partly["simplex"].clone()
+    partly["simplex"][5, 1] = float("nan")
+    counts = {"t": torch.full((7,), 8), "k": torch.tensor([[3, 4]] * 7)}
+    counts["k"][5, 1] = 9
+    return [
+        ("counts", over, {}, "row 5, column 2 holds 17"),
+        ("counts", nan_late, {}, "row 6, column 1 is NaN"),
+        ("labels", labels, {}, "row 5 holds 4"),
+        ("support", support, {}, "row 4 holds -1"),
+        ("support", partly, {"allow_missing": True}, "row 5 is partly missing"),
+        ("totals", counts, {}, "row 5, column 1 holds 9, more than its total_count (input 't' holds 8 in row 5)"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(late_mistakes())))
+def test_validation_in_chunks_reports_what_checking_whole_arrays_reports(case, monkeypatch):
+    name, data, options, says = late_mistakes()[case]
+    whole = error(name, data, **options)
+    monkeypatch.setattr(data_module, "CHUNK_CELLS", 2)  # pieces of one or two rows
+    assert error(name, data, **options) == whole
+    assert says in whole
+
+
+def test_rows_of_rows_select_like_indexing():
+    x = torch.arange(40.0).reshape(20, 2)
+    d = prepare_data(IRS["inputs"],
+                     {"s": torch.ones(20), "p": torch.full((20,), 0.5), "w": torch.zeros(20, 3), "y": x[:, 0]})
+    y = x[:, 0].numpy()
+    as_numpy = (lambda i: i.numpy() if isinstance(i, torch.Tensor) else i)
+    picks = [(slice(2, 18, 3), torch.tensor([4, 0, 2])), (torch.tensor([19, 3, 7, 7]), slice(None, None, -1)),
+             (slice(None, None, -2), slice(1, 4)), (slice(5, 15), torch.tensor([True, False] * 5))]
+    for outer, inner in picks:
+        assert d.rows(outer).rows(inner).values["y"].tolist() == y[as_numpy(outer)][as_numpy(inner)].tolist()
+
+
+def test_a_large_selection_is_converted_in_pieces_to_the_same_values(monkeypatch):
+    x = torch.tensor(np.random.default_rng(0).integers(0, 17, size=(50, 3)))
+    expected = prepare_data(IRS["counts"], x).rows(torch.arange(49, -1, -1)).values["x"]
+    monkeypatch.setattr(data_module, "CHUNK_CELLS", 7)
+    assert torch.equal(prepare_data(IRS["counts"], x).rows(torch.arange(49, -1, -1)).values["x"], expected)
+
+
+class Rows(torch.utils.data.Dataset):
+    """A map-style torch Dataset of dict rows, as the docs describe."""
+
+    def __init__(self, columns):
+        self.columns = columns
+
+    def __len__(self):
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, i):
+        return {name: column[i] for name, column in self.columns.items()}
+
+
+def test_a_torch_dataset_of_dict_rows_is_checked_like_arrays():
+    labels = good_labels(5)
+    out = prepare_data(IRS["labels"], Rows(labels))
+    assert out.n == 5 and all(torch.equal(out.values[k], prepare_data(IRS["labels"], labels).values[k])
+                              for k in labels)
+    numbers = {"u": [[0.0, 1.0]] * 3, "k": [1, 2, 3], "c": [0, 1, 2], "b": [1.0, 0.0, 1.0]}
+    assert prepare_data(IRS["labels"], Rows(numbers)).values["k"].tolist() == [1, 2, 3]
+    bad = {**labels, "k": torch.tensor([0, 1, 2, 3, 9])}
+    assert "input 'k' (int): row 4 holds 9, but onehot(k, 4) takes 0..3" in error("labels", Rows(bad))
+    assert "no values for 'b'" in error("labels", Rows({k: v for k, v in labels.items() if k != "b"}))
+    missing = torch.tensor([[1.0, float("nan"), 3.0], [4.0, 5.0, 6.0]])
+    assert "row 0, column 1 is NaN" in error("counts", Rows({"x": missing}))
+    assert prepare_data(IRS["counts"], Rows({"x": missing}), allow_missing=True).observed["x"].tolist() == \
+        [[True, False, True], [True, True, True]]
+
+
+def test_a_torch_dataset_that_breaks_the_protocol_is_a_data_error():
+    class Bare(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.zeros(3)
+
+    class Endless(torch.utils.data.Dataset):
+        def __getitem__(self, i):
+            return {"x": torch.zeros(3)}
+
+    assert "row 0 is a Tensor, not a dict" in error("counts", Bare())
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([{"x": torch.zeros(3)}])
+
+        def __len__(self):
+            return 1
+
+    assert "has no len()" in error("counts", Endless())
+    assert "an IterableDataset has no rows to pick by number" in error("counts", Stream())
+    assert "has no rows" in error("counts", Rows({"x": torch.zeros(0, 3)}))
+    ragged = Rows({"x": [torch.zeros(3), torch.zeros(3), torch.zeros(4)]})
+    assert "row 2: 'x' has shape (4,), but row 0's has (3,)" in error("counts", ragged)
+
+
+MEAN = """
+model mean {
+    param  mu[3]
+    data   x[3]
+    latent z[3]
+    z ~ Normal(0, 1)
+    x ~ Normal(z + mu, 0.5)
+}
+"""
+
+
+def test_a_memmap_and_a_torch_dataset_fit_and_score_like_the_array(tmp_path):
+    x = np.random.default_rng(1).normal(size=(60, 3)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mapped = np.load(path, mmap_mode="r")
+    results = []
+    for data in (torch.from_numpy(x), mapped, Rows({"x": torch.from_numpy(x)})):
+        m = dgmlang.compile(MEAN)
+        m.fit(data, steps=12, batch_size=16, seed=3, progress=False)
+        state = {k: v.clone() for k, v in {**m.model.state_dict(), **m.guide.state_dict()}.items()}
+        scores = m.log_prob(data, num_samples=8, seed=4)
+        draws = m.invert(data, num_samples=3, seed=5)["z"]
+        results.append((state, scores, draws))
+    for state, scores, draws in results[1:]:
+        assert all(torch.equal(state[k], results[0][0][k]) for k in state)
+        assert torch.equal(scores, results[0][1]) and torch.equal(draws, results[0][2])

@@ -376,3 +376,47 @@ def test_an_npz_entry_of_an_unknown_compression_method_is_a_data_error(tmp_path)
     path.write_bytes(bytes(raw))
     with pytest.raises(DGMDataError, match="is not a readable .npz file"):
         read_table(path)
+
+
+# ---------------------------------------------------------------- data bigger than memory
+
+
+def test_a_npy_file_is_memory_mapped_and_stays_mapped_through_validation(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((5, 6), dtype=np.float32))  # reshaped to img[2, 3]
+    arrays = read_data(tmp_path / "x.npy", IMAGE)
+    assert isinstance(arrays["img"], np.memmap) and arrays["img"].shape == (5, 2, 3)
+    validate(IMAGE, arrays, str(tmp_path / "x.npy"), purpose="fit")
+    assert isinstance(arrays["img"], np.memmap)
+
+
+def test_a_file_is_checked_in_chunks_with_rows_counted_in_the_whole_file(tmp_path, monkeypatch):
+    import dgmlang.data
+
+    monkeypatch.setattr(dgmlang.data, "CHUNK_CELLS", 6)  # one row of img[2, 3] at a time
+    img = np.zeros((6, 2, 3))
+    img[4, 1, 2], img[2, 0, 0] = np.nan, np.inf  # the NaN is reported: it is checked first
+    np.save(tmp_path / "x.npy", img)
+    with pytest.raises(DGMDataError, match=r"x\.npy: row 4, column 'img\[1\]\[2\]' is empty"):
+        read_data(tmp_path / "x.npy", IMAGE)
+    img[4, 1, 2] = 0
+    np.save(tmp_path / "x.npy", img)
+    with pytest.raises(DGMDataError, match=r"x\.npy: row 2, column 'img\[0\]\[0\]' holds inf"):
+        read_data(tmp_path / "x.npy", IMAGE)
+    labels = np.zeros((6, 4))
+    labels[3, 1] = 17
+    np.savez(tmp_path / "c.npz", x=labels, y=np.arange(6))
+    with pytest.raises(DGMDataError, match=r"c\.npz: data variable 'x' \(Binomial\): row 3, column 1 holds 17"):
+        validate(CVAE, read_data(tmp_path / "c.npz", CVAE), str(tmp_path / "c.npz"), purpose="fit")
+
+
+def test_uncompressed_npz_arrays_are_memory_mapped_and_compressed_ones_read(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    y = np.array([1, 2, 3])
+    np.savez(tmp_path / "d.npz", x=x, y=y, extra=np.asfortranarray(np.ones((2, 3))))
+    table = read_table(tmp_path / "d.npz")
+    assert all(isinstance(a, np.memmap) for a in table.arrays.values())
+    assert table.arrays["x"].tolist() == x.tolist() and table.arrays["y"].tolist() == y.tolist()
+    assert table.arrays["extra"].tolist() == np.ones((2, 3)).tolist()
+    np.savez_compressed(tmp_path / "c.npz", x=x, y=y)
+    arrays = read_data(tmp_path / "c.npz", CVAE)
+    assert not isinstance(arrays["x"], np.memmap) and arrays["x"].tolist() == x.tolist()

@@ -5,8 +5,8 @@ The guard: a model built on the CPU runs fit, sample, log_prob and invert with t
 default device set to "meta". A tensor made without an explicit device then lands on meta
 and the first operation mixing it with the model's CPU tensors raises, so a tensor that
 would be made on the wrong device on a GPU fails here, on the CPU. Data checking
-(`prepare_data`, `prepare_inputs`) is a CPU stage by design (data is moved a batch at a
-time), so it runs with the CPU as the default.
+(`prepare_data`, `prepare_inputs`) and reading a `Dataset`'s rows are a CPU stage by design
+(data is moved a batch at a time), so they run with the CPU as the default.
 
 Tests marked `cuda` compare a GPU with the CPU and are skipped without one (`make gpu-check`
 runs them).
@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 
 import dgmlang
 from dgmlang import devices, posterior, training, weights
+from dgmlang.data import Dataset
 from dgmlang.errors import DGMError, DGMUsageError
 from dgmlang.testing import simulate
 
@@ -56,12 +57,21 @@ def _on_cpu(function):
     return wrapped
 
 
+def _data_on_cpu(patches) -> None:
+    """Data is checked and its rows read on the CPU (then moved a batch at a time)."""
+    patches.setattr(training, "prepare_data", _on_cpu(training.prepare_data))
+    patches.setattr(posterior, "prepare_data", _on_cpu(posterior.prepare_data))
+    patches.setattr(posterior, "prepare_inputs", _on_cpu(posterior.prepare_inputs))
+    for name in ("values", "observed"):  # a Dataset reads its rows when first asked
+        read = functools.cached_property(_on_cpu(Dataset.__dict__[name].func))
+        read.__set_name__(Dataset, name)
+        patches.setattr(Dataset, name, read)
+
+
 @pytest.fixture
 def meta_default(monkeypatch):
-    """A context in which tensors made without a device land on meta (data checking aside)."""
-    monkeypatch.setattr(training, "prepare_data", _on_cpu(training.prepare_data))
-    monkeypatch.setattr(posterior, "prepare_data", _on_cpu(posterior.prepare_data))
-    monkeypatch.setattr(posterior, "prepare_inputs", _on_cpu(posterior.prepare_inputs))
+    """A context in which tensors made without a device land on meta (data aside)."""
+    _data_on_cpu(monkeypatch)
     _fewer_draws(monkeypatch)
     return lambda: torch.device("meta")
 
@@ -153,9 +163,7 @@ def test_generated_models_make_their_tensors_on_the_models_device(program):
     assume(data is not None and all(bool(v.isfinite().all()) for v in data.values()))
     patches = pytest.MonkeyPatch()
     try:
-        patches.setattr(training, "prepare_data", _on_cpu(training.prepare_data))
-        patches.setattr(posterior, "prepare_data", _on_cpu(posterior.prepare_data))
-        patches.setattr(posterior, "prepare_inputs", _on_cpu(posterior.prepare_inputs))
+        _data_on_cpu(patches)
         _fewer_draws(patches)
         try:
             _run_everything(model, data, lambda: torch.device("meta"), iwae=False)

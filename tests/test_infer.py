@@ -9,7 +9,7 @@ import torch
 
 import dgmlang
 from corpus_models import CORPUS
-from dgmlang import checkpoint, weights
+from dgmlang import checkpoint, posterior, weights
 from dgmlang.errors import DGMCheckpointError, DGMDataError, DGMTrainingError, DGMUsageError
 
 TINY = """
@@ -373,6 +373,91 @@ def test_log_prob_matches_the_exact_marginal_whatever_the_chunks(monkeypatch):
     assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
     monkeypatch.setattr(weights, "CHUNK_CELLS", 700)  # 1 point and 700 particles at a time
     assert torch.allclose(m.log_prob(x, num_samples=2000, seed=0), exact, atol=0.05)
+
+
+BIG = """
+model big {
+    data   x[65536]
+    latent z
+    z ~ Normal(0, 1)
+    x ~ Normal(z, 1)
+}
+"""
+
+
+def record_weighing(monkeypatch):
+    """Every importance-weighting pass posterior.py makes, as (particles, batch, Weights)."""
+    calls = []
+    real = posterior.importance_weights
+
+    def recorded(model, batch, *, particles, **options):
+        result = real(model, batch, particles=particles, **options)
+        calls.append((particles, batch, result))
+        return result
+
+    monkeypatch.setattr(posterior, "importance_weights", recorded)
+    return calls
+
+
+def cells(calls):
+    """(particles, rows) of each recorded pass."""
+    return [(p, next(iter(batch.values())).shape[0]) for p, batch, _ in calls]
+
+
+def test_invert_and_log_prob_weigh_a_big_data_point_a_chunk_of_particles_at_a_time(monkeypatch):
+    # 1,000 proposals of 65,536 values each were weighed at once: 4 rows took ~4.5 GB
+    m = dgmlang.compile(BIG)
+    values = weights.values_per_row(m)
+    assert values == 65537 and weights.chunk_plan(2, posterior.SIR_PROPOSALS, values) == (1, 255)
+    x = m.sample(2, seed=0)["x"]
+    calls = record_weighing(monkeypatch)
+    out = m.invert(x, num_samples=5, seed=0)
+    assert out["z"].shape == (5, 2) and torch.isfinite(out["z"]).all()
+    assert max(p * r for p, r in cells(calls)) * values <= weights.CHUNK_VALUES
+    assert sum(p * r for p, r in cells(calls)) == 2 * posterior.SIR_PROPOSALS  # each proposal once
+    calls.clear()
+    assert torch.isfinite(m.log_prob(x, num_samples=300, seed=0)).all()
+    assert cells(calls) == [(255, 1), (45, 1), (255, 1), (45, 1)]
+
+
+def test_resampling_in_chunks_draws_each_proposal_in_proportion_to_its_weight(monkeypatch):
+    m = dgmlang.compile(TINY)  # unfitted, and x far from the prior: very uneven weights
+    monkeypatch.setattr(weights, "CHUNK_VALUES", 100 * weights.values_per_row(m))  # 10 chunks
+    calls = record_weighing(monkeypatch)
+    z = m.invert(torch.tensor([[3.0, -3.0]]), num_samples=20000, seed=0)["z"][:, 0]
+    assert cells(calls) == [(100, 1)] * 10
+    log_w = torch.cat([w.local[:, 0] for _, _, w in calls])
+    proposals = torch.cat([w.guide_trace.nodes["z"]["value"][:, 0] for _, _, w in calls])
+    which = (z[:, None, :] == proposals[None]).all(-1).float().argmax(1)  # each draw's proposal
+    assert torch.equal(proposals[which], z)
+    chunk_share = torch.bincount(which // 100, minlength=10) / len(z)
+    expected = log_w.reshape(10, 100).logsumexp(1).softmax(0)
+    assert (chunk_share - expected).abs().max() < 0.02
+    assert (expected - 0.1).abs().max() > 0.1  # the check can fail: the chunks weigh unevenly
+
+
+@pytest.mark.parametrize("per_chunk", [8, 64])  # within one draw's 32 proposals; two draws' at once
+def test_resampling_in_chunks_with_globals_keeps_each_draw_to_its_own_proposals(per_chunk, monkeypatch):
+    m = dgmlang.compile("""
+model hier {
+    data   x[3]
+    global g
+    latent z
+    g ~ Normal(0, 1)
+    z ~ Normal(g, 1)
+    x ~ Normal(z, 0.5)
+}""")
+    monkeypatch.setattr(weights, "CHUNK_VALUES", per_chunk * weights.values_per_row(m))
+    calls = record_weighing(monkeypatch)
+    x = torch.tensor([[0.0, 1.0, 2.0], [-1.0, 0.0, -2.0]])
+    out = m.invert(x, num_samples=3, seed=0)
+    assert cells(calls) == ([(8, 1)] * 12 if per_chunk == 8 else [(64, 1), (32, 1)]) * 2
+    for d in range(3):
+        for row in range(2):  # draw d's proposals at this row: 32, and its z is one of them
+            own = [w.guide_trace.nodes["z"]["value"].flatten()[w.guide_trace.nodes["g"]["value"].flatten() == out["g"][d]]
+                   for _, batch, w in calls if torch.equal(batch["x"][0], x[row])]
+            own = torch.cat(own)
+            assert len(own) == 32 and (own == out["z"][d, row]).any()
 
 
 # ---------------------------------------------------------------- checkpoints
