@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro.infer import infer_discrete
 
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
+from dgmlang.devices import to_device
 from dgmlang.supports import support_of
 from dgmlang.errors import DGMDataError, DGMModelError, rows_phrase
 from dgmlang.gibbs import gibbs
@@ -51,6 +52,7 @@ def sample(model: Any, n: int, inputs: Mapping[str, Any] | None = None, *,
     """
     positive_int("n", n)
     given_inputs = prepare_inputs(model.ir, inputs, n, facts=model.facts, dtype=model.model.dtype)
+    given_inputs = to_device(given_inputs, model.model.device)
     with seeded(seed), torch.no_grad():
         pyro_model = model.model
         if model.roles.globals and model.fitted:
@@ -99,7 +101,7 @@ def guide_globals(model: Any, draws: int) -> dict[str, torch.Tensor]:
     parts = []
     for first in range(0, draws, step):
         n = min(step, draws - first)
-        trace = poutine.trace(in_particles(model.guide, n)).get_trace(batch)
+        trace = poutine.trace(in_particles(model.guide, n, model.model.device)).get_trace(batch)
         parts.append({g: trace.nodes[g]["value"].reshape(n, *model.ir.variable(g).shape)
                       for g in model.roles.globals if g in trace.nodes})
     return {g: torch.cat([part[g] for part in parts]) for g in parts[0]}
@@ -113,7 +115,8 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
         var = model.ir.variable(name)
         support = support_of(model.ir, var, facts=model.facts)
         dtype = torch.long if support.integer_dtype else torch.get_default_dtype()
-        batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype)
+        batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype,
+                                 device=model.model.device)
     return batch
 
 
@@ -144,7 +147,7 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
     with seeded(seed), torch.no_grad():
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
-            batch = dataset.rows(slice(start, start + points)).values
+            batch = to_device(dataset.rows(slice(start, start + points)).values, model.model.device)
             try:
                 scores, flags = estimate(batch)
             except ValueError:  # a distribution's argument checks: an overflow at some rows?
@@ -162,7 +165,8 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
                              for v in scores[bad].tolist()})
             from dgmlang.diagnose import explain_failure  # only on failure
 
-            why = explain_failure(model, dataset.rows(torch.tensor(rows[:100])).values,
+            why = explain_failure(model, to_device(dataset.rows(torch.tensor(rows[:100], device="cpu")).values,
+                                                   model.model.device),
                                   rows=rows[:100], rng_state=rng_state)
             raise _bad_rows(f"log_prob: the log-likelihood of {rows_phrase(rows)} is "
                             f"{' or '.join(values)}" + (f" ({why})" if why else ""), rows)
@@ -184,7 +188,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                            facts=model.facts, dtype=model.model.dtype)
     with seeded(seed), torch.no_grad():
         globals_ = guide_globals(model, num_samples)
-        complete = torch.ones(dataset.n, dtype=torch.bool)
+        complete = torch.ones(dataset.n, dtype=torch.bool, device="cpu")  # the data's device
         for observed in dataset.observed.values():
             complete &= observed.reshape(dataset.n, -1).all(-1)
         pieces: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
@@ -192,7 +196,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         for rows in (complete.nonzero().squeeze(-1), (~complete).nonzero().squeeze(-1)):
             if len(rows) == 0:
                 continue
-            part = dataset.rows(rows)
+            part = dataset.rows(rows)  # read on the CPU; resample and gibbs move what they read
             try:
                 if bool(complete[rows[0]]):
                     samples = resample(model, part, globals_, num_samples, unreliable=unreliable)
@@ -212,7 +216,7 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         first = pieces[0][1][name]
         value = first.new_empty(num_samples, dataset.n, *first.shape[2:])
         for rows, samples in pieces:
-            value[:, rows] = samples[name]
+            value[:, rows.to(value.device)] = samples[name]
         out[name] = value
     out.update(globals_)
     return out
@@ -242,7 +246,7 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
                                               cells=max(importance.CHUNK_CELLS, particles))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
-        batch = part.rows(slice(start, start + points)).values
+        batch = to_device(part.rows(slice(start, start + points)).values, model.model.device)
         try:
             chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk,
                                       unreliable=unreliable)
@@ -293,9 +297,10 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
     rows = next(iter(batch.values())).shape[0]
     groups = draws if globals_ else 1
     chosen: dict[str, torch.Tensor] = {}
-    total = torch.full((groups, rows), -math.inf, dtype=torch.float64)  # log weight of a group's chunks so far
-    any_finite = torch.zeros(groups, rows, dtype=torch.bool)
-    broken = torch.zeros(rows, dtype=torch.bool)
+    device = model.model.device
+    total = torch.full((groups, rows), -math.inf, dtype=torch.float64, device=device)  # log weight of a group's chunks so far
+    any_finite = torch.zeros(groups, rows, dtype=torch.bool, device=device)
+    broken = torch.zeros(rows, dtype=torch.bool, device=device)
     for first_group, n_groups, first, n in proposal_chunks(groups, per_group, per_chunk):
         given = {g: v[first_group:first_group + n_groups].repeat_interleave(n, 0).unsqueeze(1)
                  for g, v in globals_.items()}
@@ -319,8 +324,8 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
         else:  # `draws` proposals of the one group: (1, draws, rows)
             index = torch.distributions.Categorical(logits=logits[0]).sample((draws,))
             index = index.unsqueeze(0)
-        index = index + n * torch.arange(n_groups).reshape(-1, 1, 1)
-        point = torch.arange(rows)
+        index = index + n * torch.arange(n_groups, device=device).reshape(-1, 1, 1)
+        point = torch.arange(rows, device=device)
         candidates = {name: weights.guide_trace.nodes[name]["value"][index, point]
                       for name in model.roles.guide_locals}
         chunk_total = log_w.logsumexp(-1).masked_fill(~finite | bad, -math.inf)
@@ -332,7 +337,7 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
             total[here] = chunk_total
             continue
         so_far = torch.logaddexp(total[here], chunk_total)
-        take = torch.rand(index.shape) < (chunk_total - so_far).exp().nan_to_num(0.0).unsqueeze(1)
+        take = torch.rand(index.shape, device=device) < (chunk_total - so_far).exp().nan_to_num(0.0).unsqueeze(1)
         for name, value in candidates.items():
             keep = chosen[name][here]
             chosen[name][here] = torch.where(take.reshape(*take.shape, *(1,) * (value.dim() - 3)), value, keep)
@@ -358,7 +363,7 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[
         n = min(step, draws - first)
         given = {**{name: v[first:first + n] for name, v in latents.items()},
                  **{g: v[first:first + n].unsqueeze(1) for g, v in globals_.items()}}
-        pyro_model = in_particles(poutine.condition(model.model, data=given), n)
+        pyro_model = in_particles(poutine.condition(model.model, data=given), n, model.model.device)
         pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
         trace = poutine.trace(pyro_model).get_trace(batch)
         parts.append({name: trace.nodes[name]["value"].expand(n, rows)

@@ -30,6 +30,7 @@ import pyro
 from dgmlang import distributed, fastpath
 from dgmlang.calibrate import calibrate
 from dgmlang.data import Dataset, positive_int, prepare_data
+from dgmlang.devices import to_device
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
@@ -87,7 +88,8 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     with seeded(seed), distributed.own_random_stream(group), distributed.shared_failures(group), \
             tqdm(total=total, disable=not show, desc=f"fit {model.name}", unit="step") as bar:
         while len(losses) < total:
-            order = torch.randperm(n) if group is None else group.epoch_order(n)  # [distributed]
+            # the data's order is drawn on the CPU, so it is the same on every device
+            order = torch.randperm(n, device="cpu") if group is None else group.epoch_order(n)  # [distributed]
             for start in range(0, n, rows_per_step):
                 if len(losses) == total:
                     break
@@ -96,7 +98,7 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
                 if group is not None:  # [distributed] this process's piece; gradients averaged
                     rows, counted = group.shard(rows)
                     sync = functools.partial(group.reduce, rows=counted)
-                batch = dataset.rows(rows).values
+                batch = to_device(dataset.rows(rows).values, model.model.device)
                 loss = step(loss_fn, batch, n, optimizer, named, len(losses) + 1,
                             first_update=not model.fitted, model=model, rows=rows, sync=sync)
                 losses.append(loss / n)
@@ -135,7 +137,8 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
                 # refuses a differentiable loss, so score it plainly and skip the update
                 if "cannot be differentiated" not in str(err):
                     raise
-                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size))
+                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size),
+                                    device=model.model.device)
 
         return loss
     if name == "iwae":

@@ -59,13 +59,14 @@ class Weights:
     global_: torch.Tensor
 
 
-def in_particles(fn: Callable, particles: int | None) -> Callable:
-    """`fn` run inside the particle plate (dim -2), or `fn` itself when `particles` is None."""
+def in_particles(fn: Callable, particles: int | None, device: torch.device | None = None) -> Callable:
+    """`fn` run inside the particle plate (dim -2), or `fn` itself when `particles` is None;
+    the plate's indices are made on `device` (the model's)."""
     if particles is None:
         return fn
 
     def vectorized(*args, **kwargs):
-        with pyro.plate(PARTICLES, particles, dim=-2):
+        with pyro.plate(PARTICLES, particles, dim=-2, device=device):
             return fn(*args, **kwargs)
 
     return vectorized
@@ -125,11 +126,12 @@ def importance_weights(model: Any, batch: Mapping[str, torch.Tensor], *, particl
     fixed = {**(given or {}), **(guide_values or {})}
     if fixed:
         guide = poutine.condition(guide, data=fixed)
-    guide = in_particles(guide, particles)
+    guide = in_particles(guide, particles, model.model.device)
     guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(batch, size=size))
     latents = {name: site["value"] for name, site in guide_trace.nodes.items()
                if site["type"] == "sample"}
-    pyro_model = in_particles(poutine.condition(model.model, data=latents), particles)
+    pyro_model = in_particles(poutine.condition(model.model, data=latents), particles,
+                              model.model.device)
     if model.roles.model_enumerated:
         first_dim = -3 if particles is not None else -2
         pyro_model = poutine.enum(pyro_model, first_available_dim=first_dim)
@@ -137,15 +139,17 @@ def importance_weights(model: Any, batch: Mapping[str, torch.Tensor], *, particl
     rows = next(iter(batch.values())).shape[0]
     plate_shape = (particles, rows) if particles is not None else (rows,)
     globals_ = frozenset(model.roles.globals)
-    p_local, p_global = site_sums(model_trace, plate_shape, globals_)
-    q_local, q_global = site_sums(guide_trace, plate_shape, globals_)
+    device = model.model.device
+    p_local, p_global = site_sums(model_trace, plate_shape, globals_, device)
+    q_local, q_global = site_sums(guide_trace, plate_shape, globals_, device)
     return Weights(guide_trace, p_local - q_local, p_local, p_global - q_global)
 
 
-def site_sums(trace: poutine.Trace, plate_shape: tuple[int, ...],
-              globals_: frozenset[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def site_sums(trace: poutine.Trace, plate_shape: tuple[int, ...], globals_: frozenset[str],
+              device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per data point and per particle: the summed log densities of the local sites
-    (enumeration dims summed out by log-sum-exp), and of the sites named in `globals_`."""
+    (enumeration dims summed out by log-sum-exp), and of the sites named in `globals_`
+    (zeros on `device`, the model's, where there are none)."""
     local: torch.Tensor | float = 0.0
     global_: torch.Tensor | float = 0.0
     for name, site in trace.nodes.items():
@@ -157,13 +161,13 @@ def site_sums(trace: poutine.Trace, plate_shape: tuple[int, ...],
             global_ = global_ + log_p
         else:
             local = local + log_p
-    local = torch.as_tensor(local)
+    local = local if torch.is_tensor(local) else torch.zeros((), device=device)
     local = local.reshape((1,) * max(0, len(plate_shape) - local.dim()) + tuple(local.shape))
     enum_shape = tuple(local.shape[: local.dim() - len(plate_shape)])
     local = local.expand(*enum_shape, *plate_shape)
     if enum_shape:
         local = local.reshape(-1, *plate_shape).logsumexp(0)
-    global_ = torch.as_tensor(global_)
+    global_ = global_ if torch.is_tensor(global_) else torch.zeros((), device=device)
     if len(plate_shape) == 2:  # globals sit outside the data plate: (K, 1) -> (K,)
         global_ = global_.expand(plate_shape[0], 1).reshape(plate_shape[0])
     return local, global_

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
                               prepare_run_folder, write_history, write_info, write_reference_scores)
-from dgmlang.cli.shared import check_budget, draw_samples, row_values, say, to_numpy
+from dgmlang.cli.shared import check_budget, draw_samples, placement, row_values, say, to_numpy
 from dgmlang.errors import DGMError, DGMTrainingError, DGMUsageError
 
 
@@ -86,6 +86,7 @@ def _check_inputs(args) -> None:
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, read_source, select
 
+    placement(args)
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
@@ -105,11 +106,12 @@ def _fit_without_files(args) -> int:
     from dgmlang.datafiles import read_data
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
+    device, dtype = placement(args)
     source = read_source(args.file)
     checked = select(check_source(source, str(args.file)), args.model, str(args.file))
     data = read_data(args.data, checked.ir)
     validation = read_data(args.validation, checked.ir) if args.validation else None
-    model = compile_checked(checked, source=source, filename=str(args.file))
+    model = compile_checked(checked, source=source, filename=str(args.file), device=device, dtype=dtype)
     model.fit(data, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
               num_particles=args.num_particles, objective=args.objective, validation=validation,
               seed=args.seed, progress=False)
@@ -128,6 +130,7 @@ def _fit_and_write(args) -> int:
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
+    device, dtype = placement(args)
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
@@ -150,7 +153,7 @@ def _fit_and_write(args) -> int:
     except OSError as err:
         raise DGMUsageError(f"cannot create the run folder '{out}': {err.strerror or err}") from None
 
-    model = compile_checked(checked, source=source, filename=str(args.file))
+    model = compile_checked(checked, source=source, filename=str(args.file), device=device, dtype=dtype)
     n = len(next(iter(data.values())))
     say(f"fitting {ir.name} to {n} rows of {args.data} -> {out}/", file=sys.stderr)
     stopped: DGMTrainingError | None = None
