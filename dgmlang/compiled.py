@@ -25,9 +25,9 @@ modules below do not check, and hands the model to the module that owns the work
 ...     x ~ Normal(matmul(W, z), 0.1)
 ... }''')
 >>> x = m.sample(64, seed=0)["x"]
->>> losses = m.fit(x, steps=3, seed=0, progress=False)
+>>> losses = m.fit(x, steps=300, lr=0.01, seed=0, progress=False)
 >>> len(losses), m.log_prob(x[:5], num_samples=10, seed=0).shape
-(3, torch.Size([5]))
+(300, torch.Size([5]))
 >>> m.invert(x[:5], num_samples=7, seed=0)["z"].shape
 torch.Size([7, 5, 2])
 """

@@ -219,7 +219,7 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
     equal = log_w.amax(1) == log_w.amin(1)
     tail_size = math.ceil(min(samples / 5, 3 * math.sqrt(samples)))
     if tail_size <= 4 or samples < 2:
-        k = torch.full((rows,), math.inf, dtype=torch.float64)
+        k = torch.full((rows,), math.inf, dtype=torch.float64, device=log_w.device)
     else:
         top = log_w.topk(tail_size + 1, dim=1).values  # descending
         top = top - top[:, :1]
@@ -228,8 +228,8 @@ def pareto_k(log_weights: torch.Tensor) -> torch.Tensor:
         in_tail = tail > cutoff[:, None]  # a prefix of each row: the tail, largest first
         exceed = torch.where(in_tail, tail.exp() - cutoff.exp()[:, None], torch.zeros_like(tail))
         k = _gpd_shape(exceed, in_tail)
-    k = torch.where(equal, torch.tensor(-math.inf, dtype=torch.float64), k)
-    return torch.where(torch.isnan(log_w).any(1), torch.tensor(math.nan, dtype=torch.float64), k)
+    k = torch.where(equal, -math.inf, k)
+    return torch.where(torch.isnan(log_w).any(1), math.nan, k)
 
 
 def _gpd_shape(exceed: torch.Tensor, in_tail: torch.Tensor) -> torch.Tensor:
@@ -244,14 +244,14 @@ def _gpd_shape(exceed: torch.Tensor, in_tail: torch.Tensor) -> torch.Tensor:
     quarter_at = (safe_n - torch.floor(nf / 4 + 0.5).long()).clamp(min=0, max=exceed.shape[1] - 1)
     quarter = exceed.gather(1, quarter_at[:, None]).squeeze(1)  # the ascending int(n/4 + 0.5)-th
     grid = 30 + torch.floor(nf.sqrt()).long()  # (rows,)
-    j = torch.arange(1, int(grid.max()) + 1, dtype=torch.float64)
+    j = torch.arange(1, int(grid.max()) + 1, dtype=torch.float64, device=grid.device)
     on_grid = j[None, :] <= grid[:, None]
     b = 1 - torch.sqrt(grid[:, None].to(torch.float64) / (j[None, :] - 0.5))
     b = b / (3 * quarter[:, None]) + 1 / largest[:, None]  # (rows, grid)
     terms = torch.log1p(-b[:, :, None] * exceed[:, None, :])
     k_b = torch.where(in_tail[:, None, :], terms, torch.zeros_like(terms)).sum(-1) / safe_n[:, None]
     profile = nf[:, None] * (torch.log(-(b / k_b)) - k_b - 1)
-    profile = torch.where(on_grid, profile, torch.tensor(-math.inf, dtype=torch.float64))
+    profile = torch.where(on_grid, profile, -math.inf)
     w = 1 / (profile[:, None, :] - profile[:, :, None]).exp().sum(-1)  # [r, j] = 1 / sum_i e^(L_i - L_j)
     w = torch.where(on_grid & (w >= 10 * torch.finfo(torch.float64).eps), w, torch.zeros_like(w))
     w = w / w.sum(1, keepdim=True)
@@ -259,7 +259,7 @@ def _gpd_shape(exceed: torch.Tensor, in_tail: torch.Tensor) -> torch.Tensor:
     terms = torch.log1p(-b_post[:, None] * exceed)
     k = torch.where(in_tail, terms, torch.zeros_like(terms)).sum(1) / safe_n
     k = (nf * k + 10 * 0.5) / (nf + 10)
-    return torch.where(n > 4, k, torch.tensor(math.inf, dtype=torch.float64))
+    return torch.where(n > 4, k, math.inf)
 
 
 #: A point's importance weights are untrustworthy when their Pareto k̂ exceeds this. Well
@@ -281,12 +281,14 @@ def unreliable_points(log_weights: torch.Tensor, *, guide_draws_latents: bool) -
     All False below `DIAGNOSTIC_MIN_PROPOSALS` proposals.
 
     >>> from torch.distributions import Normal
-    >>> z = 0.2 * torch.randn(1000, 4, generator=torch.Generator().manual_seed(0))  # q = N(0, 0.2²)
-    >>> unreliable_points(Normal(3, 1).log_prob(z) - Normal(0, 0.2).log_prob(z), guide_draws_latents=True)
-    tensor([True, True, True, True])
+    >>> z = 2 * torch.randn(1000, 2, generator=torch.Generator().manual_seed(0))  # q = N(0, 2²)
+    >>> unreliable_points(Normal(0, 1).log_prob(z) - Normal(0, 2).log_prob(z), guide_draws_latents=True)
+    tensor([False, False])
+    >>> unreliable_points(torch.full((1000, 2), -3.0), guide_draws_latents=True)  # q collapsed
+    tensor([True, True])
     """
     if log_weights.shape[0] < DIAGNOSTIC_MIN_PROPOSALS:
-        return torch.zeros(log_weights.shape[1], dtype=torch.bool)
+        return torch.zeros(log_weights.shape[1], dtype=torch.bool, device=log_weights.device)
     k = pareto_k(log_weights)
     collapsed = (k == -math.inf) if guide_draws_latents else torch.zeros_like(k, dtype=torch.bool)
     return (k > UNRELIABLE_K) | collapsed
