@@ -36,5 +36,18 @@ test-fuzz: $(STAMP)
 	DGM_FUZZ_MUTANTS=$(DGM_FUZZ_MUTANTS) DGM_FUZZ_RUNS=$(DGM_FUZZ_RUNS) \
 	  $(PY) -m pytest -p no:cacheprovider -rxs tests/test_mutation_fuzz.py
 
+# The GPU checks (docs/scaling.md, "Devices"): the cuda-marked tests, then step_time.py and
+# digits_ll.py on the GPU, printing their figures; exits non-zero where there is no GPU. In
+# the venv make builds (on Linux, PyPI's torch 2.13.0 wheel is the CUDA build), or with a
+# Python that already has torch with CUDA: `make gpu-check PY=python3`. Offline, WHEELS=DIR
+# first installs the wheels in DIR (pyro-ppl, pyro-api, lark) into $(GPU_SITE).
+GPU_SITE := .gpu-site
+.PHONY: gpu-check
+gpu-check: $(if $(filter command line,$(origin PY)),,$(STAMP))
+ifneq ($(WHEELS),)
+	$(PY) -m pip install --quiet --no-index --no-deps --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl
+endif
+	PYTHONPATH="$(CURDIR)$(if $(WHEELS),:$(CURDIR)/$(GPU_SITE))" $(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(GPU_SITE) build *.egg-info

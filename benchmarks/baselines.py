@@ -159,13 +159,14 @@ def gmm_data(n: int = 1000, *, seed: int = 0) -> torch.Tensor:
         return centers[labels] + GMM_SCALE * torch.randn(n, 2)
 
 
-def _standard_normal(dim: int, batch_shape: tuple[int, ...] = ()) -> td.Distribution:
-    return td.Independent(td.Normal(torch.zeros(*batch_shape, dim), torch.ones(*batch_shape, dim)), 1)
+def _standard_normal(dim: int, batch_shape: tuple[int, ...] = (), device=None) -> td.Distribution:
+    shape = (*batch_shape, dim)
+    return td.Independent(td.Normal(torch.zeros(shape, device=device), torch.ones(shape, device=device)), 1)
 
 
-def _random_batch(num_data: int, batch_size: int) -> torch.Tensor:
+def _random_batch(num_data: int, batch_size: int, device=None) -> torch.Tensor:
     """Indices of a minibatch, drawn exactly as ``pyro.plate(subsample_size=...)`` draws them."""
-    return torch.randperm(num_data)[:batch_size]
+    return torch.randperm(num_data, device=device)[:batch_size]
 
 
 # --------------------------------------------------------------------------- plain PyTorch losses
@@ -177,7 +178,7 @@ def vae_log_weights(nets: VAENetworks, x: torch.Tensor, num_particles: int = 1) 
     q = td.Independent(td.Normal(loc, scale), 1)
     z = q.rsample((num_particles,)) if num_particles > 1 else q.rsample().unsqueeze(0)
     likelihood = td.Independent(td.Binomial(TOTAL_COUNT, logits=nets.decoder(z)), 1)
-    return likelihood.log_prob(x) + _standard_normal(LATENT_DIM).log_prob(z) - q.log_prob(z)
+    return likelihood.log_prob(x) + _standard_normal(LATENT_DIM, device=z.device).log_prob(z) - q.log_prob(z)
 
 
 def vae_elbo_loss(nets: VAENetworks, x_batch: torch.Tensor) -> torch.Tensor:
@@ -200,7 +201,7 @@ def hvae_elbo_loss(nets: HVAENetworks, x_batch: torch.Tensor) -> torch.Tensor:
     p_z1 = td.Independent(td.Normal(*nets.prior_z1(z2)), 1)
     p_x = td.Independent(td.Binomial(TOTAL_COUNT, logits=nets.decoder(z1)), 1)
     elbo = (
-        _standard_normal(HVAE_TOP_DIM).log_prob(z2)
+        _standard_normal(HVAE_TOP_DIM, device=z2.device).log_prob(z2)
         + p_z1.log_prob(z1)
         + p_x.log_prob(x_batch)
         - q_z1.log_prob(z1)
@@ -220,7 +221,7 @@ def _plain_step(loss_fn: Callable[[torch.Tensor], torch.Tensor], params, x: torc
     optimizer = torch.optim.Adam(params, lr=lr)
 
     def step() -> float:
-        x_batch = x[_random_batch(len(x), batch_size)]
+        x_batch = x[_random_batch(len(x), batch_size, x.device)]
         loss = loss_fn(x_batch)
         optimizer.zero_grad()
         loss.backward()
@@ -269,19 +270,22 @@ class PyroVAE:
         self.nets = nets
         self.batch_size = batch_size
         self.prefix = f"vae{next(_instance_ids)}"  # keeps two instances apart in the param store
-        self.prior_loc = torch.zeros(LATENT_DIM)
-        self.prior_scale = torch.ones(LATENT_DIM)
+        self.device = next(nets.parameters()).device
+        self.prior_loc = torch.zeros(LATENT_DIM, device=self.device)
+        self.prior_scale = torch.ones(LATENT_DIM, device=self.device)
 
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         pyro.module(f"{self.prefix}.decoder", self.nets.decoder)
-        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample) as idx:
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
             z = pyro.sample("z", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             logits = self.nets.decoder(z)
             pyro.sample("x", dist.Binomial(TOTAL_COUNT, logits=logits).to_event(1), obs=x[idx])
 
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         pyro.module(f"{self.prefix}.encoder", self.nets.encoder)
-        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample) as idx:
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
             loc, scale = self.nets.encoder(x[idx])
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
@@ -293,13 +297,15 @@ class PyroHVAE:
         self.nets = nets
         self.batch_size = batch_size
         self.prefix = f"hvae{next(_instance_ids)}"
-        self.prior_loc = torch.zeros(HVAE_TOP_DIM)
-        self.prior_scale = torch.ones(HVAE_TOP_DIM)
+        self.device = next(nets.parameters()).device
+        self.prior_loc = torch.zeros(HVAE_TOP_DIM, device=self.device)
+        self.prior_scale = torch.ones(HVAE_TOP_DIM, device=self.device)
 
     def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         pyro.module(f"{self.prefix}.prior_z1", self.nets.prior_z1)
         pyro.module(f"{self.prefix}.decoder", self.nets.decoder)
-        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample) as idx:
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
             z2 = pyro.sample("z2", dist.Normal(self.prior_loc, self.prior_scale).to_event(1))
             z1 = pyro.sample("z1", dist.Normal(*self.nets.prior_z1(z2)).to_event(1))
             pyro.sample("x", dist.Binomial(TOTAL_COUNT, logits=self.nets.decoder(z1)).to_event(1), obs=x[idx])
@@ -307,7 +313,8 @@ class PyroHVAE:
     def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         pyro.module(f"{self.prefix}.encoder_z1", self.nets.encoder_z1)
         pyro.module(f"{self.prefix}.encoder_z2", self.nets.encoder_z2)
-        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample) as idx:
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
             z1 = pyro.sample("z1", dist.Normal(*self.nets.encoder_z1(x[idx])).to_event(1))
             pyro.sample("z2", dist.Normal(*self.nets.encoder_z2(z1)).to_event(1))
 
@@ -319,12 +326,14 @@ class PyroGMM:
         self.mu_init = mu_init.clone()
         self.batch_size = batch_size
         self.mu_name = f"gmm{next(_instance_ids)}.mu"
-        self.component_logits = torch.zeros(GMM_COMPONENTS)
+        self.device = mu_init.device
+        self.component_logits = torch.zeros(GMM_COMPONENTS, device=self.device)
         self.model = config_enumerate(self._model)
 
     def _model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
         mu = pyro.param(self.mu_name, self.mu_init)
-        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample) as idx:
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
             c = pyro.sample("c", dist.Categorical(logits=self.component_logits))
             pyro.sample("x", dist.Normal(mu[c], GMM_SCALE).to_event(1), obs=x[idx])
 
@@ -412,7 +421,7 @@ def iwae_log_likelihood(
     results = []
     for x_chunk in x.split(points_per_chunk):
         q = encode(x_chunk)
-        p_z = prior if prior is not None else _standard_normal(q.event_shape[-1])
+        p_z = prior if prior is not None else _standard_normal(q.event_shape[-1], device=x.device)
         log_weights = []
         for k in _chunk_sizes(num_samples, samples_per_chunk):
             z = q.sample((k,))

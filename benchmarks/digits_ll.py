@@ -29,6 +29,11 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/digits_ll.py                                 # ELBO
     .venv/bin/python benchmarks/digits_ll.py --objective iwae --particles 10
     .venv/bin/python benchmarks/digits_ll.py --epochs 20 --reference          # quick look
+    .venv/bin/python benchmarks/digits_ll.py --device cuda --reference        # on a GPU
+
+With ``--device cuda`` dgmlang's model is compiled there (``dgmlang.load(..., device=...)``)
+and given the data on the CPU; the plain-PyTorch reference (its networks built on the CPU and
+moved) and the independent evaluator run there too.
 
 >>> args = parse_args(["--objective", "iwae"])
 >>> args.particles, target(args)
@@ -75,6 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=TARGET_SAMPLES, help="K of the test estimate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where to train and score")
     parser.add_argument("--reference", action="store_true",
                         help="also train the hand-written plain-PyTorch VAE with the same settings")
     args = parser.parse_args(argv)
@@ -114,21 +120,23 @@ def independent_estimate(model, test_x: torch.Tensor, *, num_samples: int, seed:
         conditioned = poutine.condition(model.model, data={"z": z})
         # z is (k, b, 16): the networks broadcast over k, the data plate is b. x is observed
         # (at zeros) only so the model does not spend time sampling it; its fn is what we need.
-        placeholder = {"x": torch.zeros(z.shape[-2], test_x.shape[-1])}
+        placeholder = {"x": torch.zeros(z.shape[-2], test_x.shape[-1], device=z.device)}
         return poutine.trace(conditioned).get_trace(placeholder).nodes["x"]["fn"]
 
     with hand._seeded(seed):
-        return hand.iwae_log_likelihood(encode, decode, test_x, num_samples=num_samples).mean().item()
+        return hand.iwae_log_likelihood(encode, decode, test_x.to(model.device),
+                                        num_samples=num_samples).mean().item()
 
 
 def fit_dgmlang(args: argparse.Namespace, train_x: torch.Tensor):
     """The compiled `digits_vae`, fitted with `fit`'s defaults; returns it and the seconds taken."""
     import dgmlang
 
-    model = dgmlang.load(MODEL_FILE)
+    model = dgmlang.load(MODEL_FILE, device=args.device)
     start = time.perf_counter()
     losses = model.fit({"x": train_x}, epochs=args.epochs, objective=args.objective,
                        num_particles=args.particles, seed=args.seed, progress=False)
+    _synchronize()
     seconds = time.perf_counter() - start
     steps_per_epoch = len(losses) // args.epochs
     last_epoch = losses[-steps_per_epoch:]
@@ -140,19 +148,34 @@ def fit_dgmlang(args: argparse.Namespace, train_x: torch.Tensor):
 def fit_reference(args: argparse.Namespace, train_x: torch.Tensor) -> hand.VAENetworks:
     """The hand-written plain-PyTorch VAE, trained for as many steps as `fit` takes."""
     steps = args.epochs * math.ceil(len(train_x) / hand.BATCH_SIZE)
-    nets = hand.VAENetworks(seed=args.seed)
+    nets = hand.VAENetworks(seed=args.seed).to(args.device)
     torch.manual_seed(args.seed)
-    step = hand.plain_vae_step(nets, train_x, objective=args.objective, num_particles=args.particles)
+    step = hand.plain_vae_step(nets, train_x.to(args.device), objective=args.objective,
+                               num_particles=args.particles)
     start = time.perf_counter()
     losses = [step() for _ in range(steps)]
+    _synchronize()
     seconds = time.perf_counter() - start
     print(f"hand-written plain PyTorch: {steps} steps in {seconds:.0f} s; "
           f"train loss over the last {min(steps, 12)} steps {sum(losses[-12:]) / len(losses[-12:]):.2f}")
     return nets
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from dgmlang.devices import device_of
+    from dgmlang.errors import DGMError
+
+    try:
+        args.device = device_of(args.device)
+    except DGMError as err:
+        print(f"digits_ll.py: {err}", file=sys.stderr)
+        return 1
     torch.set_num_threads(args.threads)
     import pyro
 
@@ -160,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data = digits()
     bar = target(args)
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s); "
+    gpu = f"{torch.cuda.get_device_name(args.device)}, " if args.device.type == "cuda" else ""
+    print(f"machine: {gpu}{platform.machine()}, {torch.get_num_threads()} torch thread(s), device {args.device}; "
           f"torch {torch.__version__}, pyro {pyro.__version__}, python {platform.python_version()}")
     print(f"digits_vae: objective={args.objective}, num_particles={args.particles}, {args.epochs} epochs, "
           f"batch 128, Adam 1e-3, seed {args.seed}; {len(data.train_x)} train / {len(data.test_x)} test images")
@@ -169,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     model = fit_dgmlang(args, data.train_x)
     start = time.perf_counter()
     ll = model.log_prob({"x": data.test_x}, num_samples=args.num_samples, seed=args.seed).mean().item()
+    _synchronize()
     seconds = time.perf_counter() - start
     check = independent_estimate(model, data.test_x, num_samples=args.num_samples, seed=args.seed + 1)
     print(f"same networks, baselines.py's IWAE evaluator: {check:.2f} nats per image "
@@ -176,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         nets = fit_reference(args, data.train_x)
         with hand._seeded(args.seed + 1):
-            reference = hand.vae_test_log_likelihood(nets, data.test_x, num_samples=args.num_samples)
+            reference = hand.vae_test_log_likelihood(nets, data.test_x.to(args.device),
+                                                     num_samples=args.num_samples)
         print(f"hand-written plain PyTorch, same settings: {reference:.2f} nats per image")
 
     quoted = QUOTED.get((args.objective, args.particles))

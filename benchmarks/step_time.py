@@ -17,7 +17,14 @@ medians to plain PyTorch and to hand-written Pyro.
 The last column is the mean loss per data point over the last round: the implementations train
 for the same number of steps, so their losses should be alike (they are different random runs).
 
-Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae]``
+With ``--device cuda`` every implementation computes on the GPU: the baselines' networks are
+built on the CPU and moved there, with their data and minibatch indices; dgmlang is
+compiled with ``device="cuda"`` and given the data on the CPU, as a user would, so each of its
+steps includes copying the minibatch over (`dgmlang.devices.to_device`). Times on a GPU are
+taken after ``torch.cuda.synchronize()``.
+
+Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae]
+[--device cpu|cuda|cuda:N]``
 """
 from __future__ import annotations
 
@@ -95,42 +102,50 @@ def _repeat(step: hand.Step) -> Runner:
     return lambda steps: [step() for _ in range(steps)]
 
 
-def _benchmarks(selected: list[str], seed: int) -> list[Benchmark]:
+def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Benchmark]:
     from dgmlang.datasets import digits
 
-    train_x = digits().train_x
+    train_x = digits().train_x  # dgmlang gets the data on the CPU, the baselines on `device`
     gmm_x = hand.gmm_data(GMM_POINTS, seed=seed)
     mu0 = hand.gmm_initial_means(seed=seed)
+    x_on, gmm_on, mu0_on = train_x.to(device), gmm_x.to(device), mu0.to(device)
+
+    def vae():  # built on the CPU, as dgmlang builds its networks, then moved
+        return hand.VAENetworks(seed=seed).to(device)
+
+    def hvae():
+        return hand.HVAENetworks(seed=seed).to(device)
+
     builders = {
         "vae": lambda: Benchmark("vae", VAE_TEXT, train_x, "Pyro Trace_ELBO", (
-            Implementation("plain PyTorch", _repeat(hand.plain_vae_step(hand.VAENetworks(seed=seed), train_x))),
-            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_vae_step(hand.VAENetworks(seed=seed), train_x))),
+            Implementation("plain PyTorch", _repeat(hand.plain_vae_step(vae(), x_on))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_vae_step(vae(), x_on))),
             Implementation("Pyro JitTrace_ELBO",
-                           _repeat(hand.pyro_vae_step(hand.VAENetworks(seed=seed), train_x, jit=True))),
+                           _repeat(hand.pyro_vae_step(vae(), x_on, jit=True))),
         )),
         "gmm": lambda: Benchmark("gmm", GMM_TEXT, gmm_x, "Pyro TraceEnum_ELBO", (
-            Implementation("plain PyTorch", _repeat(hand.plain_gmm_step(mu0, gmm_x))),
-            Implementation("Pyro TraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0, gmm_x))),
-            Implementation("Pyro JitTraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0, gmm_x, jit=True))),
+            Implementation("plain PyTorch", _repeat(hand.plain_gmm_step(mu0_on, gmm_on))),
+            Implementation("Pyro TraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0_on, gmm_on))),
+            Implementation("Pyro JitTraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0_on, gmm_on, jit=True))),
         )),
         "hvae": lambda: Benchmark("hvae", HVAE_TEXT, train_x, "Pyro Trace_ELBO", (
-            Implementation("plain PyTorch", _repeat(hand.plain_hvae_step(hand.HVAENetworks(seed=seed), train_x))),
-            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_hvae_step(hand.HVAENetworks(seed=seed), train_x))),
+            Implementation("plain PyTorch", _repeat(hand.plain_hvae_step(hvae(), x_on))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_hvae_step(hvae(), x_on))),
             Implementation("Pyro JitTrace_ELBO",
-                           _repeat(hand.pyro_hvae_step(hand.HVAENetworks(seed=seed), train_x, jit=True))),
+                           _repeat(hand.pyro_hvae_step(hvae(), x_on, jit=True))),
         )),
     }
     return [builders[name]() for name in selected]
 
 
-def _dgmlang_runner(text: str, data: torch.Tensor) -> tuple[Runner | None, str]:
+def _dgmlang_runner(text: str, data: torch.Tensor, device: torch.device) -> tuple[Runner | None, str]:
     """A runner calling dgmlang's `fit`, or None and the reason dgmlang cannot run yet."""
     try:
         from dgmlang import compile as dgm_compile
     except Exception as error:  # the package is being built; the baselines still print
         return None, f"not available ({type(error).__name__}: {error})"
     try:
-        model = dgm_compile(text)
+        model = dgm_compile(text, device=device)
     except Exception as error:
         return None, f"not available (compile failed: {type(error).__name__}: {error})"
 
@@ -163,15 +178,24 @@ def _time_rounds(implementations: list[Implementation], steps: int, repeats: int
     for round_index in range(repeats):
         shift = round_index % len(implementations)
         for impl in implementations[shift:] + implementations[:shift]:
+            _synchronize()
             start = time.perf_counter()
             losses = impl.run(steps)
+            _synchronize()
             per_step[impl.name].append((time.perf_counter() - start) / steps)
             last_loss[impl.name] = sum(float(v) for v in losses) / len(losses)
     return per_step, last_loss
 
 
-def _machine() -> str:
+def _synchronize() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def _machine(device: torch.device) -> str:
     cpu = hand.cpu_name()
+    if device.type == "cuda":
+        cpu = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), host {cpu}"
     import pyro
 
     return (f"{cpu}; torch {torch.__version__}, pyro {pyro.__version__}, python {platform.python_version()}; "
@@ -185,22 +209,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (JIT, lazy building)")
     parser.add_argument("--models", default="vae,gmm,hvae", help="comma-separated: vae, gmm, hvae")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every implementation computes")
     args = parser.parse_args(argv)
     selected = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = sorted(set(selected) - {"vae", "gmm", "hvae"})
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from vae, gmm, hvae")
 
+    from dgmlang.devices import device_of
+    from dgmlang.errors import DGMError
+
+    try:
+        device = device_of(args.device)
+    except DGMError as err:
+        parser.exit(1, f"step_time.py: {err}\n")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    print(f"machine: {_machine()}")
+    print(f"machine: {_machine(device)}; device {device}")
     print(f"{args.repeats} rounds of {args.steps} steps after {args.warmup} warm-up steps; "
           f"batch {hand.BATCH_SIZE}, Adam {hand.LEARNING_RATE}")
     header = f"{'model':6s} {'implementation':24s} {'ms/step':>8s} {'min-max':>13s} {'vs torch':>9s} {'vs Pyro':>8s} {'loss/pt':>9s}"
-    for bench in _benchmarks(selected, args.seed):
+    for bench in _benchmarks(selected, args.seed, device):
         print(f"\n{header}\n{'-' * len(header)}")
         implementations = list(bench.implementations)
-        dgm_run, why_not = _dgmlang_runner(bench.text, bench.data)
+        dgm_run, why_not = _dgmlang_runner(bench.text, bench.data, device)
         if dgm_run is None:
             print(f"  dgmlang: {why_not}")
         else:

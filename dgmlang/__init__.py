@@ -11,12 +11,12 @@ Importing dgmlang does not import torch; the compiled model does, when first ask
 """
 from __future__ import annotations
 
-from dgmlang.errors import DGMError
+from dgmlang.errors import DGMError, DGMWarning
 from dgmlang.frontend import compile, load, load_fitted
 
 __version__ = "0.1.0"
 
-__all__ = ["DGMError", "CompiledModel", "Model", "compile", "load", "load_fitted", "datasets",
+__all__ = ["DGMError", "DGMWarning", "CompiledModel", "Model", "compile", "load", "load_fitted", "datasets",
            "__version__"]
 
 

@@ -66,7 +66,7 @@ def calibrate(model: Any, dataset: Dataset) -> None:
     it was. A model that cannot be drawn from keeps neutral references for its latents."""
     guide = model.guide
     n = dataset.n
-    spread = torch.linspace(0, n - 1, steps=min(n, DATA_ROWS)).round().long().unique()
+    spread = torch.linspace(0, n - 1, steps=min(n, DATA_ROWS), device="cpu").round().long().unique()
     rows = dataset.rows(spread).values
     trace = _model_draws(model, rows)
     for site in guide.sites:
@@ -106,10 +106,10 @@ def coarse_reference(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = values.dtype if values.is_floating_point() else torch.get_default_dtype()
     v = values.detach().to(torch.float64)
     if v.shape[0] > MAX_VALUES:
-        v = v[torch.linspace(0, v.shape[0] - 1, MAX_VALUES).long()]
+        v = v[torch.linspace(0, v.shape[0] - 1, MAX_VALUES, device=v.device).long()]
     v = torch.where(torch.isfinite(v), v, torch.nan)
     center = v.nanmedian(0).values
-    low, high = v.nanquantile(torch.tensor([0.25, 0.75], dtype=torch.float64), dim=0)
+    low, high = v.nanquantile(torch.tensor([0.25, 0.75], dtype=torch.float64, device=v.device), dim=0)
     spread = (high - low) / 1.349
     sd = torch.sqrt(torch.nanmean((v - v.nanmean(0)) ** 2, 0))
     spread = torch.where(spread > 0, spread, sd)
@@ -131,6 +131,6 @@ def _model_draws(model: Any, rows: dict[str, torch.Tensor]):
     n = min(MODEL_ROWS, len(next(iter(rows.values())))) if rows else MODEL_ROWS
     try:
         with seeded(CALIBRATION_SEED), torch.no_grad():
-            return forward_trace(in_particles(model.model, MODEL_DRAWS), inputs, n)
+            return forward_trace(in_particles(model.model, MODEL_DRAWS, model.model.device), inputs, n)
     except (DGMError, ValueError):
         return None

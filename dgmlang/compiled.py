@@ -25,9 +25,9 @@ modules below do not check, and hands the model to the module that owns the work
 ...     x ~ Normal(matmul(W, z), 0.1)
 ... }''')
 >>> x = m.sample(64, seed=0)["x"]
->>> losses = m.fit(x, steps=3, seed=0, progress=False)
+>>> losses = m.fit(x, steps=300, lr=0.01, seed=0, progress=False)
 >>> len(losses), m.log_prob(x[:5], num_samples=10, seed=0).shape
-(3, torch.Size([5]))
+(300, torch.Size([5]))
 >>> m.invert(x[:5], num_samples=7, seed=0)["z"].shape
 torch.Size([7, 5, 2])
 """
@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dgmlang import checkpoint, posterior, training, weights
+from dgmlang import checkpoint, devices, posterior, training, weights
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.facts import ModelFacts
 from dgmlang.guide import build_guide
@@ -128,6 +128,40 @@ class CompiledModel:
     @property
     def name(self) -> str:
         return self.ir.name
+
+    # ------------------------------------------------------------------ device and dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model computes on (the CPU unless moved with `to`)."""
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The float dtype the model computes in (float32 unless changed with `to`)."""
+        return self.model.dtype
+
+    def to(self, device: Any = None, dtype: Any = None) -> "CompiledModel":
+        """Move the model and its guide — networks, params, buffers — to `device` ("cpu",
+        "cuda", "cuda:N", "mps" or a `torch.device`; None keeps the current one) and/or
+        convert them to `dtype` ("float32", "float64" or the torch dtype; None keeps it).
+        Returns the model itself, as `torch.nn.Module.to` does. Constants the evaluator
+        made are remade on the new device and dtype at the next call. From then on `fit`,
+        `sample`, `log_prob` and `invert` compute there and return tensors there; data given
+        on the CPU is moved a batch at a time. A GPU this torch cannot use, an unknown name,
+        or float64 on mps is a `DGMUsageError`.
+
+        >>> import dgmlang
+        >>> m = dgmlang.compile("model m { data x\\n latent z\\n z ~ Normal(0, 1)\\n x ~ Normal(z, 1) }")
+        >>> m.to(dtype="float64").dtype, m.device
+        (torch.float64, device(type='cpu'))
+        """
+        target = self.device if device is None else devices.device_of(device)
+        kind = self.dtype if dtype is None else devices.dtype_of(dtype)
+        devices.check_pair(target, kind)
+        for module in (self.model, self.guide):
+            module.to(device=target, dtype=kind)
+        return self
 
     @property
     def guide_plan(self) -> list[tuple[str, list[str] | str]]:

@@ -224,12 +224,16 @@ class Model:
 
         return format_program(self.program())
 
-    def compile(self) -> "CompiledModel":
-        """The compiled model, as `dgmlang.load` gives it for the same `.dgm` text."""
-        from dgmlang.frontend import check_irs, compile_checked
+    def compile(self, *, device=None, dtype=None) -> "CompiledModel":
+        """The compiled model, as `dgmlang.load` gives it for the same `.dgm` text, on
+        `device` ("cpu" by default, "cuda", "cuda:N", "mps") in `dtype` ("float32" by
+        default, "float64"); see `CompiledModel.to`."""
+        from dgmlang.frontend import check_irs, check_placement, compile_checked
 
+        check_placement(device, dtype)
         checked = check_irs((self.ir(),))[0]
-        return compile_checked(checked, source=self.to_dgm(), filename=f"<model {self.name}>")
+        return compile_checked(checked, source=self.to_dgm(), filename=f"<model {self.name}>",
+                               device=device, dtype=dtype)
 
 
 def _describe(value: Any) -> str:

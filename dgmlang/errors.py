@@ -106,6 +106,11 @@ class DGMErrors(DGMError):
         return "\n\n".join(str(e) for e in self.errors)
 
 
+class DGMWarning(UserWarning):
+    """A result dgmlang computed but cannot vouch for (an importance-sampling estimate whose
+    weights are too uneven to trust, say); the message says what to try."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A "did you mean 'x'?" hint when a candidate is close to `name`.
 

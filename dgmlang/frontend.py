@@ -105,33 +105,55 @@ def select(models: tuple[CheckedModel, ...], name: str | None, where: str) -> Ch
     )
 
 
-def compile_checked(checked: CheckedModel, *, source: str, filename: str) -> "CompiledModel":
-    """A compiled model (Pyro model + derived guide) from a checked one, with its facts."""
+def compile_checked(checked: CheckedModel, *, source: str, filename: str,
+                    device=None, dtype=None) -> "CompiledModel":
+    """A compiled model (Pyro model + derived guide) from a checked one, with its facts, on
+    `device` in `dtype` (see `CompiledModel.to`; None: the CPU, float32)."""
     from dgmlang.compiled import CompiledModel
 
-    return CompiledModel(checked.ir, checked.plan, source=source, filename=filename,
-                         facts=checked.facts)
+    compiled = CompiledModel(checked.ir, checked.plan, source=source, filename=filename,
+                             facts=checked.facts)
+    return compiled.to(device, dtype) if device is not None or dtype is not None else compiled
 
 
-def compile_source(text: str, *, model: str | None = None, filename: str = "<string>") -> "CompiledModel":
-    """Compile one model of `text` (see `select` for `model`)."""
+def compile_source(text: str, *, model: str | None = None, filename: str = "<string>",
+                   device=None, dtype=None) -> "CompiledModel":
+    """Compile one model of `text` (see `select` for `model`) on `device` in `dtype`."""
+    check_placement(device, dtype)
     checked = select(check_source(text, filename), model, filename)
-    return compile_checked(checked, source=text, filename=filename)
+    return compile_checked(checked, source=text, filename=filename, device=device, dtype=dtype)
 
 
-def compile(text: str, model: str | None = None) -> "CompiledModel":  # noqa: A001 - the public name
-    """Compile a model from `.dgm` text: ``dgmlang.compile(text).fit(data)``."""
-    return compile_source(text, model=model, filename="<string>")
+def compile(text: str, model: str | None = None, *, device=None, dtype=None) -> "CompiledModel":  # noqa: A001 - the public name
+    """Compile a model from `.dgm` text: ``dgmlang.compile(text).fit(data)``. `device`
+    ("cpu" by default, "cuda", "cuda:N", "mps") and `dtype` ("float32" by default,
+    "float64") say where and in what the model computes (`CompiledModel.to`)."""
+    return compile_source(text, model=model, filename="<string>", device=device, dtype=dtype)
 
 
-def load(path: str | Path, model: str | None = None) -> "CompiledModel":
-    """Compile a model from a `.dgm` file: ``dgmlang.load("vae.dgm").fit(data)``."""
-    return compile_source(read_source(path), model=model, filename=str(path))
+def load(path: str | Path, model: str | None = None, *, device=None, dtype=None) -> "CompiledModel":
+    """Compile a model from a `.dgm` file: ``dgmlang.load("vae.dgm", device="cuda").fit(data)``
+    (`device` and `dtype` as in `compile`)."""
+    check_placement(device, dtype)
+    return compile_source(read_source(path), model=model, filename=str(path), device=device,
+                          dtype=dtype)
 
 
-def load_fitted(path: str | Path) -> "CompiledModel":
+def check_placement(device, dtype) -> None:
+    """Refuse a device or dtype that cannot be used before any work is done."""
+    if device is None and dtype is None:
+        return
+    from dgmlang import devices
+
+    target = devices.device_of(device)
+    if dtype is not None:
+        devices.check_pair(target, devices.dtype_of(dtype))
+
+
+def load_fitted(path: str | Path, *, device=None, dtype=None) -> "CompiledModel":
     """A model saved with `CompiledModel.save`: the saved source is compiled again and the
-    parameters restored. Only plain tensors and strings are read; a file holding pickled
+    parameters restored, then moved to `device` (the CPU by default; "cuda", "cuda:N", "mps")
+    and, when given, converted to `dtype` (by default the dtype it was saved in). Only plain tensors and strings are read; a file holding pickled
     objects, another kind of file, a newer format, a damaged file (its digest does not
     match), a field of the wrong type or a non-finite parameter is a `DGMCheckpointError`
     (see `dgmlang.checkpoint`).
@@ -144,7 +166,9 @@ def load_fitted(path: str | Path) -> "CompiledModel":
     from dgmlang import checkpoint
     from dgmlang.errors import DGMCheckpointError
 
+    check_placement(device, dtype)
     saved = checkpoint.read(path)
+    saved_dtype = _saved_dtype(saved)
     try:
         checked = select(check_source(saved.source, saved.filename), saved.model,
                          saved.filename)
@@ -152,13 +176,27 @@ def load_fitted(path: str | Path) -> "CompiledModel":
         raise DGMCheckpointError(
             f"{saved.path}: the model text saved in it does not pass this dgmlang's checks:\n{err}"
         ) from None
-    _check_fits_before_building(checked, saved)
-    compiled = compile_checked(checked, source=saved.source, filename=saved.filename)
+    _check_fits_before_building(checked, saved, saved_dtype)
+    compiled = compile_checked(checked, source=saved.source, filename=saved.filename,
+                               dtype=saved_dtype)
     checkpoint.restore(compiled, saved)
-    return compiled
+    return compiled.to(device, dtype) if device is not None or dtype is not None else compiled
 
 
-def _check_fits_before_building(checked: CheckedModel, saved) -> None:
+def _saved_dtype(saved):
+    """The float dtype the saved model computed in: that of all its floating tensors when
+    they agree on float32 or float64. Otherwise (none, or a mix) None: the model is built in
+    float32 and a tensor of another dtype is refused by name when the tensors are compared."""
+    import torch
+
+    dtypes = {tensor.dtype for state in (saved.model_state, saved.guide_state)
+              for tensor in state.values() if tensor.is_floating_point()}
+    if len(dtypes) == 1 and next(iter(dtypes)) in (torch.float32, torch.float64):
+        return next(iter(dtypes))
+    return None
+
+
+def _check_fits_before_building(checked: CheckedModel, saved, dtype=None) -> None:
     """Build `checked` on the meta device (shapes only, no memory) and compare the saved
     tensors with it. A model that cannot be built on the meta device is compared after
     the real build instead (`checkpoint.restore` does that in any case)."""
@@ -168,7 +206,8 @@ def _check_fits_before_building(checked: CheckedModel, saved) -> None:
 
     try:
         with torch.device("meta"):
-            shapes = compile_checked(checked, source=saved.source, filename=saved.filename)
+            shapes = compile_checked(checked, source=saved.source, filename=saved.filename,
+                                     dtype=dtype)
     except Exception:  # noqa: BLE001 - only a pre-check; the real build reports its own errors
         return
     checkpoint.check_fits(shapes, saved)

@@ -26,6 +26,7 @@ from pyro.infer import infer_discrete
 from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.data import Dataset
+from dgmlang.devices import to_device
 from dgmlang import weights as importance
 from dgmlang.weights import importance_weights
 
@@ -66,20 +67,22 @@ def run_chains(model: Any, part: Dataset, given: dict[str, torch.Tensor]) -> dic
     state is returned (data, latents, summed-out latents by name, one row per chain)."""
     roles = model.roles
     rows = part.n
-    inputs = {name: part.values[name] for name in roles.inputs}
+    values = to_device(part.values, model.model.device)  # the chains run on the model's device
+    observed = to_device(part.observed, model.model.device)
+    inputs = {name: values[name] for name in roles.inputs}
     pyro_model = poutine.condition(model.model, data=given) if given else model.model
     prior = poutine.trace(pyro_model).get_trace(inputs, batch_size=rows)
     data = {}
     for name in roles.data:
-        value = part.values[name]
-        if name in part.observed:
+        value = values[name]
+        if name in observed:
             draw = prior.nodes[name]["value"].to(value.dtype)
-            value = torch.where(part.observed[name], value, draw)
+            value = torch.where(observed[name], value, draw)
         data[name] = value
     # Missing entries of a variable nothing depends on are summed out when the discrete
     # latents are drawn (the model's mask), so those and the entries are drawn jointly.
-    leaves = {n: m for n, m in part.observed.items() if not roles.has_children[n]}
-    exact = not roles.guide_locals and len(leaves) == len(part.observed)
+    leaves = {n: m for n, m in observed.items() if not roles.has_children[n]}
+    exact = not roles.guide_locals and len(leaves) == len(observed)
     latents: dict[str, torch.Tensor] = {}
     enumerated: dict[str, torch.Tensor] = {}
     for sweep in range(1 if exact else WARMUP_SWEEPS + GIBBS_SWEEPS):
@@ -90,7 +93,7 @@ def run_chains(model: Any, part: Dataset, given: dict[str, torch.Tensor]) -> dic
             if roles.guide_locals:
                 latents = _update_locals(model, batch, given, latents, warmup=sweep < WARMUP_SWEEPS)
             enumerated = _sample_enumerated_rows(model, batch, {**latents, **given}, leaves)
-            data = _redraw_missing(model, part, inputs, data, {**latents, **enumerated, **given})
+            data = _redraw_missing(model, observed, inputs, data, {**latents, **enumerated, **given})
     return {**data, **latents, **enumerated}
 
 
@@ -103,7 +106,8 @@ def _update_locals(model: Any, batch, given, latents, *, warmup: bool) -> dict[s
     if warmup:
         return proposed
     current = importance_weights(model, batch, particles=None, given=given, guide_values=latents)
-    accept = torch.rand(proposal.local.shape[0]).log() < proposal.local - current.local
+    gain = proposal.local - current.local
+    accept = torch.rand(gain.shape[0], device=gain.device).log() < gain
     latents = {n: _where_rows(accept, proposed[n], latents[n]) for n in latents}
     log_p = torch.where(accept, proposal.log_p, current.log_p)
     return _random_walk(model, batch, given, latents, log_p)
@@ -123,7 +127,7 @@ def _random_walk(model: Any, batch, given, latents, log_p) -> dict[str, torch.Te
         step = first.nodes[name]["value"] - second.nodes[name]["value"]
         moved[name] = latents[name] + step / math.sqrt(2)
     new = importance_weights(model, batch, particles=None, given=given, guide_values=moved)
-    accept = torch.rand(log_p.shape[0]).log() < new.log_p - log_p
+    accept = torch.rand(log_p.shape[0], device=log_p.device).log() < new.log_p - log_p
     return {n: _where_rows(accept, moved[n], latents[n]) for n in latents}
 
 
@@ -136,26 +140,32 @@ def _sample_enumerated_rows(model: Any, batch, fixed, mask) -> dict[str, torch.T
     pyro_model = infer_discrete(poutine.condition(model.model, data=fixed),
                                 first_available_dim=-2, temperature=1)
     trace = poutine.trace(pyro_model).get_trace(batch, mask=mask)
-    return {name: trace.nodes[name]["value"] for name in model.roles.model_enumerated}
+    rows = next(iter(batch.values())).shape[0]
+    # one per row: a draw whose distribution depends on no per-row value comes back
+    # unbatched for a single row (scalar latents only are summed out)
+    return {name: trace.nodes[name]["value"].expand(rows) for name in model.roles.model_enumerated}
 
 
-def _redraw_missing(model: Any, part: Dataset, inputs, data, fixed) -> dict[str, torch.Tensor]:
-    """One Gibbs sweep over the missing entries, data variable by data variable in
-    topological order: propose them from the model given their parents; a variable that
-    other variables depend on is accepted with the Metropolis-Hastings ratio of those."""
+def _redraw_missing(model: Any, observed: dict[str, torch.Tensor], inputs, data,
+                    fixed) -> dict[str, torch.Tensor]:
+    """One Gibbs sweep over the missing entries (False in `observed`, per data variable
+    with any), data variable by data variable in topological order: propose them from the
+    model given their parents; a variable that other variables depend on is accepted with
+    the Metropolis-Hastings ratio of those."""
     pyro_model = poutine.condition(model.model, data=fixed)
     data = dict(data)
     for name in model.roles.data:
-        if name not in part.observed:
+        if name not in observed:
             continue
         trace = poutine.trace(pyro_model).get_trace({**inputs, **data})
         value = data[name]
         draw = trace.nodes[name]["fn"].sample().to(value.dtype)
-        proposed = torch.where(part.observed[name], value, draw)
+        proposed = torch.where(observed[name], value, draw)
         if model.roles.has_children[name]:
             new_trace = poutine.trace(pyro_model).get_trace({**inputs, **data, name: proposed})
-            gain = _others_log_prob(new_trace, name) - _others_log_prob(trace, name)
-            accept = torch.rand(part.n).log() < gain
+            gain = (_others_log_prob(new_trace, name, value.device)
+                    - _others_log_prob(trace, name, value.device))
+            accept = torch.rand(value.shape[0], device=value.device).log() < gain
             proposed = _where_rows(accept, proposed, value)
         data[name] = proposed
     return data
@@ -166,12 +176,13 @@ def _where_rows(accept: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> t
     return torch.where(accept.reshape(-1, *(1,) * (new.dim() - 1)), new, old)
 
 
-def _others_log_prob(trace: poutine.Trace, name: str) -> torch.Tensor:
-    """Per row: the log density of every site in `trace` but `name` (rows = data plate)."""
+def _others_log_prob(trace: poutine.Trace, name: str, device: torch.device) -> torch.Tensor:
+    """Per row: the log density of every site in `trace` but `name` (rows = data plate;
+    zero on `device` when there is no other site)."""
     total: torch.Tensor | float = 0.0
     for site_name, site in prune_subsample_sites(trace).nodes.items():
         if site["type"] != "sample" or site_name == name:
             continue
         log_p = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
         total = total + log_p
-    return torch.as_tensor(total)
+    return total if torch.is_tensor(total) else torch.zeros((), device=device)

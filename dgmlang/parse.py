@@ -29,6 +29,7 @@ import contextvars
 import functools
 import gc
 import importlib.resources
+from pathlib import Path
 import math
 import re
 import sys
@@ -420,8 +421,13 @@ class _Builder(Transformer):
 
 def grammar_text() -> str:
     """The text of the grammar, `grammar/dgm.lark` at the repository root, which is installed
-    as the package `dgmlang.grammar` (in a wheel and in an editable install alike)."""
-    return importlib.resources.files("dgmlang.grammar").joinpath("dgm.lark").read_text(encoding="utf-8")
+    as the package `dgmlang.grammar` (in a wheel and in an editable install alike); a source
+    checkout used without installing (on ``PYTHONPATH``) reads the file itself."""
+    try:
+        grammar = importlib.resources.files("dgmlang.grammar")
+    except ModuleNotFoundError:
+        grammar = Path(__file__).resolve().parents[1] / "grammar"
+    return grammar.joinpath("dgm.lark").read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=None)

@@ -293,7 +293,7 @@ def scatter_samples(values, out: str | Path, *, name: str, reference=None, max_c
             ax.hist(ref[:, 0], bins=40, density=True, color="0.75", label="reference")
         ax.hist(values[:, 0], bins=40, density=True, histtype="step", lw=1.5, color="C0", label="samples")
         ax.set_xlabel(label(0))
-        ax.legend()
+        ax.legend(loc="upper right")
     else:
         pairs = [(i, j) for i in range(d) for j in range(i + 1, d)]
         cols = min(len(pairs), 3)
@@ -308,7 +308,7 @@ def scatter_samples(values, out: str | Path, *, name: str, reference=None, max_c
         for ax in list(axes.flat)[len(pairs):]:
             ax.axis("off")
         if ref is not None:
-            axes[0, 0].legend(fontsize=8)
+            axes[0, 0].legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -341,7 +341,7 @@ def score_histogram(groups: dict, out: str | Path, *, threshold: float | None = 
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.1f}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
-    ax.legend(fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -380,7 +380,7 @@ def loss_curve(losses, out: str | Path, *, validation=None, steps_per_epoch: int
     elif scale == "symlog":
         finite = sorted(v for v in losses if math.isfinite(v))
         ax.set_yscale("symlog", linthresh=max(1.0, abs(finite[len(finite) // 2])))
-    ax.legend()
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro.infer import infer_discrete
 
 from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
+from dgmlang.devices import to_device
 from dgmlang.supports import support_of
 from dgmlang.errors import DGMDataError, DGMModelError, rows_phrase
 from dgmlang.gibbs import gibbs
@@ -51,6 +52,7 @@ def sample(model: Any, n: int, inputs: Mapping[str, Any] | None = None, *,
     """
     positive_int("n", n)
     given_inputs = prepare_inputs(model.ir, inputs, n, facts=model.facts, dtype=model.model.dtype)
+    given_inputs = to_device(given_inputs, model.model.device)
     with seeded(seed), torch.no_grad():
         pyro_model = model.model
         if model.roles.globals and model.fitted:
@@ -99,7 +101,7 @@ def guide_globals(model: Any, draws: int) -> dict[str, torch.Tensor]:
     parts = []
     for first in range(0, draws, step):
         n = min(step, draws - first)
-        trace = poutine.trace(in_particles(model.guide, n)).get_trace(batch)
+        trace = poutine.trace(in_particles(model.guide, n, model.model.device)).get_trace(batch)
         parts.append({g: trace.nodes[g]["value"].reshape(n, *model.ir.variable(g).shape)
                       for g in model.roles.globals if g in trace.nodes})
     return {g: torch.cat([part[g] for part in parts]) for g in parts[0]}
@@ -113,7 +115,8 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
         var = model.ir.variable(name)
         support = support_of(model.ir, var, facts=model.facts)
         dtype = torch.long if support.integer_dtype else torch.get_default_dtype()
-        batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype)
+        batch[name] = torch.full((1, *var.shape), support.placeholder, dtype=dtype,
+                                 device=model.model.device)
     return batch
 
 
@@ -131,28 +134,29 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
     dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts,
                            dtype=model.model.dtype)
     points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
-    result = []
+    result, unreliable = [], []
+    guide_draws_latents = bool(model.roles.guide_locals)
 
-    def estimate(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        total = None
-        for done in range(0, num_samples, particles):
-            k = min(particles, num_samples - done)
-            lse = importance_weights(model, batch, particles=k).local.logsumexp(0)
-            total = lse if total is None else torch.logaddexp(total, lse)
-        return total - math.log(num_samples)
+    def estimate(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        local = [importance_weights(model, batch, particles=min(particles, num_samples - done)).local
+                 for done in range(0, num_samples, particles)]
+        log_w = torch.cat(local) if len(local) > 1 else local[0]  # (num_samples, points)
+        return (log_w.logsumexp(0) - math.log(num_samples),
+                importance.unreliable_points(log_w, guide_draws_latents=guide_draws_latents))
 
     with seeded(seed), torch.no_grad():
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
-            batch = dataset.rows(slice(start, start + points)).values
+            batch = to_device(dataset.rows(slice(start, start + points)).values, model.model.device)
             try:
-                result.append(estimate(batch))
+                scores, flags = estimate(batch)
             except ValueError:  # a distribution's argument checks: an overflow at some rows?
                 with pyro.validation_enabled(False):
-                    again = estimate(batch)
-                if bool(torch.isfinite(again).all()):
+                    scores, flags = estimate(batch)
+                if bool(torch.isfinite(scores).all()):
                     raise
-                result.append(again)  # the non-finite rows are named below
+            result.append(scores)  # non-finite rows are named below
+            unreliable.append(flags)
         scores = torch.cat(result)
         bad = ~torch.isfinite(scores)
         if bool(bad.any()):  # never a silent -inf: name the rows (and the site, if one shows)
@@ -161,10 +165,12 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
                              for v in scores[bad].tolist()})
             from dgmlang.diagnose import explain_failure  # only on failure
 
-            why = explain_failure(model, dataset.rows(torch.tensor(rows[:100])).values,
+            why = explain_failure(model, to_device(dataset.rows(torch.tensor(rows[:100], device="cpu")).values,
+                                                   model.model.device),
                                   rows=rows[:100], rng_state=rng_state)
             raise _bad_rows(f"log_prob: the log-likelihood of {rows_phrase(rows)} is "
                             f"{' or '.join(values)}" + (f" ({why})" if why else ""), rows)
+    importance.warn_if_unreliable("log_prob", torch.cat(unreliable))
     return scores
 
 
@@ -182,35 +188,42 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                            facts=model.facts, dtype=model.model.dtype)
     with seeded(seed), torch.no_grad():
         globals_ = guide_globals(model, num_samples)
-        complete = torch.ones(dataset.n, dtype=torch.bool)
+        complete = torch.ones(dataset.n, dtype=torch.bool, device="cpu")  # the data's device
         for observed in dataset.observed.values():
             complete &= observed.reshape(dataset.n, -1).all(-1)
         pieces: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        unreliable: list[torch.Tensor] = []
         for rows in (complete.nonzero().squeeze(-1), (~complete).nonzero().squeeze(-1)):
             if len(rows) == 0:
                 continue
-            part = dataset.rows(rows)
-            sampler = resample if bool(complete[rows[0]]) else gibbs
+            part = dataset.rows(rows)  # read on the CPU; resample and gibbs move what they read
             try:
-                pieces.append((rows, sampler(model, part, globals_, num_samples)))
+                if bool(complete[rows[0]]):
+                    samples = resample(model, part, globals_, num_samples, unreliable=unreliable)
+                else:
+                    samples = gibbs(model, part, globals_, num_samples)
+                pieces.append((rows, samples))
             except DGMDataError as err:
                 if getattr(err, "rows", None) is None:
                     raise
                 bad = [int(rows[i]) for i in err.rows]
                 raise _bad_rows(f"invert: the model's density is not finite at {rows_phrase(bad)}, "
                                 "so no posterior draw can be weighted there", bad) from None
+    if unreliable:
+        importance.warn_if_unreliable("invert", torch.cat(unreliable))
     out: dict[str, torch.Tensor] = {}
     for name in model.roles.data + model.roles.latents:
         first = pieces[0][1][name]
         value = first.new_empty(num_samples, dataset.n, *first.shape[2:])
         for rows, samples in pieces:
-            value[:, rows] = samples[name]
+            value[:, rows.to(value.device)] = samples[name]
         out[name] = value
     out.update(globals_)
     return out
 
 
-def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int) -> dict:
+def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,
+             unreliable: list[torch.Tensor] | None = None) -> dict:
     """Sampling/importance resampling for fully observed points: proposals from the guide,
     one resampled per posterior draw in proportion to p(x, z | g) / q(z | x, g).
 
@@ -218,7 +231,11 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
     from them; with globals, each posterior draw of the globals gets its own
     `SIR_PROPOSALS_PER_GLOBAL` proposals and one of them is kept. A point's proposals are
     weighed at once, however many, unless they hold more than `CHUNK_VALUES` values
-    (``data x[65536]``): then a chunk at a time (`choose_proposals`)."""
+    (``data x[65536]``): then a chunk at a time (`choose_proposals`).
+
+    `unreliable`, when given, gets per point whether its weights are too uneven to trust
+    (`dgmlang.weights.unreliable_points`) wherever a point's proposals are weighed at once
+    without globals (with globals, each draw's 32 proposals are too few to judge)."""
     roles = model.roles
     per_group = SIR_PROPOSALS_PER_GLOBAL if globals_ else SIR_PROPOSALS
     if not roles.guide_locals:
@@ -229,9 +246,10 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
                                               cells=max(importance.CHUNK_CELLS, particles))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
-        batch = part.rows(slice(start, start + points)).values
+        batch = to_device(part.rows(slice(start, start + points)).values, model.model.device)
         try:
-            chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk)
+            chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk,
+                                      unreliable=unreliable)
         except DGMDataError as err:
             err.rows = [start + i for i in err.rows]  # type: ignore[attr-defined]
             raise
@@ -263,7 +281,8 @@ def proposal_chunks(groups: int, per_group: int, per_chunk: int) -> list[tuple[i
 
 
 def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: dict[str, torch.Tensor],
-                     draws: int, per_group: int, per_chunk: int) -> dict[str, torch.Tensor]:
+                     draws: int, per_group: int, per_chunk: int, *,
+                     unreliable: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The guide's local latents resampled at the points of `batch`, ``(draws, rows, *shape)``:
     one proposal per draw of the globals among its `per_group` (with globals), else every
     draw among the same `per_group`, in proportion to the importance weights.
@@ -278,9 +297,10 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
     rows = next(iter(batch.values())).shape[0]
     groups = draws if globals_ else 1
     chosen: dict[str, torch.Tensor] = {}
-    total = torch.full((groups, rows), -math.inf, dtype=torch.float64)  # log weight of a group's chunks so far
-    any_finite = torch.zeros(groups, rows, dtype=torch.bool)
-    broken = torch.zeros(rows, dtype=torch.bool)
+    device = model.model.device
+    total = torch.full((groups, rows), -math.inf, dtype=torch.float64, device=device)  # log weight of a group's chunks so far
+    any_finite = torch.zeros(groups, rows, dtype=torch.bool, device=device)
+    broken = torch.zeros(rows, dtype=torch.bool, device=device)
     for first_group, n_groups, first, n in proposal_chunks(groups, per_group, per_chunk):
         given = {g: v[first_group:first_group + n_groups].repeat_interleave(n, 0).unsqueeze(1)
                  for g, v in globals_.items()}
@@ -290,6 +310,9 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
             with pyro.validation_enabled(False):
                 weights = importance_weights(model, batch, particles=n_groups * n, given=given)
         log_w = weights.local.reshape(n_groups, n, rows).permute(0, 2, 1)  # (groups, rows, n)
+        if unreliable is not None and not globals_ and n == per_group:  # all of a point's proposals
+            unreliable.append(importance.unreliable_points(
+                log_w[0].T, guide_draws_latents=bool(model.roles.guide_locals)))
         finite = torch.isfinite(log_w).any(-1)
         bad = (torch.isnan(log_w) | (log_w == math.inf)).any(-1)
         here = slice(first_group, first_group + n_groups)
@@ -301,8 +324,8 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
         else:  # `draws` proposals of the one group: (1, draws, rows)
             index = torch.distributions.Categorical(logits=logits[0]).sample((draws,))
             index = index.unsqueeze(0)
-        index = index + n * torch.arange(n_groups).reshape(-1, 1, 1)
-        point = torch.arange(rows)
+        index = index + n * torch.arange(n_groups, device=device).reshape(-1, 1, 1)
+        point = torch.arange(rows, device=device)
         candidates = {name: weights.guide_trace.nodes[name]["value"][index, point]
                       for name in model.roles.guide_locals}
         chunk_total = log_w.logsumexp(-1).masked_fill(~finite | bad, -math.inf)
@@ -314,7 +337,7 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
             total[here] = chunk_total
             continue
         so_far = torch.logaddexp(total[here], chunk_total)
-        take = torch.rand(index.shape) < (chunk_total - so_far).exp().nan_to_num(0.0).unsqueeze(1)
+        take = torch.rand(index.shape, device=device) < (chunk_total - so_far).exp().nan_to_num(0.0).unsqueeze(1)
         for name, value in candidates.items():
             keep = chosen[name][here]
             chosen[name][here] = torch.where(take.reshape(*take.shape, *(1,) * (value.dim() - 3)), value, keep)
@@ -340,7 +363,7 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[
         n = min(step, draws - first)
         given = {**{name: v[first:first + n] for name, v in latents.items()},
                  **{g: v[first:first + n].unsqueeze(1) for g, v in globals_.items()}}
-        pyro_model = in_particles(poutine.condition(model.model, data=given), n)
+        pyro_model = in_particles(poutine.condition(model.model, data=given), n, model.model.device)
         pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
         trace = poutine.trace(pyro_model).get_trace(batch)
         parts.append({name: trace.nodes[name]["value"].expand(n, rows)

@@ -84,7 +84,9 @@ def named_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
 def fingerprint_rows(n: int) -> torch.Tensor:
     """The rows a fingerprint of `n` rows reads: up to `FINGERPRINT_ROWS`, evenly spaced,
     first and last included."""
-    return torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).round().long().unique() if n else torch.zeros(0).long()
+    if not n:
+        return torch.zeros(0, dtype=torch.int64, device="cpu")
+    return torch.linspace(0, n - 1, min(n, FINGERPRINT_ROWS), device="cpu").round().long().unique()
 
 
 def data_fingerprint(values: Mapping[str, torch.Tensor], n: int, *, sampled: bool = False) -> dict[str, Any]:

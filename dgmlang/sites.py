@@ -264,8 +264,8 @@ class Reference(nn.Module):
     def set(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Make `loc` and `scale` (broadcastable to the buffers' shape) the reference."""
         with torch.no_grad():
-            self.loc.copy_(torch.as_tensor(loc).expand_as(self.loc))
-            self.scale.copy_(torch.as_tensor(scale).expand_as(self.scale))
+            self.loc.copy_(torch.as_tensor(loc, device=self.loc.device).expand_as(self.loc))
+            self.scale.copy_(torch.as_tensor(scale, device=self.scale.device).expand_as(self.scale))
 
     def standardize(self, value: torch.Tensor) -> torch.Tensor:
         """`value` in reference units: ``(value - loc) / scale``."""

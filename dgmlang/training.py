@@ -39,6 +39,7 @@ from dgmlang import distributed, fastpath, runstate
 from dgmlang.calibrate import calibrate
 from dgmlang.checkpoint import save as save_checkpoint
 from dgmlang.data import Dataset, positive_int, prepare_data
+from dgmlang.devices import to_device
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
@@ -146,7 +147,9 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
                         saver.save(boundary())
                     return losses
                 if order is None:  # [distributed] rank 0 draws it, every process gets it
-                    order, position = torch.randperm(n) if group is None else group.epoch_order(n), 0
+                    # the data's order is drawn on the CPU, so it is the same on every device
+                    order = torch.randperm(n, device="cpu") if group is None else group.epoch_order(n)
+                    position = 0
                 rows = order[position:position + rows_per_step]
                 taken = len(rows)
                 sync = None
@@ -155,7 +158,7 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
                     sync = functools.partial(group.reduce, rows=counted, stop=should_stop)
                 restart(first + len(losses))  # [distributed] a process other than rank 0: its draws
                 before = torch.random.get_rng_state()
-                batch = dataset.rows(rows).values
+                batch = to_device(dataset.rows(rows).values, model.model.device)
                 between_steps = False
                 try:
                     loss = step(loss_fn, batch, n, optimizer, named, first + len(losses),
@@ -295,7 +298,8 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
                 # refuses a differentiable loss, so score it plainly and skip the update
                 if "cannot be differentiated" not in str(err):
                     raise
-                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size))
+                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size),
+                                    device=model.model.device)
 
         return loss
     if name == "iwae":

@@ -56,6 +56,8 @@ def corpus():
 CORPUS = corpus()
 
 
+# a few training steps: the guide has not learned the posterior, and log_prob/invert may say so
+@pytest.mark.filterwarnings("ignore::dgmlang.errors.DGMWarning")
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_every_model_compiles_fits_samples_scores_and_inverts(name, monkeypatch):
     path, checked = CORPUS[name]

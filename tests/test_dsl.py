@@ -664,13 +664,14 @@ def test_compile_hands_the_checked_model_and_its_text_to_the_compiler(monkeypatc
 
     handed = {}
 
-    def compile_checked(checked, *, source, filename):
-        handed.update(checked=checked, source=source, filename=filename)
+    def compile_checked(checked, *, source, filename, device=None, dtype=None):
+        handed.update(checked=checked, source=source, filename=filename, device=device, dtype=dtype)
         return "the compiled model"
 
     monkeypatch.setattr(frontend, "compile_checked", compile_checked)
     m = digits_cvae()
-    assert m.compile() == "the compiled model"
+    assert m.compile(dtype="float64") == "the compiled model"
+    assert handed["device"] is None and handed["dtype"] == "float64"
     (from_text,) = frontend.check_source(CORPUS["digits_cvae"])
     assert handed["checked"].ir == from_text.ir == m.ir()
     assert handed["checked"].plan == from_text.plan

@@ -46,6 +46,9 @@ def out(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("examples")
 
 
+# --quick trains a fraction of each example's length: a DGMWarning about a guide that has
+# not learned its posterior yet is right there (at full length none warns: docs/inference.md)
+@pytest.mark.filterwarnings("ignore::dgmlang.errors.DGMWarning")
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_example_runs_quickly(script, out, monkeypatch, capsys):
     assert (script.read_text().startswith('"""')), f"{script.name} starts with no explanation"

@@ -32,12 +32,13 @@ SystemExit: 0
 from __future__ import annotations
 
 import sys
+import warnings
 
 from dgmlang.cli.arguments import build_parser, check_arguments
 from dgmlang.cli.model_files import summary
 from dgmlang.cli.shared import say
 from dgmlang.cli.runs import CHECKPOINT, REFERENCE_SCORES, RUN_INFO
-from dgmlang.errors import DGMError
+from dgmlang.errors import DGMError, DGMWarning
 
 __all__ = ["main", "build_parser", "summary", "CHECKPOINT", "RUN_INFO", "REFERENCE_SCORES"]
 
@@ -48,10 +49,25 @@ def main(argv: list[str] | None = None) -> int:
     check_arguments(parser, args)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # to start `dgm fit --nproc N`'s processes
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+            warnings.simplefilter("always", DGMWarning)
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except DGMError as err:
         say(err, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A `DGMWarning` as one line on stderr, ``dgm: warning: ...`` (no source location:
+    it is about the user's model or data, not dgmlang's code); others as Python shows them."""
+    if issubclass(category, DGMWarning):
+        print(f"dgm: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)

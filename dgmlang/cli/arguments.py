@@ -171,6 +171,15 @@ def _check_fit(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--resume continues a run; --overwrite would delete it: give one of them")
 
 
+def _add_placement(p: argparse.ArgumentParser, *, saved: bool) -> None:
+    """--device and --dtype (docs/cli.md, "Devices")."""
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where to compute: cpu, cuda, cuda:N (the N-th GPU) or mps (untested)")
+    p.add_argument("--dtype", choices=("float32", "float64"),
+                   help="the float type to compute in (default: " +
+                        ("the one the model was saved in)" if saved else "float32)"))
+
+
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
     """What argparse cannot say about one option alone; a usage error (status 2) each. The
     subcommand's own parser (args.parser) prints the usage line."""
@@ -261,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-score", action="store_true",
                    help="skip scoring the reference rows (no default outlier threshold)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_placement(p, saved=False)
     p.set_defaults(handler=cmd_fit, check=_check_fit, parser=p)
 
     p = sub.add_parser(
@@ -279,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=_output(OUTPUT_FORMATS), action="append", required=True, metavar="OUT",
                    help="output file: .png, .npz or .csv (repeatable)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
+    _add_placement(p, saved=True)
     p.set_defaults(handler=cmd_sample, check=_check_sample, parser=p)
 
     p = sub.add_parser(
@@ -300,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-samples", action="store_true", help="also store every posterior sample in the .npz")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_placement(p, saved=True)
     p.set_defaults(handler=cmd_invert, parser=p)
 
     p = sub.add_parser(
@@ -322,5 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="importance samples per row")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_placement(p, saved=True)
     p.set_defaults(handler=cmd_score, parser=p)
     return parser

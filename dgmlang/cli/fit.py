@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
                               prepare_run_folder, write_history, write_info, write_reference_scores)
-from dgmlang.cli.shared import check_budget, draw_samples, row_values, say, to_numpy
+from dgmlang.cli.shared import check_budget, draw_samples, placement, row_values, say, to_numpy
 from dgmlang.errors import DGMError, DGMTrainingError, DGMUsageError
 
 #: `dgm fit`'s settings when not given (the Python defaults, and seed 0).
@@ -114,6 +114,7 @@ def _check_inputs(args) -> None:
     from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, read_source, select
 
+    placement(args)  # a device this torch cannot use is refused before anything is read
     if args.resume is not None:
         _prepare_resume(args, tidy=False)
         return
@@ -146,7 +147,9 @@ def _fit_without_files(args) -> int:
         checked = select(check_source(source, str(args.file)), args.model, str(args.file))
         data = read_data(args.data, checked.ir)
         validation = read_data(args.validation, checked.ir) if args.validation else None
-        model = compile_checked(checked, source=source, filename=str(args.file))
+        device, dtype = placement(args)
+        model = compile_checked(checked, source=source, filename=str(args.file), device=device,
+                                dtype=dtype)
         info = {"threads": args.threads}
         options = {"epochs": args.epochs, "steps": args.steps, **_settings(args)}
     with _thread_count(info.get("threads")), stop_on_signals() as signals:
@@ -170,6 +173,7 @@ def _fit_run(args) -> int:
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
     settings = _settings(args)
+    device, dtype = placement(args)
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
@@ -192,7 +196,7 @@ def _fit_run(args) -> int:
     except OSError as err:
         raise DGMUsageError(f"cannot create the run folder '{out}': {err.strerror or err}") from None
 
-    model = compile_checked(checked, source=source, filename=str(args.file))
+    model = compile_checked(checked, source=source, filename=str(args.file), device=device, dtype=dtype)
     clear_run(out)  # an earlier run's files (--overwrite) go before the first file of this one
     info = {"model_file": str(args.file), "model": ir.name, "data": str(args.data),
             "validation": args.validation, "rows": len(next(iter(data.values()))), "steps": 0,
@@ -228,7 +232,8 @@ def _prepare_resume(args, *, tidy: bool) -> tuple:
             hint="the run stopped before its first checkpoint (written every --checkpoint-seconds, "
                  "60 by default, or every --checkpoint-every steps); fit it again with --overwrite")
     info = _run_info(run)
-    model = load_fitted(saved)
+    device, dtype = placement(args)
+    model = load_fitted(saved, device=device, dtype=dtype)
     for leftover in run.glob(f".{CHECKPOINT}.*.tmp") if tidy else ():  # a write cut short by kill -9
         leftover.unlink(missing_ok=True)
     state = model.training_state

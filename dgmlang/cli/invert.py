@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgmlang.cli.runs import open_run
+from dgmlang.cli.runs import open_run_on
 from dgmlang.cli.shared import (CHUNK_ROWS, check_budget, output_paths, per_variable_paths, progress_bar,
                                 row_values, say, to_numpy, value_range, write_atomic)
 from dgmlang.errors import DGMDataError, DGMUsageError
@@ -15,7 +15,7 @@ def cmd_invert(args) -> int:
     from dgmlang.datafiles import read_data, read_mask, split_missing, validate, write_csv
 
     outputs = output_paths(args.output)
-    model, _, _ = open_run(args.run)
+    model, _, _ = open_run_on(args)
     ir = model.ir
     data_names = ir.names("data")
     for out in outputs:

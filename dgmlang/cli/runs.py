@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from dgmlang.cli.shared import check_writable, score_rows, temporary_pattern, write_atomic
+from dgmlang.cli.shared import check_writable, placement, score_rows, temporary_pattern, write_atomic
 from dgmlang.errors import DGMUsageError
 
 CHECKPOINT = "model.dgmfit"
@@ -41,6 +41,14 @@ SCORE_SAMPLES = 100
 THRESHOLD_QUANTILE = 0.01
 #: At most this many reference rows are scored at fit time (a random subset beyond it).
 MAX_SCORED_ROWS = 5000
+
+
+def open_run_on(args):
+    """`open_run` of ``args.run``, the model moved to the ``--device`` / ``--dtype`` asked for
+    (checked before the run is read)."""
+    device, dtype = placement(args)
+    model, run, info = open_run(args.run)
+    return model.to(device, dtype), run, info
 
 
 def open_run(run: Path):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from dgmlang.cli.runs import open_run
+from dgmlang.cli.runs import open_run_on
 from dgmlang.cli.shared import (check_budget, draw_samples, output_paths, per_variable_paths, row_values, say,
                                 to_numpy, write_atomic)
 from dgmlang.errors import DGMUsageError
@@ -46,7 +46,7 @@ def cmd_sample(args) -> int:
     from dgmlang.datafiles import read_data, validate_inputs, write_csv
 
     outputs = output_paths(args.output)
-    model, _, _ = open_run(args.run)
+    model, _, _ = open_run_on(args)
     ir = model.ir
     for out in outputs:
         if out.suffix.lower() == ".png":

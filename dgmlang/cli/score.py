@@ -1,7 +1,7 @@
 """`dgm score`: the log-likelihood of each row, and an outlier flag."""
 from __future__ import annotations
 
-from dgmlang.cli.runs import open_run, outlier_threshold
+from dgmlang.cli.runs import open_run_on, outlier_threshold
 from dgmlang.cli.shared import CHUNK_ROWS, check_budget, output_paths, row_values, say, score_rows, write_atomic
 
 
@@ -11,7 +11,7 @@ def cmd_score(args) -> int:
     from dgmlang.datafiles import read_data, validate, write_csv
 
     outputs = output_paths(args.output, (".csv", ".npz"))
-    model, run, info = open_run(args.run)
+    model, run, info = open_run_on(args)
     threshold, origin = outlier_threshold(args.threshold, run, info)
     ir = model.ir
     check_budget(f"--num-samples {args.num_samples} for {CHUNK_ROWS} rows at a time",

@@ -178,6 +178,19 @@ def value_range(ir, name: str) -> tuple[float | None, float | None]:
     return bound("lower_bound"), bound("upper_bound")
 
 
+def placement(args):
+    """The device and dtype asked for with ``--device`` / ``--dtype`` (None: the CPU, and
+    float32 for a new model or the saved dtype for a run), checked before any work: a GPU
+    this torch cannot use is a `DGMUsageError` saying what to install."""
+    from dgmlang import devices
+
+    device = devices.device_of(getattr(args, "device", None))
+    dtype = getattr(args, "dtype", None)
+    if dtype is not None:
+        devices.check_pair(device, devices.dtype_of(dtype))
+    return device, dtype
+
+
 def to_numpy(value):
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
