@@ -199,8 +199,10 @@ def current() -> ProcessGroup | None:
     started and holds more than one process, else None."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return None
-    world = dist.group.WORLD
-    if _CURRENT.get("world") is not world:  # one object per group: it remembers a shared failure
+    # One object per group (it remembers a shared failure), found by the group's id: holding
+    # the group itself would keep gloo's threads alive into interpreter shutdown (see `leave`).
+    world = id(dist.group.WORLD)
+    if _CURRENT.get("world") != world:
         _CURRENT.update(world=world, group=ProcessGroup())
     return _CURRENT["group"]
 

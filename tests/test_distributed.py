@@ -122,7 +122,8 @@ WORKER = textwrap.dedent("""
     out["resumed_steps"] = resumed.training_state.steps_done
     with open(sys.argv[2] + f"/rank{rank}.json", "w") as f:
         json.dump(out, f)
-    dist.destroy_process_group()
+    from dgmlang import distributed
+    distributed.leave()  # destroys the group and drops every reference to it before exit
 """)
 
 
