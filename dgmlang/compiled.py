@@ -171,7 +171,8 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ training
 
-    def fit(self, data: Any, *, epochs: int | None = None, steps: int | None = None,
+    def fit(self, data: Any, *, mask: Mapping[str, Any] | None = None,
+            epochs: int | None = None, steps: int | None = None,
             batch_size: int | None = None, lr: float | None = None,
             num_particles: int | None = None, objective: str | None = None,
             validation: Any = None, seed: int | None = None, progress: bool = True,
@@ -189,6 +190,14 @@ class CompiledModel:
         ``history["validation"]``. A NaN or infinite loss or gradient raises
         `DGMTrainingError`; the parameters are then those from before the failing step.
 
+        Missing entries (NaN, or False in `mask`: per data variable, booleans shaped like it,
+        True = observed) are marginalized exactly by dropping their terms, assuming they are
+        missing at random — only in data variables nothing else depends on, whose
+        distribution factorizes over entries (Normal, Bernoulli, ...; not Dirichlet or
+        MultivariateNormal); other patterns are a `DGMDataError` (invert handles them). The
+        guide reads missing entries filled with its input reference's loc (0 once
+        standardized), not knowing which they are. See docs/inference.md, "Missing data".
+
         A later `fit` keeps the optimizer's state (Adam's moments) from the last one, or from
         the loaded checkpoint, unless `fresh_optimizer`. `resume=True` continues the stored
         run exactly (its settings, data order position, random state and optimizer): to
@@ -205,7 +214,7 @@ class CompiledModel:
         as many processes as it was trained by. See `dgmlang.training.fit` and
         docs/inference.md.
         """
-        return training.fit(self, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+        return training.fit(self, data, mask=mask, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                             num_particles=num_particles, objective=objective,
                             validation=validation, seed=seed, progress=progress, resume=resume,
                             fresh_optimizer=fresh_optimizer, checkpoint=checkpoint,
@@ -233,18 +242,26 @@ class CompiledModel:
         """
         return posterior.sample(self, n, inputs, seed=seed)
 
-    def log_prob(self, data: Any, *, num_samples: int = 1000, seed: int | None = None) -> torch.Tensor:
+    def log_prob(self, data: Any, *, mask: Mapping[str, Any] | None = None,
+                 num_samples: int = 1000, seed: int | None = None,
+                 progress: bool = True) -> torch.Tensor:
         """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,).
 
         The guide is the proposal (`num_samples` draws per point); latents the model sums
         out are summed exactly; with globals, each draw takes its own globals from the guide,
         so the estimate is the posterior predictive density. A lower bound in expectation
         that tightens as `num_samples` grows; usable as an outlier score.
+
+        With missing entries (NaN, or False in `mask`, as in `fit`, under the same rules) it
+        estimates the log-likelihood of the observed entries. `progress` shows a bar once
+        the call has run a few seconds.
         """
-        return posterior.log_prob(self, data, num_samples=num_samples, seed=seed)
+        return posterior.log_prob(self, data, mask=mask, num_samples=num_samples, seed=seed,
+                                  progress=progress)
 
     def invert(self, data: Any, *, mask: Mapping[str, Any] | None = None,
-               num_samples: int = 100, seed: int | None = None) -> dict[str, torch.Tensor]:
+               num_samples: int = 100, seed: int | None = None,
+               progress: bool = True) -> dict[str, torch.Tensor]:
         """Posterior samples given `data`: every latent ``(num_samples, n, *shape)``, every
         global ``(num_samples, *shape)``, every data variable ``(num_samples, n, *shape)`` with
         its missing entries filled in.
@@ -253,8 +270,10 @@ class CompiledModel:
         entries, and data variables left out, are missing too. Without missing entries the
         latents come from sampling/importance resampling with the guide as proposal; points
         with missing entries run Metropolis-within-Gibbs chains (see docs/inference.md).
+        `progress` shows a bar over the rows once the call has run a few seconds.
         """
-        return posterior.invert(self, data, mask=mask, num_samples=num_samples, seed=seed)
+        return posterior.invert(self, data, mask=mask, num_samples=num_samples, seed=seed,
+                                progress=progress)
 
     # ------------------------------------------------------------------ checkpoints
 

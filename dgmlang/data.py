@@ -951,3 +951,39 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
                                    facts=facts, rules=rules, dtype=dtype,
                                    locate=locate if locate is not None else _locate_index)
     return values
+
+
+def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
+                         facts: ModelFacts | None = None) -> None:
+    """Refuse missing entries `purpose` (fit, log_prob) cannot marginalize exactly by
+    dropping their terms: entries of a `data` variable that another variable depends on,
+    or whose distribution has an event of its own (Dirichlet, MultivariateNormal), or a
+    data variable not given at all. Entries are assumed missing at random.
+
+    >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
+    >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
+    ...              (Draw("x", "Normal", (("loc", Lit(0.0, ())), ("scale", Lit(1.0, ())))),))
+    >>> d = prepare_data(ir, {"x": [[0.5, float("nan")]]}, allow_missing=True)
+    >>> check_marginalizable(ir, d, purpose="fit")   # nothing depends on x: accepted
+    """
+    facts = facts if facts is not None else ModelFacts(ir)
+    for name, column in dataset.columns.items():
+        if not column.has_missing:
+            continue
+        var = ir.variable(name)
+        hint = ("invert(data, mask=...) handles every missing pattern; here fill or drop the "
+                "rows with missing entries")
+        if column.raw is None:
+            raise DGMDataError(f"{purpose}: no values for '{name}'",
+                               hint="give every data and input variable, each shaped (n, *shape)")
+        children = sorted(facts.graph.successors(name)) if name in facts.graph else []
+        if children:
+            raise DGMDataError(
+                f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "
+                f"depend{'s' if len(children) == 1 else ''} on it, so its missing entries are latents "
+                f"that {purpose} cannot marginalize by dropping their terms", hint=hint)
+        if support_of(ir, var, facts=facts).event_rank:
+            raise DGMDataError(
+                f"{purpose}: data '{name}' has missing entries, but its {facts.draws[name].dist} "
+                f"distribution is joint over each row's entries, so {purpose} cannot drop "
+                "single entries' terms", hint=hint)

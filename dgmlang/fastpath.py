@@ -86,8 +86,12 @@ class FastLoss:
                              for site in lowered.sites]
         self._enumerates = any(enumerated for _, enumerated in self._model_sites)
 
-    def loss(self, batch: Mapping[str, torch.Tensor], size: int) -> torch.Tensor:
-        """The negative bound of the data set (`size` points) estimated from `batch`."""
+    def loss(self, batch: Mapping[str, torch.Tensor], size: int,
+             mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The negative bound of the data set (`size` points) estimated from `batch`. `mask`
+        (per data variable, True = observed) drops the terms of missing entries, whose
+        values in `batch` are placeholders; the guide reads them filled as
+        ``AmortizedGuide.filled`` fills them."""
         evaluator = self.lowered.evaluator
         evaluator.refresh()
         dtype, device = evaluator.dtype, evaluator.device
@@ -96,6 +100,11 @@ class FastLoss:
             if value.dtype != dtype or value.device != device:
                 value = value.to(device=device, dtype=dtype)
             env[name] = value
+        model_values = {}
+        if mask:
+            mask = {name: m.to(device) for name, m in mask.items()}
+            model_values = {name: env[name] for name in mask}
+            env.update(self.guide.filled(model_values, mask))
         n = len(next(iter(batch.values())))
         iwae = self.objective == "iwae"
         particles = self.num_particles
@@ -117,6 +126,7 @@ class FastLoss:
                 log_q_global = log_q_global + log_q.sum()
             else:
                 log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+        env.update(model_values)  # the model scores the data as given (placeholders masked)
         summed_out = None  # the local terms that depend on an enumerated latent
         enumerated = 0
         for model_site, enumerate_it in self._model_sites:
@@ -126,7 +136,8 @@ class FastLoss:
             if enumerate_it:
                 model_site.enumerate(env, len(local_plates) + enumerated)
                 enumerated += 1
-            term = model_site.log_prob(env, local_plates, per_point)
+            term = model_site.log_prob(env, local_plates, per_point,
+                                       mask.get(model_site.name) if mask else None)
             if per_point and any(extent > 1 for extent in term.shape[: term.dim() - len(local_plates)]):
                 summed_out = term if summed_out is None else summed_out + term
             elif per_point:

@@ -228,8 +228,8 @@ class AmortizedGuide(PyroModule):
                 size: int | None = None, mask: Mapping[str, Any] | None = None) -> dict:
         """Sample every latent the guide handles; returns their values by name.
 
-        `mask` is accepted for the model's signature and not used: the guide reads the data
-        as given, so a caller fills missing entries before calling it.
+        `mask` (per data variable, True = observed) marks missing entries: the guide reads
+        them filled by `filled`, and does not know which entries they were.
         """
         lowered = self._lowered
         lowered.evaluator.refresh()
@@ -237,6 +237,10 @@ class AmortizedGuide(PyroModule):
         n_batch = lowered.batch_size_of(batch, batch_size)
         total = n_batch if size is None else int(size)
         env = {name: lowered.as_value(name, value, n_batch) for name, value in batch.items()}
+        if mask:
+            env.update(self.filled({name: env[name] for name in mask},
+                                   {name: torch.as_tensor(m, device=lowered.device).bool()
+                                    for name, m in mask.items()}))
         values: dict[str, torch.Tensor] = {}
         for site in self.sites:
             if site.is_global:
@@ -250,6 +254,26 @@ class AmortizedGuide(PyroModule):
                 values[site.name] = env[site.name] = pyro.sample(
                     site.name, site.distribution(env), infer=infer)
         return values
+
+    def filled(self, values: Mapping[str, torch.Tensor],
+               mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`values` of data variables with their missing entries (False in `mask`) set to what
+        a guide network reads as neutral: the input reference's loc, 0 once standardized.
+        A value with no reference (class labels, one-hot encoded) keeps its placeholder.
+
+        >>> import dgmlang
+        >>> m = dgmlang.compile("model t { data x[2]  latent z  z ~ Normal(0, 1)  x ~ Normal(z, 1) }")
+        >>> m.guide.input_reference("x").set(torch.tensor(7.0), torch.tensor(2.0))
+        >>> m.guide.filled({"x": torch.zeros(1, 2)}, {"x": torch.tensor([[True, False]])})["x"]
+        tensor([[0., 7.]])
+        """
+        out = {}
+        for name, value in values.items():
+            out[name] = value
+            if name in mask and name in self._input_reference_keys:
+                loc = self.input_reference(name).loc.to(value.dtype)
+                out[name] = torch.where(mask[name], value, loc.expand_as(value))
+        return out
 
     def network_input(self, latent: str, env: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The features the guide network of `latent` reads from the values in `env`."""

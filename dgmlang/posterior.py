@@ -14,15 +14,16 @@ public attributes only: `ir`, `model`, `guide`, `facts`, `roles`, `fitted`.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
+from tqdm import tqdm
 
 import pyro
 from pyro import poutine
 from pyro.infer import infer_discrete
 
-from dgmlang.data import Dataset, positive_int, prepare_data, prepare_inputs
+from dgmlang.data import Dataset, check_marginalizable, positive_int, prepare_data, prepare_inputs
 from dgmlang.devices import to_device
 from dgmlang.supports import support_of
 from dgmlang.errors import DGMDataError, DGMModelError, rows_phrase
@@ -38,6 +39,15 @@ __all__ = ["SIR_PROPOSALS", "SIR_PROPOSALS_PER_GLOBAL", "guide_globals", "invert
 SIR_PROPOSALS = 1000
 #: With globals: proposals per data point for each posterior draw of the globals.
 SIR_PROPOSALS_PER_GLOBAL = 32
+#: Seconds a `log_prob` or `invert` call runs before its progress bar appears (tqdm's delay).
+PROGRESS_DELAY = 2.0
+
+
+def progress_bar(what: str, rows: int, show: bool) -> tqdm:
+    """A bar over the `rows` data points of a `log_prob` or `invert` call, on stderr, shown
+    only once the call has run `PROGRESS_DELAY` seconds (never when `show` is False)."""
+    return tqdm(total=rows, disable=not show, delay=PROGRESS_DELAY, desc=what, unit="row",
+                leave=False)
 
 
 # ------------------------------------------------------------------ sample
@@ -123,40 +133,51 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------ log_prob
 
 
-def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None = None) -> torch.Tensor:
+def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
+             num_samples: int = 1000, seed: int | None = None,
+             progress: bool = True) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
+    of the observed entries where some are missing (NaN, or False in `mask`; only entries
+    nothing depends on, in a distribution that factorizes over entries: their terms are
+    dropped, `dgmlang.data.check_marginalizable`),
     in chunks of at most `CHUNK_CELLS` (particles x points) and `CHUNK_VALUES` values
     (`dgmlang.weights.chunk_plan`). Never silently -inf: rows whose
     estimate is not finite (data the checks accept but the model's density overflows at)
     are a `DGMDataError` naming them, its ``rows`` attribute listing them counted from 0."""
     positive_int("num_samples", num_samples)
     check_importance_weighting(model, "log_prob")
-    dataset = prepare_data(model.ir, data, purpose="log_prob", facts=model.facts,
-                           dtype=model.model.dtype)
+    dataset = prepare_data(model.ir, data, purpose="log_prob", allow_missing=True, mask=mask,
+                           facts=model.facts, dtype=model.model.dtype)
+    check_marginalizable(model.ir, dataset, purpose="log_prob", facts=model.facts)
     points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
     result, unreliable = [], []
     guide_draws_latents = bool(model.roles.guide_locals)
 
-    def estimate(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        local = [importance_weights(model, batch, particles=min(particles, num_samples - done)).local
+    def estimate(batch: Mapping[str, torch.Tensor],
+                 observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        local = [importance_weights(model, batch, particles=min(particles, num_samples - done),
+                                    mask=observed).local
                  for done in range(0, num_samples, particles)]
         log_w = torch.cat(local) if len(local) > 1 else local[0]  # (num_samples, points)
         return (log_w.logsumexp(0) - math.log(num_samples),
                 importance.unreliable_points(log_w, guide_draws_latents=guide_draws_latents))
 
-    with seeded(seed), torch.no_grad():
+    with seeded(seed), torch.no_grad(), progress_bar(f"log_prob {model.name}", dataset.n, progress) as bar:
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
-            batch = to_device(dataset.rows(slice(start, start + points)).values, model.model.device)
+            chunk = dataset.rows(slice(start, start + points))
+            batch = to_device(chunk.values, model.model.device)
+            observed = to_device(chunk.observed, model.model.device) if dataset.has_missing else None
             try:
-                scores, flags = estimate(batch)
+                scores, flags = estimate(batch, observed)
             except ValueError:  # a distribution's argument checks: an overflow at some rows?
                 with pyro.validation_enabled(False):
-                    scores, flags = estimate(batch)
+                    scores, flags = estimate(batch, observed)
                 if bool(torch.isfinite(scores).all()):
                     raise
             result.append(scores)  # non-finite rows are named below
             unreliable.append(flags)
+            bar.update(chunk.n)
         scores = torch.cat(result)
         bad = ~torch.isfinite(scores)
         if bool(bad.any()):  # never a silent -inf: name the rows (and the site, if one shows)
@@ -178,15 +199,17 @@ def log_prob(model: Any, data: Any, *, num_samples: int = 1000, seed: int | None
 
 
 def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
-           num_samples: int = 100, seed: int | None = None) -> dict[str, torch.Tensor]:
+           num_samples: int = 100, seed: int | None = None,
+           progress: bool = True) -> dict[str, torch.Tensor]:
     """Posterior samples given `data` (see `CompiledModel.invert`): the globals drawn from
     the guide, fully observed points resampled (`resample`), the others run as chains
-    (`dgmlang.gibbs.gibbs`)."""
+    (`dgmlang.gibbs.gibbs`). `progress` shows a bar over the rows when the call takes
+    more than `PROGRESS_DELAY` seconds."""
     positive_int("num_samples", num_samples)
     check_importance_weighting(model, "invert")
     dataset = prepare_data(model.ir, data, purpose="invert", allow_missing=True, mask=mask,
                            facts=model.facts, dtype=model.model.dtype)
-    with seeded(seed), torch.no_grad():
+    with seeded(seed), torch.no_grad(), progress_bar(f"invert {model.name}", dataset.n, progress) as bar:
         globals_ = guide_globals(model, num_samples)
         complete = torch.ones(dataset.n, dtype=torch.bool, device="cpu")  # the data's device
         for observed in dataset.observed.values():
@@ -199,9 +222,11 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
             part = dataset.rows(rows)  # read on the CPU; resample and gibbs move what they read
             try:
                 if bool(complete[rows[0]]):
-                    samples = resample(model, part, globals_, num_samples, unreliable=unreliable)
+                    samples = resample(model, part, globals_, num_samples, unreliable=unreliable,
+                                       on_rows=bar.update)
                 else:
                     samples = gibbs(model, part, globals_, num_samples)
+                    bar.update(part.n)
                 pieces.append((rows, samples))
             except DGMDataError as err:
                 if getattr(err, "rows", None) is None:
@@ -223,7 +248,8 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
 
 
 def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,
-             unreliable: list[torch.Tensor] | None = None) -> dict:
+             unreliable: list[torch.Tensor] | None = None,
+             on_rows: Callable[[int], Any] | None = None) -> dict:
     """Sampling/importance resampling for fully observed points: proposals from the guide,
     one resampled per posterior draw in proportion to p(x, z | g) / q(z | x, g).
 
@@ -235,7 +261,8 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
 
     `unreliable`, when given, gets per point whether its weights are too uneven to trust
     (`dgmlang.weights.unreliable_points`) wherever a point's proposals are weighed at once
-    without globals (with globals, each draw's 32 proposals are too few to judge)."""
+    without globals (with globals, each draw's 32 proposals are too few to judge).
+    `on_rows(k)` is called after each chunk of k points (a progress bar's update)."""
     roles = model.roles
     per_group = SIR_PROPOSALS_PER_GLOBAL if globals_ else SIR_PROPOSALS
     if not roles.guide_locals:
@@ -258,6 +285,8 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
             chosen[name] = batch[name].expand(draws, *batch[name].shape)
         for name, value in chosen.items():
             out.setdefault(name, []).append(value)
+        if on_rows is not None:
+            on_rows(next(iter(batch.values())).shape[0])
     return {name: torch.cat(values, dim=1) for name, values in out.items()}
 
 

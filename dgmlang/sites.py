@@ -151,12 +151,17 @@ class ModelSite:
         support = self.distribution(env).enumerate_support(expand=False).reshape(-1)
         env[self.name] = support.reshape((-1,) + (1,) * dims_right)
 
-    def log_prob(self, env: Env, plates, per_point: bool) -> torch.Tensor:
+    def log_prob(self, env: Env, plates, per_point: bool,
+                 observed: torch.Tensor | None = None) -> torch.Tensor:
         """log p of the site's value in `env`: summed (as Pyro sums it over the plates it
         broadcasts the site to), or per data point when `per_point`, shaped
-        ``(*enumeration, *plates)``."""
+        ``(*enumeration, *plates)``. `observed` (booleans shaped like the value, data whose
+        distribution has no event dims of its own) drops the terms of the missing entries:
+        they are marginalized exactly, as ``base.mask(observed)`` does on Pyro's path."""
         base = self.distribution(env)
         log_p = base.log_prob(env[self.name])
+        if observed is not None:
+            log_p = torch.where(observed, log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
         batch = tuple(base.batch_shape)
         target = plate_batch_shape(batch[: len(batch) - self.event_dims], plates)
         if per_point:

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from tqdm import tqdm
@@ -38,7 +38,7 @@ import pyro
 from dgmlang import distributed, fastpath, runstate
 from dgmlang.calibrate import calibrate
 from dgmlang.checkpoint import save as save_checkpoint
-from dgmlang.data import Dataset, positive_int, prepare_data
+from dgmlang.data import Dataset, check_marginalizable, positive_int, prepare_data
 from dgmlang.devices import to_device
 from dgmlang.errors import DGMTrainingError, DGMUsageError
 from dgmlang.lower import elbo_for
@@ -59,7 +59,8 @@ OBJECTIVES = ("elbo", "iwae")
 Loss = Callable[..., torch.Tensor]
 
 
-def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None = None,
+def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
+        epochs: int | None = None, steps: int | None = None,
         batch_size: int | None = None, lr: float | None = None, num_particles: int | None = None,
         objective: str | None = None, validation: Any = None, seed: int | None = None,
         progress: bool = True, resume: bool = False, fresh_optimizer: bool = False,
@@ -77,12 +78,14 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
     _check_options(settings, epochs=epochs, steps=steps, resume=resume, fresh_optimizer=fresh_optimizer,
                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
     loss_fn = model.objective(settings["objective"], settings["num_particles"])
-    dataset = prepare_data(model.ir, data, purpose="fit", facts=model.facts,
-                           dtype=model.model.dtype)
+    dataset = prepare_data(model.ir, data, purpose="fit", allow_missing=True, mask=mask,
+                           facts=model.facts, dtype=model.model.dtype)
+    check_marginalizable(model.ir, dataset, purpose="fit", facts=model.facts)
     held_out = None
     if validation is not None:
-        held_out = prepare_data(model.ir, validation, purpose="validation", facts=model.facts,
-                                dtype=model.model.dtype)
+        held_out = prepare_data(model.ir, validation, purpose="validation", allow_missing=True,
+                                facts=model.facts, dtype=model.model.dtype)
+        check_marginalizable(model.ir, held_out, purpose="validation", facts=model.facts)
     fingerprints = (_fingerprint(dataset), None if held_out is None else _fingerprint(held_out))
     previous = model.training_state
     if resume:
@@ -158,12 +161,14 @@ def fit(model: Any, data: Any, *, epochs: int | None = None, steps: int | None =
                     sync = functools.partial(group.reduce, rows=counted, stop=should_stop)
                 restart(first + len(losses))  # [distributed] a process other than rank 0: its draws
                 before = torch.random.get_rng_state()
-                batch = to_device(dataset.rows(rows).values, model.model.device)
+                picked = dataset.rows(rows)
+                batch = to_device(picked.values, model.model.device)
+                observed = to_device(picked.observed, model.model.device) if dataset.has_missing else None
                 between_steps = False
                 try:
                     loss = step(loss_fn, batch, n, optimizer, named, first + len(losses),
                                 first_update=not model.fitted, model=model, rows=rows, rng_state=before,
-                                sync=sync)
+                                sync=sync, mask=observed)
                 except DGMTrainingError:  # nothing moved: the state before the step holds
                     failed = boundary(before)
                     raise
@@ -290,15 +295,15 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
         elbo = elbo_for(model.ir, model.plan, num_particles=num_particles,
                         vectorize_particles=num_particles > 1)
 
-        def loss(batch, size):
+        def loss(batch, size, mask=None):
             try:
-                return elbo.differentiable_loss(model.model, model.guide, batch, size=size)
+                return elbo.differentiable_loss(model.model, model.guide, batch, size=size, mask=mask)
             except ValueError as err:
                 # nothing the loss depends on is learned (no params, or unused ones): Pyro
                 # refuses a differentiable loss, so score it plainly and skip the update
                 if "cannot be differentiated" not in str(err):
                     raise
-                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size),
+                return torch.tensor(elbo.loss(model.model, model.guide, batch, size=size, mask=mask),
                                     device=model.model.device)
 
         return loss
@@ -310,14 +315,15 @@ def objective(model: Any, name: str, num_particles: int) -> Loss:
                 "would need a score-function gradient for it",
                 hint="use objective='elbo' for this model",
             )
-        return lambda batch, size: -iwae_bound(model, batch, size, num_particles)
+        return lambda batch, size, mask=None: -iwae_bound(model, batch, size, num_particles, mask=mask)
     raise DGMUsageError(f"unknown objective {name!r}", hint="use 'elbo' or 'iwae'")
 
 
 def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | None,
          named: list[tuple[str, torch.nn.Parameter]], number: int, *, first_update: bool,
          model: Any = None, rows: torch.Tensor | None = None,
-         rng_state: torch.Tensor | None = None, sync: Callable | None = None) -> float:
+         rng_state: torch.Tensor | None = None, sync: Callable | None = None,
+         mask: Mapping[str, torch.Tensor] | None = None) -> float:
     """Step `number` of a fit: the loss on `batch`, checked, then one optimizer update
     (none when there is nothing to learn). `first_update` says whether the model has never
     been updated, which decides the hint of a failure. The loss's value is returned.
@@ -327,7 +333,8 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
     recomputing the step after the failure (`dgmlang.diagnose`), never on a healthy step.
 
     In a process group, `sync` (`dgmlang.distributed.ProcessGroup.reduce`) runs after the
-    backward pass: it averages the gradients over the processes and returns the global loss."""
+    backward pass: it averages the gradients over the processes and returns the global loss.
+    `mask` (per data variable, True = observed) marks the batch's missing entries."""
     if rng_state is None:  # the random state the step starts from, to recompute a failure
         rng_state = torch.random.get_rng_state()
 
@@ -345,7 +352,7 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
         # steps skip it (it costs up to a fifth of a step) and rely on the finiteness
         # checks below, the data having been validated before training.
         with pyro.validation_enabled(False) if number > 1 else contextlib.nullcontext():
-            loss = loss_fn(batch, size)
+            loss = loss_fn(batch, size, mask) if mask else loss_fn(batch, size)
     except ValueError as err:
         if not argument_check_failed(err):
             raise
@@ -394,7 +401,9 @@ def held_out_loss(loss_fn: Loss, held_out: Dataset, rows: int) -> float:
         for start in range(0, held_out.n, rows):
             chunk = held_out.rows(slice(start, start + rows))
             try:
-                value = float(loss_fn(chunk.values, held_out.n))
+                observed = chunk.observed
+                value = float(loss_fn(chunk.values, held_out.n, observed) if observed
+                              else loss_fn(chunk.values, held_out.n))
             except ValueError as err:
                 if not argument_check_failed(err):
                     raise

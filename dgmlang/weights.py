@@ -116,18 +116,21 @@ def check_importance_weighting(model: Any, what: str) -> None:
 
 def importance_weights(model: Any, batch: Mapping[str, torch.Tensor], *, particles: int | None,
                        given: Mapping[str, torch.Tensor] | None = None, size: int | None = None,
-                       guide_values: Mapping[str, torch.Tensor] | None = None) -> Weights:
+                       guide_values: Mapping[str, torch.Tensor] | None = None,
+                       mask: Mapping[str, torch.Tensor] | None = None) -> Weights:
     """One importance-sampling pass: latents from the guide (vectorized over `particles`
     in a plate at dim -2, or one draw per data point when None), values in `given` held
     fixed in guide and model, and latents the model enumerates summed out exactly.
 
-    With `guide_values`, the guide is evaluated at those values instead of drawing."""
+    With `guide_values`, the guide is evaluated at those values instead of drawing. `mask`
+    (per data variable, True = observed) leaves missing entries out of the model's density
+    and shows them to the guide filled (`AmortizedGuide.filled`)."""
     guide = model.guide
     fixed = {**(given or {}), **(guide_values or {})}
     if fixed:
         guide = poutine.condition(guide, data=fixed)
     guide = in_particles(guide, particles, model.model.device)
-    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(batch, size=size))
+    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(batch, size=size, mask=mask))
     latents = {name: site["value"] for name, site in guide_trace.nodes.items()
                if site["type"] == "sample"}
     pyro_model = in_particles(poutine.condition(model.model, data=latents), particles,
@@ -135,7 +138,7 @@ def importance_weights(model: Any, batch: Mapping[str, torch.Tensor], *, particl
     if model.roles.model_enumerated:
         first_dim = -3 if particles is not None else -2
         pyro_model = poutine.enum(pyro_model, first_available_dim=first_dim)
-    model_trace = prune_subsample_sites(poutine.trace(pyro_model).get_trace(batch, size=size))
+    model_trace = prune_subsample_sites(poutine.trace(pyro_model).get_trace(batch, size=size, mask=mask))
     rows = next(iter(batch.values())).shape[0]
     plate_shape = (particles, rows) if particles is not None else (rows,)
     globals_ = frozenset(model.roles.globals)
@@ -173,7 +176,8 @@ def site_sums(trace: poutine.Trace, plate_shape: tuple[int, ...], globals_: froz
     return local, global_
 
 
-def iwae_bound(model: Any, batch: Mapping[str, torch.Tensor], size: int, particles: int) -> torch.Tensor:
+def iwae_bound(model: Any, batch: Mapping[str, torch.Tensor], size: int, particles: int, *,
+               mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """The importance-weighted bound on log p(data), estimated from a minibatch.
 
     Globals are drawn once per step from the guide (their term is the ELBO's); given them,
@@ -182,9 +186,9 @@ def iwae_bound(model: Any, batch: Mapping[str, torch.Tensor], size: int, particl
     """
     given = {}
     if model.roles.globals:
-        trace = poutine.trace(model.guide).get_trace(batch, size=size)
+        trace = poutine.trace(model.guide).get_trace(batch, size=size, mask=mask)
         given = {g: trace.nodes[g]["value"] for g in model.roles.globals}
-    weights = importance_weights(model, batch, particles=particles, given=given, size=size)
+    weights = importance_weights(model, batch, particles=particles, given=given, size=size, mask=mask)
     rows = weights.local.shape[-1]
     per_point = weights.local.logsumexp(0) - math.log(particles)
     return per_point.sum() * (size / rows) + weights.global_.mean()

@@ -102,7 +102,7 @@ def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: 
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in values.items()}
             chunk_mask = {k: v[start:start + step] for k, v in masks.items()} or None
-            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples)
+            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples, progress=False)
             pieces.append({k: to_numpy(v) for k, v in result.items()})
             bar.update(len(next(iter(chunk.values()))))
     globals_ = set(model.ir.names("global"))

@@ -215,7 +215,7 @@ def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet
         for start in range(0, n, CHUNK_ROWS):
             chunk = {k: v[start:start + CHUNK_ROWS] for k, v in arrays.items()}
             try:
-                out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples)))
+                out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples, progress=False)))
             except DGMDataError as err:
                 rows = getattr(err, "rows", None)
                 if rows is None:
