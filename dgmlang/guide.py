@@ -262,7 +262,7 @@ class AmortizedGuide(PyroModule):
         A value with no reference (class labels, one-hot encoded) keeps its placeholder.
 
         >>> import dgmlang
-        >>> m = dgmlang.compile("model t { data x[2]  latent z  z ~ Normal(0, 1)  x ~ Normal(z, 1) }")
+        >>> m = dgmlang.compile("model t { data x[2]\\n latent z\\n z ~ Normal(0, 1)\\n x ~ Normal(z, 1) }")
         >>> m.guide.input_reference("x").set(torch.tensor(7.0), torch.tensor(2.0))
         >>> m.guide.filled({"x": torch.zeros(1, 2)}, {"x": torch.tensor([[True, False]])})["x"]
         tensor([[0., 7.]])
