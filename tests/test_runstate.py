@@ -23,12 +23,7 @@ HELD_OUT = {"x": torch.randn(10, 2, generator=torch.Generator().manual_seed(1))}
 OPTIONS = dict(batch_size=8, lr=0.01, progress=False, validation=HELD_OUT)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def parameters(m):
