@@ -261,19 +261,21 @@ class CompiledModel:
 
     def invert(self, data: Any, *, mask: Mapping[str, Any] | None = None,
                num_samples: int = 100, seed: int | None = None,
-               progress: bool = True) -> dict[str, torch.Tensor]:
+               progress: bool = True, method: str = "resample") -> dict[str, torch.Tensor]:
         """Posterior samples given `data`: every latent ``(num_samples, n, *shape)``, every
         global ``(num_samples, *shape)``, every data variable ``(num_samples, n, *shape)`` with
         its missing entries filled in.
 
         `mask` holds, per data variable, booleans shaped like it (True = observed); NaN
-        entries, and data variables left out, are missing too. Without missing entries the
-        latents come from sampling/importance resampling with the guide as proposal; points
-        with missing entries run Metropolis-within-Gibbs chains (see docs/inference.md).
+        entries, and data variables left out, are missing too. The latents come from
+        sampling/importance resampling with the guide as proposal, and missing entries that
+        nothing depends on from the model given them; points whose missing entries other
+        variables depend on (or all points with missing entries, ``method="gibbs"``) run
+        Metropolis-within-Gibbs chains (see docs/missing-data.md).
         `progress` shows a bar over the rows once the call has run a few seconds.
         """
         return posterior.invert(self, data, mask=mask, num_samples=num_samples, seed=seed,
-                                progress=progress)
+                                progress=progress, method=method)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -250,16 +250,21 @@ class LoweredModel(PyroModule):
         base = site.distribution(env)
         if observed is not None:
             # A value with an own event (a simplex) counts as observed only as a whole. The
-            # missing entries are replaced by a draw from the model, which the mask then
-            # ignores: NaN would fail validation and poison gradients even where masked.
+            # missing entries outside the support (NaN, say) are replaced by a draw from the
+            # model, which the mask then ignores: they would fail validation and poison
+            # gradients even where masked. Placeholders inside it (what `prepare_data` puts
+            # there) are kept: drawing every entry costs as much as the rest of the step.
             rank = site.event_rank
             if rank:
                 observed = observed.reshape(*observed.shape[: observed.dim() - rank], -1).all(-1)
-            filler = base.sample().detach()
-            while filler.dim() > obs.dim():
-                filler = filler[0]
-            observed_entries = observed.reshape(observed.shape + (1,) * rank)
-            obs = torch.where(observed_entries, obs, filler)
+            replace = ~observed & ~base.support.check(obs)
+            while replace.dim() > observed.dim():
+                replace = replace.any(0)
+            if bool(replace.any()):
+                filler = base.sample().detach()
+                while filler.dim() > obs.dim():
+                    filler = filler[0]
+                obs = torch.where(replace.reshape(replace.shape + (1,) * rank), filler, obs)
             base = base.mask(observed)
         fn = base.to_event(site.event_dims) if site.event_dims else base
         infer = {"enumerate": "parallel"} if obs is None and site.enumerable else {}

@@ -13,6 +13,7 @@ public attributes only: `ir`, `model`, `guide`, `facts`, `roles`, `fitted`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Mapping
 
@@ -26,8 +27,9 @@ from pyro.infer import infer_discrete
 from dgmlang.data import Dataset, check_marginalizable, positive_int, prepare_data, prepare_inputs
 from dgmlang.devices import to_device
 from dgmlang.supports import support_of
-from dgmlang.errors import DGMDataError, DGMModelError, rows_phrase
+from dgmlang.errors import DGMDataError, DGMModelError, DGMUsageError, rows_phrase
 from dgmlang.gibbs import gibbs
+from dgmlang.imputation import draw_missing, mixture_weights, prior_fills, supports_mixture
 from dgmlang.nets import seeded
 from dgmlang import weights as importance
 from dgmlang.weights import check_importance_weighting, importance_weights, in_particles
@@ -39,6 +41,14 @@ __all__ = ["SIR_PROPOSALS", "SIR_PROPOSALS_PER_GLOBAL", "guide_globals", "invert
 SIR_PROPOSALS = 1000
 #: With globals: proposals per data point for each posterior draw of the globals.
 SIR_PROPOSALS_PER_GLOBAL = 32
+#: `invert`'s ways to treat points with missing entries.
+INVERT_METHODS = ("resample", "gibbs")
+#: Importance-resampling rounds for points with missing entries (`resample_missing`), the
+#: fillings of the missing entries in each round's mixture proposal and the proposals per
+#: filling.
+IMPUTE_PASSES = 2
+MIXTURE_FILLS = 20
+PROPOSALS_PER_FILL = 25
 #: Seconds a `log_prob` or `invert` call runs before its progress bar appears (tqdm's delay).
 PROGRESS_DELAY = 2.0
 
@@ -200,12 +210,17 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
 
 def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
            num_samples: int = 100, seed: int | None = None,
-           progress: bool = True) -> dict[str, torch.Tensor]:
+           progress: bool = True, method: str = "resample") -> dict[str, torch.Tensor]:
     """Posterior samples given `data` (see `CompiledModel.invert`): the globals drawn from
-    the guide, fully observed points resampled (`resample`), the others run as chains
-    (`dgmlang.gibbs.gibbs`). `progress` shows a bar over the rows when the call takes
-    more than `PROGRESS_DELAY` seconds."""
+    the guide, fully observed points resampled (`resample`), points with missing entries
+    resampled too where the model can marginalize them (`resample_missing`), else — or
+    with ``method="gibbs"`` — run as chains (`dgmlang.gibbs.gibbs`). `progress` shows a
+    bar over the rows when the call takes more than `PROGRESS_DELAY` seconds."""
     positive_int("num_samples", num_samples)
+    if method not in INVERT_METHODS:
+        raise DGMUsageError(f"invert: method={method!r} is not one of {', '.join(map(repr, INVERT_METHODS))}",
+                            hint="'resample' (importance resampling from the guide, the default) or "
+                                 "'gibbs' (Metropolis-within-Gibbs chains for points with missing entries)")
     check_importance_weighting(model, "invert")
     dataset = prepare_data(model.ir, data, purpose="invert", allow_missing=True, mask=mask,
                            facts=model.facts, dtype=model.model.dtype)
@@ -224,6 +239,9 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                 if bool(complete[rows[0]]):
                     samples = resample(model, part, globals_, num_samples, unreliable=unreliable,
                                        on_rows=bar.update)
+                elif method == "resample" and marginalizable(model, part):
+                    samples = resample_missing(model, part, globals_, num_samples,
+                                               unreliable=unreliable, on_rows=bar.update)
                 else:
                     samples = gibbs(model, part, globals_, num_samples)
                     bar.update(part.n)
@@ -247,9 +265,74 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     return out
 
 
+def marginalizable(model: Any, part: Dataset) -> bool:
+    """Whether the missing entries of `part` are ones the model can leave out of its
+    density (`check_marginalizable`): then `resample_missing` serves them."""
+    try:
+        check_marginalizable(model.ir, part, purpose="invert", facts=model.facts)
+    except DGMDataError:
+        return False
+    return True
+
+
+def resample_missing(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,
+                     unreliable: list[torch.Tensor] | None = None,
+                     on_rows: Callable[[int], Any] | None = None) -> dict:
+    """`resample` for points with missing entries that the model can marginalize: in
+    `IMPUTE_PASSES` rounds of importance resampling, each proposing from the guide's mixture
+    over `MIXTURE_FILLS` fillings of the missing entries (`dgmlang.imputation`) — drawn from
+    the model in the first round, from the previous round's posterior draws after — then
+    the missing entries drawn from the model given the chosen latents. Models the mixture
+    does not serve (globals, guide-enumerated latents) get rounds of plain `resample`, the
+    guide reading the previous round's posterior-mean imputation."""
+    if not supports_mixture(model):
+        fill = None
+        for _ in range(IMPUTE_PASSES - 1):
+            first = resample(model, part, globals_, draws, fill=fill)
+            fill = {name: first[name].mean(0).cpu() for name in part.observed}
+        return resample(model, part, globals_, draws, fill=fill, unreliable=unreliable, on_rows=on_rows)
+    device = model.model.device
+    particles = MIXTURE_FILLS * PROPOSALS_PER_FILL
+    points, _ = importance.chunk_plan(part.n, particles, importance.values_per_row(model))
+    out: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, part.n, points):
+        chunk = part.rows(slice(start, start + points))
+        batch = to_device(chunk.values, device)
+        observed = to_device(chunk.observed, device)
+        rows = chunk.n
+        point = torch.arange(rows, device=device)
+        fills = prior_fills(model, batch, MIXTURE_FILLS)
+        for round_ in range(IMPUTE_PASSES):
+            proposals, log_w = mixture_weights(model, batch, observed, fills, PROPOSALS_PER_FILL)
+            usable = torch.isfinite(log_w).any(0) & ~(torch.isnan(log_w) | (log_w == math.inf)).any(0)
+            if not bool(usable.all()):
+                err = DGMDataError("invert: some rows have no finite importance weight")
+                err.rows = [start + i for i in (~usable).nonzero().flatten().tolist()]  # type: ignore[attr-defined]
+                raise err
+            last = round_ == IMPUTE_PASSES - 1
+            n = draws if last else MIXTURE_FILLS  # a middle round only needs the next fillings
+            index = torch.distributions.Categorical(logits=log_w.T).sample((n,))  # (n, rows)
+            chosen = {name: value[index, point] for name, value in proposals.items()}
+            chosen.update(sample_enumerated(model, batch, chosen, globals_, n, mask=observed))
+            drawn = draw_missing(model, batch, chosen, globals_, n)
+            for name in model.roles.data:
+                chosen[name] = batch[name].expand(n, *batch[name].shape)
+                if name in observed:
+                    chosen[name] = torch.where(observed[name], chosen[name], drawn[name])
+            fills = {name: chosen[name] for name in model.roles.data}
+        if unreliable is not None:
+            unreliable.append(importance.unreliable_points(log_w, guide_draws_latents=True))
+        for name, value in chosen.items():
+            out.setdefault(name, []).append(value)
+        if on_rows is not None:
+            on_rows(rows)
+    return {name: torch.cat(values, dim=1) for name, values in out.items()}
+
+
 def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,
              unreliable: list[torch.Tensor] | None = None,
-             on_rows: Callable[[int], Any] | None = None) -> dict:
+             on_rows: Callable[[int], Any] | None = None,
+             fill: Mapping[str, torch.Tensor] | None = None) -> dict:
     """Sampling/importance resampling for fully observed points: proposals from the guide,
     one resampled per posterior draw in proportion to p(x, z | g) / q(z | x, g).
 
@@ -262,7 +345,13 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
     `unreliable`, when given, gets per point whether its weights are too uneven to trust
     (`dgmlang.weights.unreliable_points`) wherever a point's proposals are weighed at once
     without globals (with globals, each draw's 32 proposals are too few to judge).
-    `on_rows(k)` is called after each chunk of k points (a progress bar's update)."""
+    `on_rows(k)` is called after each chunk of k points (a progress bar's update).
+
+    Points with missing entries (``part.observed``; only entries the model can marginalize
+    by dropping their terms, `check_marginalizable`) are weighed by the density of what is
+    observed, the guide reading the missing entries filled by its input reference, or by
+    `fill` (values shaped like the data, on the CPU) where given; each draw's missing
+    entries are then drawn from the model given its latents (`draw_missing`)."""
     roles = model.roles
     per_group = SIR_PROPOSALS_PER_GLOBAL if globals_ else SIR_PROPOSALS
     if not roles.guide_locals:
@@ -272,17 +361,27 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
     points, per_chunk = importance.chunk_plan(part.n, particles, importance.values_per_row(model),
                                               cells=max(importance.CHUNK_CELLS, particles))
     out: dict[str, list[torch.Tensor]] = {}
+    device = model.model.device
     for start in range(0, part.n, points):
-        batch = to_device(part.rows(slice(start, start + points)).values, model.model.device)
+        chunk = part.rows(slice(start, start + points))
+        batch = to_device(chunk.values, device)
+        observed = to_device(chunk.observed, device) if part.has_missing else None
+        guide_batch = None
+        if observed and fill is not None:
+            guide_batch = {**batch, **{name: torch.where(seen, batch[name], fill[name][start:start + points].to(device))
+                                       for name, seen in observed.items()}}
         try:
             chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk,
-                                      unreliable=unreliable)
+                                      unreliable=unreliable, mask=observed, guide_batch=guide_batch)
         except DGMDataError as err:
             err.rows = [start + i for i in err.rows]  # type: ignore[attr-defined]
             raise
-        chosen.update(sample_enumerated(model, batch, chosen, globals_, draws))
+        chosen.update(sample_enumerated(model, batch, chosen, globals_, draws, mask=observed))
+        drawn = draw_missing(model, batch, chosen, globals_, draws) if observed else {}
         for name in roles.data:
             chosen[name] = batch[name].expand(draws, *batch[name].shape)
+            if name in drawn:
+                chosen[name] = torch.where(observed[name], chosen[name], drawn[name])
         for name, value in chosen.items():
             out.setdefault(name, []).append(value)
         if on_rows is not None:
@@ -311,7 +410,9 @@ def proposal_chunks(groups: int, per_group: int, per_chunk: int) -> list[tuple[i
 
 def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: dict[str, torch.Tensor],
                      draws: int, per_group: int, per_chunk: int, *,
-                     unreliable: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                     unreliable: list[torch.Tensor] | None = None,
+                     mask: Mapping[str, torch.Tensor] | None = None,
+                     guide_batch: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The guide's local latents resampled at the points of `batch`, ``(draws, rows, *shape)``:
     one proposal per draw of the globals among its `per_group` (with globals), else every
     draw among the same `per_group`, in proportion to the importance weights.
@@ -322,7 +423,7 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
     proportion to the weights: an exact draw from all of them (weighted reservoir sampling),
     and with one chunk exactly the single categorical draw. Points where a group has no
     finite weight, or a weight is NaN or +inf, are a `DGMDataError` whose ``rows`` lists
-    them (counted in `batch`)."""
+    them (counted in `batch`). `mask` and `guide_batch` are `importance_weights`'."""
     rows = next(iter(batch.values())).shape[0]
     groups = draws if globals_ else 1
     chosen: dict[str, torch.Tensor] = {}
@@ -333,11 +434,13 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
     for first_group, n_groups, first, n in proposal_chunks(groups, per_group, per_chunk):
         given = {g: v[first_group:first_group + n_groups].repeat_interleave(n, 0).unsqueeze(1)
                  for g, v in globals_.items()}
+        weigh = functools.partial(importance_weights, model, batch, particles=n_groups * n,
+                                  given=given, mask=mask, guide_batch=guide_batch)
         try:
-            weights = importance_weights(model, batch, particles=n_groups * n, given=given)
+            weights = weigh()
         except ValueError:  # a distribution's argument checks: an overflow at some rows?
             with pyro.validation_enabled(False):
-                weights = importance_weights(model, batch, particles=n_groups * n, given=given)
+                weights = weigh()
         log_w = weights.local.reshape(n_groups, n, rows).permute(0, 2, 1)  # (groups, rows, n)
         if unreliable is not None and not globals_ and n == per_group:  # all of a point's proposals
             unreliable.append(importance.unreliable_points(
@@ -379,10 +482,11 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
     return {name: value.flatten(0, 1) for name, value in chosen.items()}
 
 
-def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[str, torch.Tensor]:
+def sample_enumerated(model: Any, batch, latents, globals_, draws: int, *,
+                      mask: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Latents the model sums out, drawn from their exact conditional posterior given the
-    data and the other latents (`infer_discrete`), ``(draws, rows)``; at most
-    `CHUNK_VALUES` values at a time."""
+    data (its entries True in `mask`, where given) and the other latents
+    (`infer_discrete`), ``(draws, rows)``; at most `CHUNK_VALUES` values at a time."""
     if not model.roles.model_enumerated:
         return {}
     rows = next(iter(batch.values())).shape[0]
@@ -394,7 +498,7 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int) -> dict[
                  **{g: v[first:first + n].unsqueeze(1) for g, v in globals_.items()}}
         pyro_model = in_particles(poutine.condition(model.model, data=given), n, model.model.device)
         pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
-        trace = poutine.trace(pyro_model).get_trace(batch)
+        trace = poutine.trace(pyro_model).get_trace(batch, mask=mask)
         parts.append({name: trace.nodes[name]["value"].expand(n, rows)
                       for name in model.roles.model_enumerated})
     return {name: torch.cat([part[name] for part in parts]) for name in model.roles.model_enumerated}

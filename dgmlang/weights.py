@@ -117,20 +117,27 @@ def check_importance_weighting(model: Any, what: str) -> None:
 def importance_weights(model: Any, batch: Mapping[str, torch.Tensor], *, particles: int | None,
                        given: Mapping[str, torch.Tensor] | None = None, size: int | None = None,
                        guide_values: Mapping[str, torch.Tensor] | None = None,
-                       mask: Mapping[str, torch.Tensor] | None = None) -> Weights:
+                       mask: Mapping[str, torch.Tensor] | None = None,
+                       guide_batch: Mapping[str, torch.Tensor] | None = None) -> Weights:
     """One importance-sampling pass: latents from the guide (vectorized over `particles`
     in a plate at dim -2, or one draw per data point when None), values in `given` held
     fixed in guide and model, and latents the model enumerates summed out exactly.
 
     With `guide_values`, the guide is evaluated at those values instead of drawing. `mask`
     (per data variable, True = observed) leaves missing entries out of the model's density
-    and shows them to the guide filled (`AmortizedGuide.filled`)."""
+    and shows them to the guide filled (`AmortizedGuide.filled`), or as they are in
+    `guide_batch` when given (the batch with its missing entries filled by the caller: any
+    values the guide reads give a proper proposal, the weights stay exact)."""
     guide = model.guide
     fixed = {**(given or {}), **(guide_values or {})}
     if fixed:
         guide = poutine.condition(guide, data=fixed)
     guide = in_particles(guide, particles, model.model.device)
-    guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(batch, size=size, mask=mask))
+    if guide_batch is not None:
+        guide_trace = poutine.trace(guide).get_trace(guide_batch, size=size)
+    else:
+        guide_trace = poutine.trace(guide).get_trace(batch, size=size, mask=mask)
+    guide_trace = prune_subsample_sites(guide_trace)
     latents = {name: site["value"] for name, site in guide_trace.nodes.items()
                if site["type"] == "sample"}
     pyro_model = in_particles(poutine.condition(model.model, data=latents), particles,
