@@ -84,15 +84,39 @@ def digits() -> Digits:
     return Digits(train_x=x[~is_test], train_y=y[~is_test], test_x=x[is_test], test_y=y[is_test])
 
 
+def _read_digits_file():
+    """scikit-learn's digits.csv.gz (pixels, then the label, per row) read without importing
+    scikit-learn, which takes most of a second and is all `dgm invert --truth digits` and
+    `make demo` would need it for; None where the file is not where scikit-learn keeps it."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        return None
+    with gzip.open(path, "rt") as lines:
+        return np.loadtxt(lines, delimiter=",")
+
+
 @lru_cache(maxsize=1)
 def _load_arrays():
     """The raw (1797, 64) images and (1797,) labels, read once per process."""
     import numpy as np
-    from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    images = np.asarray(bunch.data, dtype=np.float32)
-    labels = np.asarray(bunch.target, dtype=np.int64)
+    table = _read_digits_file()
+    if table is None:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        table = np.column_stack([bunch.data, bunch.target])
+    images = np.asarray(table[:, :-1], dtype=np.float32)
+    labels = np.asarray(table[:, -1], dtype=np.int64)
     # scikit-learn stores whole counts as floats; rounding guards against any stored 15.999...
     images = np.rint(images)
     images.setflags(write=False)

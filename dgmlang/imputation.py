@@ -5,11 +5,14 @@ somehow, and a guide reading one filling proposes latents that explain that fill
 narrow a proposal for p(z | observed entries), which is as broad as the missing entries
 leave it. `mixture_weights` proposes from the mixture over F fillings,
 
-    q(z) = 1/F sum_f q(z | observed entries, missing entries = filling f),
+    q(z) = 1/(F+1) [p(z) + sum_f q(z | observed entries, missing entries = filling f)],
 
 and weighs each proposal by p(observed entries, z) / q(z): the mixture's density is
 evaluated for every proposal (the guide run once per filling), so the weights are exact
-whatever the fillings are. `dgmlang.posterior.resample_missing` starts from fillings drawn
+whatever the fillings are. The prior p(z) is the defensive component (Hesterberg 1995): it
+bounds every weight by (F+1) p(observed entries | z), so a point with few observed entries,
+whose posterior is as broad as its prior, is not left to guides that each read one filling
+and propose too narrowly. `dgmlang.posterior.resample_missing` starts from fillings drawn
 from the model (`prior_fills`) and then refines them with its own posterior draws
 (population Monte Carlo, Cappé et al. 2004).
 
@@ -56,33 +59,40 @@ def mixture_weights(model: Any, batch: Mapping[str, torch.Tensor], observed: Map
                     per_fill: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Proposals of the local latents from the mixture of the guide over the fillings in
     `fills` (each ``(F, rows, *shape)``; used where `observed` is False), `per_fill` from
-    each, and their log importance weights: the proposals ``(F * per_fill, rows, ...)`` by
-    name and the weights ``(F * per_fill, rows)``."""
+    each and `per_fill` from the prior, and their log importance weights: the proposals
+    ``((F + 1) * per_fill, rows, ...)`` by name and the weights ``((F + 1) * per_fill, rows)``."""
     n_fills = next(iter(fills.values())).shape[0]
+    names = model.roles.guide_locals
+    device = model.model.device
+    rows = next(iter(batch.values())).shape[0]
     guide_batches = [{**batch, **{name: torch.where(seen, batch[name], fills[name][f])
                                   for name, seen in observed.items()}}
                      for f in range(n_fills)]
-    names = model.roles.guide_locals
     drawn = []
     for guide_batch in guide_batches:
-        trace = poutine.trace(in_particles(model.guide, per_fill, model.model.device)).get_trace(guide_batch)
+        trace = poutine.trace(in_particles(model.guide, per_fill, device)).get_trace(guide_batch)
         drawn.append({name: trace.nodes[name]["value"] for name in names})
+    inputs = {name: batch[name] for name in model.roles.inputs}
+    trace = poutine.trace(in_particles(model.model, per_fill, device)).get_trace(inputs, batch_size=rows)
+    drawn.append({name: trace.nodes[name]["value"] for name in names})
     proposals = {name: torch.cat([d[name] for d in drawn]) for name in names}
-    particles = n_fills * per_fill
-    rows = next(iter(batch.values())).shape[0]
+    particles = (n_fills + 1) * per_fill
     plate_shape = (particles, rows)
     no_globals: frozenset[str] = frozenset()
     log_q = []
     for guide_batch in guide_batches:
-        guide = in_particles(poutine.condition(model.guide, data=proposals), particles, model.model.device)
+        guide = in_particles(poutine.condition(model.guide, data=proposals), particles, device)
         trace = prune_subsample_sites(poutine.trace(guide).get_trace(guide_batch))
-        log_q.append(site_sums(trace, plate_shape, no_globals, model.model.device)[0])
-    log_q_mixture = torch.stack(log_q).logsumexp(0) - math.log(n_fills)
-    pyro_model = in_particles(poutine.condition(model.model, data=proposals), particles, model.model.device)
+        log_q.append(site_sums(trace, plate_shape, no_globals, device)[0])
+    pyro_model = in_particles(poutine.condition(model.model, data=proposals), particles, device)
     if model.roles.model_enumerated:
         pyro_model = poutine.enum(pyro_model, first_available_dim=-3)
     trace = prune_subsample_sites(poutine.trace(pyro_model).get_trace(dict(batch), mask=dict(observed)))
-    log_p = site_sums(trace, plate_shape, no_globals, model.model.device)[0]
+    log_p = site_sums(trace, plate_shape, no_globals, device)[0]
+    prior = poutine.Trace()  # the same trace without the data's sites: log p(z)
+    prior.nodes.update((name, site) for name, site in trace.nodes.items() if name not in model.roles.data)
+    log_q.append(site_sums(prior, plate_shape, no_globals, device)[0])
+    log_q_mixture = torch.stack(log_q).logsumexp(0) - math.log(n_fills + 1)
     return proposals, log_p - log_q_mixture
 
 

@@ -2,8 +2,9 @@
 
 Fit `digits_vae.dgm` on the training digits, hide part of each test digit, and ask
 `model.invert` for the posterior over the hidden pixels given the visible ones. dgmlang
-handles the missing entries properly (Metropolis-within-Gibbs over the latent and the hidden
-pixels, with the derived guide as the proposal), not by filling them with zeros. Two masks:
+handles the missing entries properly (importance resampling of the latent from the derived
+guide reading many fillings of the hidden pixels, then the hidden pixels drawn given it; see
+docs/missing-data.md), not by filling them with zeros. Two masks:
 
 * bottom half - the lower 4 rows hidden: the model must guess the rest of the digit;
 * random 50%  - every pixel hidden with probability 1/2.

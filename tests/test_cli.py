@@ -225,6 +225,23 @@ def test_invert_mistakes(tiny_run, workdir, tmp_path, capsys):
     assert "the mask for 'x' has shape (3, 16) but the data has (48, 16)" in capsys.readouterr().err
     assert status("invert", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "o.txt") == 2
     assert "unknown output format '.txt'" in capsys.readouterr().err
+    assert status("invert", tiny_run, "--data", workdir / "tiny.npz", "-o", tmp_path / "o.npz",
+                  "--method", "mcmc") == 2
+    assert "invalid choice: 'mcmc'" in capsys.readouterr().err
+
+
+def test_invert_method_gibbs_runs_chains_and_keeps_observed_entries(tiny_run, workdir, tmp_path, capsys):
+    with np.load(workdir / "tiny.npz") as archive:
+        x, y = archive["x"][:3], archive["y"][:3]
+    partial = x.astype(float)
+    partial[:, 10:] = np.nan
+    np.savez(tmp_path / "partial.npz", x=partial, y=y)
+    assert dgm("invert", tiny_run, "--data", tmp_path / "partial.npz", "--method", "gibbs", "--num-samples", 6,
+               "-q", "-o", tmp_path / "post.npz") == 0
+    with np.load(tmp_path / "post.npz") as post:
+        observed, completed = post["x:observed"], post["x:mean"]
+        np.testing.assert_array_equal(completed[observed], x[observed])
+        assert np.isfinite(completed).all() and not observed[:, 10:].any()
 
 
 # ---------------------------------------------------------------- score

@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file: .png, .npz or .csv (repeatable)")
     p.add_argument("--num-samples", type=_whole(1, MAX_NUM_SAMPLES), default=100, help="posterior samples per row")
     p.add_argument("--keep-samples", action="store_true", help="also store every posterior sample in the .npz")
+    p.add_argument("--method", choices=("resample", "gibbs"), default="resample",
+                   help="for rows with missing entries: importance resampling from the guide (fast) or "
+                        "Metropolis-within-Gibbs chains (slow; see docs/missing-data.md)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_placement(p, saved=True)

@@ -51,7 +51,8 @@ def cmd_invert(args) -> int:
             continue
         ok = ~np.isnan(values[name]) if values[name].dtype.kind == "f" else np.ones(values[name].shape, dtype=bool)
         observed[name] = ok & masks[name] if name in masks else ok
-    samples = _invert_chunks(model, values, masks, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet)
+    samples = _invert_chunks(model, values, masks, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet,
+                             method=args.method)
 
     summary = {}
     for name in ir.names("latent", "global") + data_names:
@@ -88,7 +89,8 @@ def cmd_invert(args) -> int:
     return 0
 
 
-def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: int | None, quiet: bool) -> dict:
+def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: int | None, quiet: bool,
+                   method: str) -> dict:
     """`model.invert` over chunks of rows under one progress bar (in one call when the model
     has globals, so all rows share the same posterior draws of them)."""
     import numpy as np
@@ -102,7 +104,7 @@ def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: 
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in values.items()}
             chunk_mask = {k: v[start:start + step] for k, v in masks.items()} or None
-            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples, progress=False)
+            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples, progress=False, method=method)
             pieces.append({k: to_numpy(v) for k, v in result.items()})
             bar.update(len(next(iter(chunk.values()))))
     globals_ = set(model.ir.names("global"))
