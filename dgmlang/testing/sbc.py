@@ -253,6 +253,8 @@ def sbc(
     inputs: Mapping[str, Any] | None = None,
     seed: int = 0,
     plot: str | Path | None = None,
+    missing: float = 0.0,
+    posterior: Callable | None = None,
 ) -> SBCResult:
     """Simulation-based calibration of a compiled model's inference.
 
@@ -270,13 +272,32 @@ def sbc(
       data points from the prior, fits, and ranks the globals (and the local latents of the
       first data point) among the fitted guide's draws.
 
+    * **with gaps** (`missing` > 0, amortized): each entry of every data variable is hidden
+      with probability `missing`, and the latents are ranked among the draws of
+      ``model.invert(data, mask=...)`` — the posterior given the observed entries, which is
+      what `invert` promises for every missingness pattern (docs/missing-data.md).
+      `posterior` replaces that call (``posterior(data, mask, num_samples, seed)`` returning
+      `invert`'s dict), e.g. a planted bug.
+
     Latents enumerated in the model (no guide site) are not ranked. Returns an `SBCResult`;
     with `plot`, also writes the rank histograms there.
+
+    >>> import dgmlang
+    >>> m = dgmlang.compile("model t { data x[3]; latent z; z ~ Normal(0, 1); x ~ Normal(z, 1) }")
+    >>> sbc(m, 20, 9, missing=0.5).ranks["z"].shape
+    (20,)
     """
     from dgmlang.testing.runtime import as_batch, guide_draws, seeded, to_numpy
 
     rng = np.random.default_rng(seed)
     ranked = _latents_to_rank(plan_of(model), latents)
+    if not 0.0 <= missing < 1.0:
+        raise ValueError(f"missing={missing!r}: a probability in [0, 1) that an entry is hidden")
+    if missing and (fit is not None or guide is not None):
+        raise ValueError("missing= ranks invert's draws in the amortized mode: no fit= or guide=")
+    if missing:
+        return _sbc_with_gaps(model, num_simulations, num_posterior_samples, ranked, missing=missing,
+                              posterior=posterior, inputs=inputs, seed=seed, plot=plot, rng=rng)
     if fit is None:
         if model.ir.names("global"):
             raise ValueError(
@@ -315,6 +336,32 @@ def sbc(
     result = SBCResult(ranks, num_posterior_samples)
     if plot is not None:
         result.plot(plot, title=f"SBC of model '{model.ir.name}'")
+    return result
+
+
+def _sbc_with_gaps(model, num_simulations: int, num_posterior_samples: int, ranked: list[str], *,
+                   missing: float, posterior: Callable | None, inputs, seed: int, plot, rng) -> SBCResult:
+    """`sbc`'s mode with gaps: data from the prior, entries hidden at random, latents ranked
+    among `invert`'s posterior draws given the observed entries."""
+    import torch
+
+    from dgmlang.testing.runtime import to_numpy
+
+    if model.ir.names("global"):
+        raise ValueError(f"model '{model.ir.name}' has globals: missing= ranks local latents only")
+    sim = simulate(model, num_simulations, seed=seed, inputs=inputs)
+    hide = torch.Generator().manual_seed(seed + 2)
+    mask = {name: torch.rand(tuple(torch.as_tensor(sim.data[name]).shape), generator=hide) >= missing
+            for name in model.ir.names("data")}
+    if posterior is None:
+        def posterior(data, mask, num_samples, seed):
+            return model.invert(data, mask=mask, num_samples=num_samples, seed=seed, progress=False)
+    draws = posterior(sim.data, mask, num_posterior_samples, seed + 1)
+    ranks = {name: rank_statistics(to_numpy(sim.latents[name]), to_numpy(draws[name]), rng=rng)
+             for name in ranked}
+    result = SBCResult(ranks, num_posterior_samples)
+    if plot is not None:
+        result.plot(plot, title=f"SBC of model '{model.ir.name}', {missing:.0%} of entries hidden")
     return result
 
 
