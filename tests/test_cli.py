@@ -180,12 +180,18 @@ def test_sample_mistakes(tiny_run, tmp_path, capsys, args, code, message):
 # ---------------------------------------------------------------- invert
 
 
-def test_invert_completes_missing_pixels_and_reports_the_error(tiny_run, workdir, tmp_path, capsys):
+def _partial_tiny(workdir, tmp_path, rows: int, hidden_from: int):
+    """The first `rows` of tiny.npz with pixels `hidden_from`.. NaN, saved as partial.npz."""
     with np.load(workdir / "tiny.npz") as archive:
-        x, y = archive["x"][:5], archive["y"][:5]
+        x, y = archive["x"][:rows], archive["y"][:rows]
     partial = x.astype(float)
-    partial[:, 8:] = np.nan
+    partial[:, hidden_from:] = np.nan
     np.savez(tmp_path / "partial.npz", x=partial, y=y)
+    return x, y
+
+
+def test_invert_completes_missing_pixels_and_reports_the_error(tiny_run, workdir, tmp_path, capsys):
+    x, y = _partial_tiny(workdir, tmp_path, 5, 8)
     mask = np.ones_like(x, dtype=bool)
     mask[:, 0] = False
     np.savez(tmp_path / "mask.npz", x=mask)
@@ -231,11 +237,7 @@ def test_invert_mistakes(tiny_run, workdir, tmp_path, capsys):
 
 
 def test_invert_method_gibbs_runs_chains_and_keeps_observed_entries(tiny_run, workdir, tmp_path, capsys):
-    with np.load(workdir / "tiny.npz") as archive:
-        x, y = archive["x"][:3], archive["y"][:3]
-    partial = x.astype(float)
-    partial[:, 10:] = np.nan
-    np.savez(tmp_path / "partial.npz", x=partial, y=y)
+    x, _ = _partial_tiny(workdir, tmp_path, 3, 10)
     assert dgm("invert", tiny_run, "--data", tmp_path / "partial.npz", "--method", "gibbs", "--num-samples", 6,
                "-q", "-o", tmp_path / "post.npz") == 0
     with np.load(tmp_path / "post.npz") as post:
