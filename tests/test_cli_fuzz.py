@@ -407,6 +407,8 @@ class Case:
             options.append(["--num-samples", _number(rng, 1, 3)])
             if rng.random() < 0.2:
                 options.append(["--keep-samples"])
+            if rng.random() < 0.15:
+                options.append(["--method", rng.choice(["resample", "gibbs", "gibbs", "mcmc", ""])])
             options.append(["-q"])
         else:
             argv.append(self.run_folder())

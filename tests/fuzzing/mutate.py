@@ -9,7 +9,8 @@ distribution names and odd unicode inserted). Two stages:
   process. A case that uses more than `CHECK_CPU_S` seconds of CPU is itself a failure; one
   that runs away is stopped by `RLIMIT_CPU` and the worker is restarted.
 * run: a seeded sample of the accepted mutants goes through `fit(steps=2)`, `sample`,
-  `log_prob` and `invert` on 4 simulated rows with 8 samples (budget `RUN_CPU_S`).
+  `log_prob` and `invert` (also with half the entries hidden, by resampling and by Gibbs
+  chains) on 4 simulated rows with 8 samples (budget `RUN_CPU_S`).
 
 Any exception other than a `DGMError` is an escape, reported with the mutant's text and its
 traceback. Run it by hand for figures::
@@ -268,8 +269,11 @@ def compile_all(text: str) -> list:
 
 
 def run_model(m, progress: Callable[[str], None] = lambda step: None) -> list[str]:
-    """fit(steps=2), sample, log_prob and invert on 4 rows simulated from the model;
+    """fit(steps=2), sample, log_prob and invert (complete, and with half the entries hidden:
+    resampling and Gibbs chains) on 4 rows simulated from the model;
     `progress` is told each step's name before it starts. The steps that raised a DGMError."""
+    import torch
+
     from dgmlang.errors import DGMError
     from dgmlang.testing import simulate
 
@@ -282,7 +286,13 @@ def run_model(m, progress: Callable[[str], None] = lambda step: None) -> list[st
                                           for k, v in inputs.items()} if inputs else None, seed=0)),
         ("log_prob", lambda: m.log_prob(sim.data, num_samples=SAMPLES, seed=0)),
         ("invert", lambda: m.invert(sim.data, num_samples=SAMPLES, seed=0)),
+        ("invert with gaps", lambda: m.invert(sim.data, mask=gaps, num_samples=SAMPLES, seed=0)),
+        ("invert with gaps, gibbs", lambda: m.invert(sim.data, mask=gaps, num_samples=SAMPLES, seed=0,
+                                                     method="gibbs")),
     ]
+    hide = torch.Generator().manual_seed(1)  # every other entry of every data variable, at random
+    gaps = {k: torch.rand(tuple(v.shape), generator=hide) < 0.5 for k, v in sim.data.items()
+            if k in m.ir.names("data")}
     refused = []
     for name, step in steps:  # each on its own: a DGMError from one (a refusal) skips no other
         progress(name)
