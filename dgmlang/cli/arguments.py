@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("elbo", "iwae"), help="the training bound (default: elbo)")
     p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES),
                    help="samples per row (iwae: importance samples) (default: 1)")
+    p.add_argument("--mask", metavar="MASK",
+                   help="which entries of --data are observed: same formats, booleans or 0/1 (1 = observed, "
+                        "0 = missing; NaN in --data is missing too); with --resume: the run's unless given")
     p.add_argument("--validation", metavar="DATA",
                    help="held-out data scored after every epoch (with --resume: the run's unless given)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), help="random seed (default: 0)")
@@ -324,9 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                "  dgm score runs/vae --data new.npz -o scores.csv --threshold 5%\n"
                "  dgm score runs/vae --data new.npz -o scores.csv --threshold -120")
     p.add_argument("run", type=Path, metavar="RUN", help="a run folder from dgm fit (or its model.dgmfit)")
-    p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
+    p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP + "; NaN marks a missing entry")
+    p.add_argument("--mask", metavar="MASK",
+                   help="same formats, booleans or 0/1: 1 = observed, 0 = missing; a row's score is then the "
+                        "log-likelihood of its observed entries")
     p.add_argument("-o", "--output", type=_output(SCORE_FORMATS), action="append", required=True, metavar="OUT",
-                   help="output file: .csv (columns row, log_prob, outlier) or .npz (repeatable)")
+                   help="output file: .csv (columns row, log_prob, outlier, complete) or .npz (repeatable)")
     p.add_argument("--threshold", metavar="T", type=_threshold,
                    help="flag rows with log-likelihood below T: a number, or P%% for that quantile of "
                         "the reference scores")
