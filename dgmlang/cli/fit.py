@@ -454,7 +454,8 @@ def _fit_and_write(model, data: dict, masks: dict | None, validation, out: Path,
     say(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
     left_out = info.get("score", {}).get("incomplete_rows")
     if left_out:
-        say(f"note: {left_out} rows with missing entries were left out of the reference scores (their "
+        say(f"note: {left_out} row{'s' if left_out > 1 else ''} with missing entries "
+            f"{'were' if left_out > 1 else 'was'} left out of the reference scores (their "
             "log-likelihood covers fewer entries, not comparable with a complete row's)", file=sys.stderr)
     if "score" in info and info["score"].get("threshold") is not None:
         s = info["score"]
