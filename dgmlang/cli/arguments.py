@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or one killed outright) from its last checkpoint, ending exactly where the uninterrupted "
                     "run would with the same --threads.",
         epilog="examples:\n  dgm fit examples/digits_cvae.dgm --data digits --epochs 100 --out runs/cvae\n"
+               "  dgm fit examples/digits_vae.dgm --data digits --mask mask.npz --out runs/vae-half\n"
                "  dgm fit --resume runs/cvae")
     p.add_argument("file", type=Path, metavar="FILE", nargs="?",
                    help="the .dgm model file (with --resume: optional, checked against the run's model text)")
@@ -325,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "log-likelihoods, computed by dgm fit.",
         epilog="examples:\n  dgm score runs/vae --data digits:test -o scores.csv\n"
                "  dgm score runs/vae --data new.npz -o scores.csv --threshold 5%\n"
-               "  dgm score runs/vae --data new.npz -o scores.csv --threshold -120")
+               "  dgm score runs/vae --data new.npz -o scores.csv --threshold -120\n"
+               "  dgm score runs/vae --data partial.npz --mask mask.npz -o scores.csv")
     p.add_argument("run", type=Path, metavar="RUN", help="a run folder from dgm fit (or its model.dgmfit)")
     p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP + "; NaN marks a missing entry")
     p.add_argument("--mask", metavar="MASK",
