@@ -29,8 +29,8 @@ raised before any training starts:
   the log-density there is -inf or +inf unless a concentration is exactly 1);
 * NaN and infinite values, and values whose magnitude overflows the dtype the model computes
   in (float32 unless the model was moved to another: ``1e300`` is refused, not turned into
-  ``inf``); in an integer array, values an int64 cannot hold. In `invert`
-  (``allow_missing=True``) NaN marks a missing entry of a `data` variable (as does False in
+  ``inf``); in an integer array, values an int64 cannot hold. In `fit`, `log_prob` and
+  `invert` (``allow_missing=True``) NaN marks a missing entry of a `data` variable (as does False in
   `mask`); infinities are never valid.
 
 >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
@@ -328,8 +328,9 @@ def _value_checks(ir: ModelIR, var: Variable, tensor: torch.Tensor, *, allow_mis
     else:
         missing = torch.zeros(tensor.shape, dtype=torch.bool)
         if is_float and torch.isnan(tensor).any():
-            hint = ("NaN marks a missing entry only in invert" if var.role == "data"
-                    else "an input is never missing; give every value")
+            hint = ("NaN marks a missing entry only where missing entries are allowed: the data given to "
+                    "fit, log_prob and invert (dgm fit, score and invert), never a model's inputs"
+                    if var.role == "data" else "an input is never missing; give every value")
             raise DGMDataError(f"{what}: {locate(var, _first(torch.isnan(tensor)))} is NaN", hint=hint)
     yield
     if is_float and torch.isinf(tensor).any():
@@ -818,7 +819,8 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
     masks: dict[str, _Column] = {}
     if mask is not None:
         if not allow_missing:
-            raise DGMDataError(f"{purpose} takes no mask", hint="only invert handles missing entries")
+            raise DGMDataError(f"{purpose} takes no mask",
+                               hint="fit, log_prob and invert take a mask (allow_missing=True here)")
         if not isinstance(mask, Mapping):
             raise DGMDataError("mask must be a dict of boolean arrays keyed by data variable")
         _check_names(mask, data_names, "mask", kind="data variable")

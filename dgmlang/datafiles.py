@@ -12,7 +12,8 @@ arrays keyed by variable name, each shaped ``(n, *shape)``, ready for `fit`, `in
   column ``y``; a vector ``x[3]`` the columns ``x[0]``, ``x[1]``, ``x[2]``; an array
   ``img[2, 2]`` the columns ``img[0][0]``, ``img[0][1]``, ``img[1][0]``, ``img[1][1]``
   (row-major; ``img[0, 1]`` in a quoted header is read the same). An empty cell,
-  ``nan`` or ``NA`` is a missing value (allowed only where `invert` fills it in);
+  ``nan`` or ``NA`` is a missing value (allowed in the `data` variables given to `dgm fit`,
+  `dgm score` and `dgm invert`, with ``allow_missing``);
 * ``digits`` or ``digits:train`` / ``digits:test`` — `dgmlang.datasets.digits()`, with the
   images as ``x`` (n, 64) and the labels as ``y``.
 
@@ -35,7 +36,7 @@ hold booleans or 0/1, True where a value is observed. Anything that does not fit
 Traceback (most recent call last):
 ...
 dgmlang.errors.DGMDataError: ...d.csv: row 1 (line 3), column 'x[1]' is empty (a missing value)
-    hint: missing values are allowed only in the data given to invert
+    hint: missing values are allowed only in data variables, in the data given to dgm fit, score and invert
 """
 from __future__ import annotations
 
@@ -57,6 +58,8 @@ from dgmlang.ir import ModelIR, Variable
 BUILTIN_DATASETS = {"digits": ("train", "test")}
 FORMATS = (".npz", ".npy", ".csv")
 MISSING_CELLS = frozenset({"", "nan", "NaN", "NAN", "NA", "N/A", "na"})
+#: The hint for a missing value where none is allowed (`read_data`'s `missing_hint` default).
+MISSING_HINT = "missing values are allowed only in data variables, in the data given to dgm fit, score and invert"
 
 
 @dataclass(frozen=True)
@@ -269,18 +272,20 @@ def _is_number(text: str) -> bool:
 
 
 def read_data(spec: str | Path, ir: ModelIR, *, names: Iterable[str] | None = None,
-              optional: Iterable[str] = (), allow_missing: bool = False) -> dict[str, np.ndarray]:
+              optional: Iterable[str] = (), allow_missing: bool = False,
+              missing_hint: str = MISSING_HINT) -> dict[str, np.ndarray]:
     """The arrays `spec` holds for the model's variables `names` (default: every `data` and
     `input` variable), each ``(n, *shape)``; variables in `optional` may be absent. NaN
-    (an empty CSV cell) is refused unless `allow_missing`, and then only in `data` variables.
+    (an empty CSV cell) is refused unless `allow_missing`, and then only in `data` variables;
+    `missing_hint` is the refusal's hint for a `data` variable (an input is never missing).
     """
     table = read_table(spec)
     wanted = list(names) if names is not None else ir.names("data", "input")
-    return _match(table, ir, wanted, set(optional), allow_missing=allow_missing)
+    return _match(table, ir, wanted, set(optional), allow_missing=allow_missing, missing_hint=missing_hint)
 
 
 def _match(table: Table, ir: ModelIR, wanted: list[str], optional: set[str], *,
-           allow_missing: bool) -> dict[str, np.ndarray]:
+           allow_missing: bool, missing_hint: str = MISSING_HINT) -> dict[str, np.ndarray]:
     if not table.columns and "" in table.arrays:  # a bare .npy array
         required = [n for n in wanted if n not in optional]
         target = required if len(required) == 1 else (wanted if len(wanted) == 1 else None)
@@ -299,7 +304,8 @@ def _match(table: Table, ir: ModelIR, wanted: list[str], optional: set[str], *,
         array = _gather(table, arrays, var, required=name not in optional)
         if array is None:
             continue
-        found[name] = _checked(table.source, var, array, allow_missing=allow_missing, csv_lines=table.columns)
+        found[name] = _checked(table.source, var, array, allow_missing=allow_missing, csv_lines=table.columns,
+                               missing_hint=missing_hint)
     rows = {name: a.shape[0] for name, a in found.items()}
     if len(set(rows.values())) > 1:
         raise DGMDataError(f"{table.source}: the variables have different numbers of rows: "
@@ -341,7 +347,7 @@ def _gather(table: Table, arrays: dict[str, np.ndarray], var: Variable, *, requi
 
 
 def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bool,
-             csv_lines: bool = False) -> np.ndarray:
+             csv_lines: bool = False, missing_hint: str = MISSING_HINT) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise DGMDataError(f"{source}: '{var.name}' holds values of dtype {array.dtype}, not numbers")
     expected = "(n" + "".join(f", {d}" for d in var.shape) + ")"
@@ -364,8 +370,7 @@ def _checked(source: str, var: Variable, array: np.ndarray, *, allow_missing: bo
         bad = _first_bad_entries(array, var, allow_missing=allow_missing)
         if "nan" in bad and not (allow_missing and var.role == "data"):
             where = _position(bad["nan"], var, csv_lines=csv_lines)
-            hint = ("an input is never missing; give every value" if var.role == "input" and allow_missing
-                    else "missing values are allowed only in the data given to invert")
+            hint = "an input is never missing; give every value" if var.role == "input" else missing_hint
             raise DGMDataError(f"{source}: {where} is empty (a missing value)", hint=hint)
         if "inf" in bad:
             where = _position(bad["inf"], var, csv_lines=csv_lines)
@@ -448,10 +453,14 @@ def _columns_text(columns: list[str]) -> str:
 
 def read_mask(spec: str | Path, ir: ModelIR, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """Boolean masks (True = observed) for the data variables in `shapes` (name -> the data's
-    array shape), from a file in any data format holding booleans or 0/1."""
+    array shape), from a file in any data format holding booleans or 0/1. An array or column
+    named after no data variable of the model is refused (a mask for a misspelled variable
+    would otherwise be dropped silently), as is an empty cell (a mask has every entry)."""
     table = read_table(spec)
     names = list(shapes)
-    masks = _match(table, ir, names, optional=set(names), allow_missing=False)
+    _check_mask_names(table, ir)
+    masks = _match(table, ir, names, optional=set(names), allow_missing=False,
+                   missing_hint="a mask has a value for every entry: 1 where observed, 0 where missing")
     if not masks:
         raise DGMDataError(f"{table.source} holds no mask for {', '.join(map(repr, names))}",
                            hint="name the mask's arrays or columns like the data variables")
@@ -470,6 +479,66 @@ def read_mask(spec: str | Path, ir: ModelIR, shapes: Mapping[str, tuple[int, ...
                                f"has {tuple(shapes[name])}", hint="one mask row per data row")
         out[name] = mask
     return out
+
+
+def _check_mask_names(table: Table, ir: ModelIR) -> None:
+    """Every array (column) of a mask file names a data variable of the model."""
+    data_names = ir.names("data")
+    if not table.columns and "" in table.arrays:  # a bare .npy array: the one data variable's
+        return
+    for key in table.arrays:
+        name = _COLUMN.match(key).group(1) if table.columns and _COLUMN.match(key) else key
+        if name in data_names:
+            continue
+        if name in ir.names("input"):
+            raise DGMDataError(f"{table.source}: the mask holds '{key}', but '{name}' is an input, "
+                               "and inputs are never missing", hint="leave it out of the mask")
+        raise DGMDataError(
+            f"{table.source}: the mask holds '{key}', but the model has no data variable '{name}' "
+            f"(its data variables: {', '.join(data_names)})",
+            hint=did_you_mean(name, data_names) or "name the mask's arrays or columns like the data variables")
+
+
+def read_observed(spec: str | Path, mask_spec: str | Path | None, ir: ModelIR, *, purpose: str,
+                  facts=None, dtype=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The data of `dgm fit` and `dgm score`: the arrays of `spec` (NaN marks a missing entry
+    of a data variable) and the masks of `mask_spec` (True = observed), checked against the
+    model (`validate`) including that `purpose` (fit, validation, log_prob) can marginalize
+    the missing entries exactly (`dgmlang.data.check_marginalizable`). Returns (values, masks):
+    masks for the variables with a missing entry only (NaN in class labels becomes a mask
+    entry, `split_missing`), so complete data gives ``masks == {}``."""
+    values, masks = split_missing(ir, read_data(spec, ir, allow_missing=True))
+    if mask_spec is not None:
+        given = read_mask(mask_spec, ir, {k: values[k].shape for k in ir.names("data") if k in values})
+        for name, mask in given.items():
+            masks[name] = mask & masks[name] if name in masks else mask
+    masks = {name: mask for name, mask in masks.items() if not mask.all()}
+    where = str(spec) if mask_spec is None else f"{spec} (with the mask {mask_spec})"
+    validate(ir, values, str(spec), purpose=purpose, allow_missing=True, mask=masks or None, facts=facts,
+             dtype=dtype, marginalize=True, source_shown=where)
+    return values, masks
+
+
+def observed_rows(values: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], ir: ModelIR) -> np.ndarray:
+    """Per row, whether every entry of every data variable is observed (no NaN, no False in
+    `masks`)."""
+    n = len(next(iter(values.values())))
+    complete = np.ones(n, dtype=bool)
+    for name in ir.names("data"):
+        array = values.get(name)
+        if array is None:
+            complete[:] = False
+            continue
+        if name in masks:
+            complete &= masks[name].reshape(n, -1).all(axis=1)
+        if array.dtype.kind == "f":
+            from dgmlang.data import chunk_rows
+
+            step = chunk_rows(tuple(array.shape[1:]))
+            for start in range(0, n, step):
+                piece = np.asarray(array[start:start + step]).reshape(-1, max(1, int(np.prod(array.shape[1:]))))
+                complete[start:start + step] &= ~np.isnan(piece).any(axis=1)
+    return complete
 
 
 def integer_data_names(ir: ModelIR) -> list[str]:
@@ -495,21 +564,33 @@ def split_missing(ir: ModelIR, arrays: Mapping[str, np.ndarray]) -> tuple[dict, 
 
 def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purpose: str,
              allow_missing: bool = False, mask: Mapping[str, np.ndarray] | None = None,
-             facts=None, dtype=None) -> None:
+             facts=None, dtype=None, marginalize: bool = False, source_shown: str | None = None) -> None:
     """Run the model's own data checks now (support, dtypes, ranges, every use of an integer
     value, ...: `dgmlang.data.prepare_data`), with `source` leading the message (for a .csv
     file, positions are its lines and column names), so a bad file
     fails before training starts rather than deep inside it. `facts` (the model's
     `ModelFacts`) saves building them again; `dtype` is the float dtype the model computes in
-    (``model.model.dtype``), float32 by default."""
-    from dgmlang.data import prepare_data
+    (``model.model.dtype``), float32 by default. `marginalize` also refuses missing entries
+    that `purpose` cannot marginalize (`dgmlang.data.check_marginalizable`), with the hint
+    for the command line; `source_shown` replaces `source` at the head of messages."""
+    from dgmlang.data import check_marginalizable, prepare_data
+    from dgmlang.facts import ModelFacts
 
+    shown = source if source_shown is None else source_shown
     try:
-        prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
-                     mask=dict(mask) if mask else None, facts=facts, dtype=dtype,
-                     locate=_file_positions(source))
+        facts = facts if facts is not None else ModelFacts(ir)
+        dataset = prepare_data(ir, dict(arrays), purpose=purpose, allow_missing=allow_missing,
+                               mask=dict(mask) if mask else None, facts=facts, dtype=dtype,
+                               locate=_file_positions(source))
     except DGMDataError as err:
-        raise DGMDataError(f"{source}: {err.message}", err.span, hint=err.hint) from None
+        raise DGMDataError(f"{shown}: {err.message}", err.span, hint=err.hint) from None
+    if marginalize:
+        try:
+            check_marginalizable(ir, dataset, purpose=purpose, facts=facts)
+        except DGMDataError as err:
+            raise DGMDataError(f"{shown}: {err.message}", err.span,
+                               hint="dgm invert fills in every missing pattern; for fit and score, fill or "
+                                    "drop the rows with missing entries of this variable") from None
 
 
 def validate_inputs(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, n: int, *,

@@ -257,8 +257,9 @@ def test_score_flags_rows_below_the_default_threshold(tiny_run, workdir, tmp_pat
     assert dgm("score", tiny_run, "--data", tmp_path / "mixed.npz", "-o", tmp_path / "scores.csv", "-q") == 0
     table = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
     threshold = json.loads((tiny_run / "run.json").read_text())["score"]["threshold"]
-    assert table.shape == (8, 3)
+    assert table.shape == (8, 4)  # row, log_prob, outlier, complete
     np.testing.assert_array_equal(table[:, 2], table[:, 1] < threshold)
+    assert table[:, 3].all()
     assert table[6:, 1].max() < table[:6, 1].min()  # all-bright images are less likely than data
     assert "the 1% quantile of the log-likelihoods of the training data, stored by dgm fit" in capsys.readouterr().out
 

@@ -347,13 +347,17 @@ class Case:
                 argv.append(self.model_file())
             if rng.random() < 0.3:
                 options.append(["--data", self.data_file(rng.choice(["tiny.npz", "tiny.csv", "plain.npz"]))])
+            if rng.random() < 0.1:
+                options.append(["--mask", self.data_file("mask.npz")])
             if rng.random() < 0.2:
                 options.append([rng.choice(["--batch-size", "--steps", "--seed", "--threads"]), _number(rng, 1, 2)])
             options.append(["-q"])
         elif command == "fit":
             argv.append(self.model_file())
             if rng.random() < 0.95:
-                options.append(["--data", self.data_file(rng.choice(["tiny.npz", "tiny.csv", "plain.npz"]))])
+                options.append(["--data", self.data_file(rng.choice(["tiny.npz", "tiny.csv", "plain.npz", "partial.npz"]))])
+            if rng.random() < 0.2:  # missing entries (issue 13)
+                options.append(["--mask", self.data_file("mask.npz")])
             options.append([rng.choice(["--steps", "--steps", "--epochs"]), _number(rng, 1, 2)])
             if rng.random() < 0.1:
                 options.append(["--epochs" if options[-1][0] == "--steps" else "--steps", "1"])
@@ -413,7 +417,9 @@ class Case:
         else:
             argv.append(self.run_folder())
             if rng.random() < 0.95:
-                options.append(["--data", self.data_file()])
+                options.append(["--data", self.data_file(rng.choice(["tiny.npz", "tiny.npz", "partial.npz"]))])
+            if rng.random() < 0.2:  # missing entries (issue 13)
+                options.append(["--mask", self.data_file("mask.npz")])
             for _ in range(rng.choice([1, 1, 2])):
                 options.append(["-o", self.output((".csv", ".npz"))])
             if rng.random() < 0.3:

@@ -186,7 +186,7 @@ def test_declared_input_types_are_checked():
 
 def test_nan_and_inf_are_refused_outside_invert():
     text = error("counts", [[1.0, float("nan"), 3.0]])
-    assert "row 0, column 1 is NaN" in text and "only in invert" in text
+    assert "row 0, column 1 is NaN" in text and "fit, log_prob and invert" in text
     text = error("counts", [[1.0, 2.0, float("inf")]], allow_missing=True)
     assert "row 0, column 2 is infinite" in text
 

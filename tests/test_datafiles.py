@@ -223,8 +223,11 @@ def test_bad_masks(tmp_path):
     with pytest.raises(DGMDataError, match="the mask for 'x' has shape \\(3, 4\\) but the data has \\(1, 4\\)"):
         read_mask(tmp_path / "n.npy", CVAE, {"x": (1, 4)})
     np.savez(tmp_path / "o.npz", other=np.ones((1, 4), dtype=bool))
-    with pytest.raises(DGMDataError, match="holds no mask for 'x'"):
+    with pytest.raises(DGMDataError, match="the mask holds 'other', but the model has no data variable 'other'"):
         read_mask(tmp_path / "o.npz", CVAE, {"x": (1, 4)})
+    np.savez(tmp_path / "y.npz", x=np.ones((1, 4), dtype=bool), y=np.ones(1, dtype=bool))
+    with pytest.raises(DGMDataError, match="'y' is an input, and inputs are never missing"):
+        read_mask(tmp_path / "y.npz", CVAE, {"x": (1, 4)})
 
 
 def test_missing_class_labels_become_a_mask(tmp_path):

@@ -197,3 +197,59 @@ def test_progress_bars_stay_silent_on_fast_calls(capfd):
         m.invert(x, mask={"x": torch.tensor([[True, False, True]] * 4)}, num_samples=3, seed=0,
                  progress=progress)
     assert capfd.readouterr().err == ""
+
+
+GLOBAL_FULL = """
+model full {
+    const A = [1.0, 2.0, -1.0]
+    param  shift[3]
+    global w
+    data   x[3]
+    w ~ Normal(0, 1)
+    x ~ Normal(w * A + shift, 0.8)
+}"""
+#: The same model on the observed entries only: one row per entry, its column as an input.
+GLOBAL_FLAT = """
+model flat {
+    const A = [1.0, 2.0, -1.0]
+    param  shift[3]
+    global w
+    input  j : int
+    data   v
+    w ~ Normal(0, 1)
+    v ~ Normal(w * A[j] + shift[j], 0.8)
+}"""
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_the_masked_loss_is_the_loss_of_the_model_of_the_observed_entries_alone(num_particles):
+    """In float64, the masked training loss (and its gradients) equals that of the sub-model
+    holding only the observed entries: dropping the missing entries' terms is marginalizing
+    them, with nothing else changed (the same parameters, the same draw of the global)."""
+    full = dgmlang.compile(GLOBAL_FULL).to("cpu", torch.float64)
+    flat = dgmlang.compile(GLOBAL_FLAT).to("cpu", torch.float64)
+    g = torch.Generator().manual_seed(0)
+    pairs = list(zip([*full.model.parameters(), *full.guide.parameters()],
+                     [*flat.model.parameters(), *flat.guide.parameters()]))
+    assert len(pairs) == 3  # shift; the global's loc and scale
+    with torch.no_grad():
+        for a, b in pairs:
+            a.copy_(torch.randn(a.shape, generator=g, dtype=a.dtype))
+            b.copy_(a)
+    n = 40
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    observed = torch.rand(n, 3, generator=g) > 0.4
+    rows, cols = observed.nonzero(as_tuple=True)
+    torch.manual_seed(1)
+    masked = full.objective("elbo", num_particles)({"x": torch.where(observed, x, 0.0)}, n, {"x": observed})
+    torch.manual_seed(1)
+    alone = flat.objective("elbo", num_particles)({"j": cols, "v": x[rows, cols]}, len(rows))
+    assert masked.dtype == torch.float64
+    assert torch.allclose(masked, alone, rtol=1e-14, atol=0), (masked, alone)
+    masked.backward()
+    alone.backward()
+    for a, b in pairs:
+        assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-12), (a.grad, b.grad)
+    # and the complete data's loss is another number: the mask is what made them agree
+    torch.manual_seed(1)
+    assert not torch.allclose(full.objective("elbo", num_particles)({"x": x}, n), alone)

@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(or one killed outright) from its last checkpoint, ending exactly where the uninterrupted "
                     "run would with the same --threads.",
         epilog="examples:\n  dgm fit examples/digits_cvae.dgm --data digits --epochs 100 --out runs/cvae\n"
+               "  dgm fit examples/digits_vae.dgm --data digits --mask mask.npz --out runs/vae-half\n"
                "  dgm fit --resume runs/cvae")
     p.add_argument("file", type=Path, metavar="FILE", nargs="?",
                    help="the .dgm model file (with --resume: optional, checked against the run's model text)")
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("elbo", "iwae"), help="the training bound (default: elbo)")
     p.add_argument("--num-particles", type=_whole(1, MAX_NUM_PARTICLES),
                    help="samples per row (iwae: importance samples) (default: 1)")
+    p.add_argument("--mask", metavar="MASK",
+                   help="which entries of --data are observed: same formats, booleans or 0/1 (1 = observed, "
+                        "0 = missing; NaN in --data is missing too); with --resume: the run's unless given")
     p.add_argument("--validation", metavar="DATA",
                    help="held-out data scored after every epoch (with --resume: the run's unless given)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), help="random seed (default: 0)")
@@ -325,11 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "log-likelihoods, computed by dgm fit.",
         epilog="examples:\n  dgm score runs/vae --data digits:test -o scores.csv\n"
                "  dgm score runs/vae --data new.npz -o scores.csv --threshold 5%\n"
-               "  dgm score runs/vae --data new.npz -o scores.csv --threshold -120")
+               "  dgm score runs/vae --data new.npz -o scores.csv --threshold -120\n"
+               "  dgm score runs/vae --data partial.npz --mask mask.npz -o scores.csv")
     p.add_argument("run", type=Path, metavar="RUN", help="a run folder from dgm fit (or its model.dgmfit)")
-    p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP)
+    p.add_argument("--data", required=True, metavar="DATA", help=DATA_HELP + "; NaN marks a missing entry")
+    p.add_argument("--mask", metavar="MASK",
+                   help="same formats, booleans or 0/1: 1 = observed, 0 = missing; a row's score is then the "
+                        "log-likelihood of its observed entries")
     p.add_argument("-o", "--output", type=_output(SCORE_FORMATS), action="append", required=True, metavar="OUT",
-                   help="output file: .csv (columns row, log_prob, outlier) or .npz (repeatable)")
+                   help="output file: .csv (columns row, log_prob, outlier, complete) or .npz (repeatable)")
     p.add_argument("--threshold", metavar="T", type=_threshold,
                    help="flag rows with log-likelihood below T: a number, or P%% for that quantile of "
                         "the reference scores")

@@ -25,7 +25,7 @@ from pathlib import Path
 from dgmlang.cli.runs import (CHECKPOINT, REFERENCE_SCORES, RUN_INFO, THRESHOLD_QUANTILE, clear_run,
                               prepare_run_folder, write_history, write_info, write_reference_scores)
 from dgmlang.cli.shared import check_budget, draw_samples, placement, row_values, say, to_numpy
-from dgmlang.errors import DGMError, DGMTrainingError, DGMUsageError
+from dgmlang.errors import DGMDataError, DGMError, DGMTrainingError, DGMUsageError
 
 #: `dgm fit`'s settings when not given (the Python defaults, and seed 0).
 FIT_DEFAULTS = {"batch_size": 128, "lr": 1e-3, "objective": "elbo", "num_particles": 1, "seed": 0}
@@ -111,7 +111,6 @@ def _settings(args) -> dict:
 def _check_inputs(args) -> None:
     """What `_fit_run` checks before training (the run folder, the model, the data; with
     --resume, the run), before a multi-process fit starts its processes."""
-    from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, read_source, select
 
     placement(args)  # a device this torch cannot use is refused before anything is read
@@ -127,33 +126,70 @@ def _check_inputs(args) -> None:
         prepare_run_folder(Path("runs") / checked.ir.name, overwrite=args.overwrite)
     check_budget(f"--batch-size {settings['batch_size']} x --num-particles {settings['num_particles']}",
                  settings["batch_size"] * settings["num_particles"] * row_values(checked.ir))
-    validate(checked.ir, read_data(args.data, checked.ir), str(args.data), purpose="fit", facts=checked.facts)
+    _read_training_data(args.data, args.mask, checked.ir, checked.facts)
     if args.validation:
-        validate(checked.ir, read_data(args.validation, checked.ir), str(args.validation),
-                 purpose="validation", facts=checked.facts)
+        _read_validation_data(args.validation, checked.ir, checked.facts)
+
+
+def _read_training_data(spec, mask_spec, ir, facts) -> tuple[dict, dict | None]:
+    """The training data and their masks (None when every entry is observed), checked: NaN
+    or a False mask entry marks a missing entry, accepted where fit can marginalize it."""
+    from dgmlang.datafiles import read_observed
+
+    data, masks = read_observed(spec, mask_spec, ir, purpose="fit", facts=facts)
+    return data, masks or None
+
+
+def _read_validation_data(spec, ir, facts) -> dict:
+    """The --validation data, checked (NaN marks a missing entry, as in the training data)."""
+    from dgmlang.datafiles import read_observed
+
+    data, masks = read_observed(spec, None, ir, purpose="validation", facts=facts)
+    if masks:  # missing class labels (NaN in a Categorical variable): fit's validation takes no mask
+        raise DGMDataError(f"{spec}: the validation data have missing class labels ("
+                           f"{', '.join(map(repr, masks))})",
+                           hint="give complete validation rows for class-label variables")
+    return data
+
+
+def mask_digest(masks: dict | None) -> str | None:
+    """A SHA-256 of the masks (name, shape and the bits), so --resume can tell a different
+    mask from the run's."""
+    import hashlib
+
+    import numpy as np
+
+    if not masks:
+        return None
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        mask = np.asarray(masks[name], dtype=bool)
+        digest.update(f"{name}{mask.shape}".encode())
+        digest.update(np.packbits(mask.ravel()).tobytes())
+    return digest.hexdigest()
 
 
 def _fit_without_files(args) -> int:
     """A process of a multi-process fit other than rank 0: train its share (or continue the
     run with --resume), write nothing; a signal stops all processes after the same step."""
-    from dgmlang.datafiles import read_data
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
     if args.resume is not None:
-        model, data, validation, _, info = _prepare_resume(args, tidy=False)
+        model, data, masks, validation, _, info = _prepare_resume(args, tidy=False)
         options = {"resume": True}
     else:
         source = read_source(args.file)
         checked = select(check_source(source, str(args.file)), args.model, str(args.file))
-        data = read_data(args.data, checked.ir)
-        validation = read_data(args.validation, checked.ir) if args.validation else None
+        data, masks = _read_training_data(args.data, args.mask, checked.ir, checked.facts)
+        validation = _read_validation_data(args.validation, checked.ir, checked.facts) if args.validation else None
         device, dtype = placement(args)
         model = compile_checked(checked, source=source, filename=str(args.file), device=device,
                                 dtype=dtype)
         info = {"threads": args.threads}
         options = {"epochs": args.epochs, "steps": args.steps, **_settings(args)}
     with _thread_count(info.get("threads")), stop_on_signals() as signals:
-        model.fit(data, validation=validation, progress=False, should_stop=lambda: bool(signals), **options)
+        model.fit(data, mask=masks, validation=validation, progress=False, should_stop=lambda: bool(signals),
+                  **options)
     return EXIT_STATUS[signals[0]] if signals else 0
 
 
@@ -169,7 +205,6 @@ def _fit_run(args) -> int:
     """`dgm fit` in one process, or as rank 0 of several: fit (or resume) and write the run."""
     if args.resume is not None:
         return _resume(args)
-    from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import check_source, compile_checked, read_source, select
 
     settings = _settings(args)
@@ -184,12 +219,8 @@ def _fit_run(args) -> int:
         prepare_run_folder(out, overwrite=args.overwrite)
     check_budget(f"--batch-size {settings['batch_size']} x --num-particles {settings['num_particles']}",
                  settings["batch_size"] * settings["num_particles"] * row_values(ir))
-    data = read_data(args.data, ir)
-    validate(ir, data, str(args.data), purpose="fit", facts=checked.facts)
-    validation = None
-    if args.validation:
-        validation = read_data(args.validation, ir)
-        validate(ir, validation, str(args.validation), purpose="validation", facts=checked.facts)
+    data, masks = _read_training_data(args.data, args.mask, ir, checked.facts)
+    validation = _read_validation_data(args.validation, ir, checked.facts) if args.validation else None
     prepare_run_folder(out, overwrite=args.overwrite)  # again: the folder may have changed meanwhile
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -199,10 +230,11 @@ def _fit_run(args) -> int:
     model = compile_checked(checked, source=source, filename=str(args.file), device=device, dtype=dtype)
     clear_run(out)  # an earlier run's files (--overwrite) go before the first file of this one
     info = {"model_file": str(args.file), "model": ir.name, "data": str(args.data),
+            "mask": None if args.mask is None else str(args.mask), "mask_sha256": mask_digest(masks),
             "validation": args.validation, "rows": len(next(iter(data.values()))), "steps": 0,
             "epochs": args.epochs, **settings, "processes": _processes(), "threads": args.threads,
             "no_score": args.no_score, "status": "running"}
-    return _train(model, data, validation, out, info, args, resume=False,
+    return _train(model, data, masks, validation, out, info, args, resume=False,
                   length={"epochs": args.epochs, "steps": args.steps})
 
 
@@ -210,15 +242,14 @@ def _resume(args) -> int:
     """`dgm fit --resume RUN`: continue the run from its checkpoint, with its own settings,
     model text and data (run.json says where they are; a FILE, --data or --validation given
     must match)."""
-    model, data, validation, run, info = _prepare_resume(args, tidy=True)
-    return _train(model, data, validation, run, info, args, resume=True, length={})
+    model, data, masks, validation, run, info = _prepare_resume(args, tidy=True)
+    return _train(model, data, masks, validation, run, info, args, resume=True, length={})
 
 
 def _prepare_resume(args, *, tidy: bool) -> tuple:
     """What `--resume RUN` continues, checked: the model loaded from the run's checkpoint,
     the data, the validation data, the run folder and its run.json (updated). `tidy`
     deletes what a checkpoint write cut short left (the process that writes files only)."""
-    from dgmlang.datafiles import read_data, validate
     from dgmlang.frontend import load_fitted, read_source
 
     run = Path(args.resume)
@@ -254,23 +285,43 @@ def _prepare_resume(args, *, tidy: bool) -> tuple:
                 f"was fitted with (saved in {saved})",
                 hint="put the model file back as it was, or fit the new text with --overwrite")
     data_spec = args.data if args.data is not None else info["data"]
-    data = read_data(data_spec, model.ir)
-    validate(model.ir, data, str(data_spec), purpose="fit", facts=model.facts)
+    mask_spec = _resume_mask(args, run, info)
+    data, masks = _read_training_data(data_spec, mask_spec, model.ir, model.facts)
+    if mask_spec is not None and mask_digest(masks) != info.get("mask_sha256"):
+        raise DGMUsageError(
+            f"cannot resume {run}: the mask {mask_spec} differs from the one the run was fitted with "
+            f"({info['mask']}, recorded in {run / RUN_INFO})",
+            hint="resume with the run's mask (--mask), or fit anew with the new one (--overwrite or another --out)")
     validation = None
     if args.validation is not None:
         info["validation"] = args.validation
     if info.get("validation"):
-        validation = read_data(info["validation"], model.ir)
-        validate(model.ir, validation, str(info["validation"]), purpose="validation", facts=model.facts)
+        validation = _read_validation_data(info["validation"], model.ir, model.facts)
     info.setdefault("no_score", False)
     info.setdefault("validation", None)
     info["seed"] = state.settings["seed"] if state.settings["seed"] is not None else FIT_DEFAULTS["seed"]
     # run.json is rewritten when the resumed run stops or ends (not before: a refusal in fit,
     # other data say, leaves it as it was)
-    info.update(data=str(data_spec), status="running", resumed_at=state.steps_done,
+    info.update(data=str(data_spec), mask=None if mask_spec is None else str(mask_spec), status="running",
+                resumed_at=state.steps_done,
                 **{key: value for key, value in (("threads", args.threads), ("no_score", args.no_score or None))
                    if value is not None})
-    return model, data, validation, run, info
+    return model, data, masks, validation, run, info
+
+
+def _resume_mask(args, run: Path, info: dict) -> str | None:
+    """The mask file a resumed run reads: --mask when given (the run's moved), else run.json's;
+    a mask given to a run fitted without one is refused."""
+    recorded = info.get("mask")
+    if args.mask is None:
+        if recorded is not None and not Path(recorded).exists():
+            raise DGMUsageError(f"cannot resume {run}: it was fitted with the mask {recorded}, which is not "
+                                "there any more", hint="give the mask with --mask (the same mask, moved)")
+        return recorded
+    if recorded is None:
+        raise DGMUsageError(f"cannot resume {run} with --mask {args.mask}: the run was fitted without a mask",
+                            hint="leave out --mask, or fit anew with it (--overwrite or another --out)")
+    return str(args.mask)
 
 
 def _check_same_settings(args, run: Path, model, info: dict) -> None:
@@ -308,6 +359,8 @@ def _run_info(run: Path) -> dict:
     if not isinstance(info, dict) or not isinstance(info.get("model_file"), str) \
             or not isinstance(info.get("data"), str) \
             or not isinstance(info.get("validation"), (str, type(None))) \
+            or not isinstance(info.get("mask"), (str, type(None))) \
+            or not isinstance(info.get("mask_sha256"), (str, type(None))) \
             or not isinstance(info.get("no_score", False), bool) \
             or threads is not None and (type(threads) is not int or threads < 1) \
             or type(info.get("processes", 1)) is not int or info.get("processes", 1) < 1:
@@ -317,11 +370,12 @@ def _run_info(run: Path) -> dict:
     return info
 
 
-def _train(model, data: dict, validation, out: Path, info: dict, args, *, resume: bool, length: dict) -> int:
+def _train(model, data: dict, masks: dict | None, validation, out: Path, info: dict, args, *, resume: bool,
+           length: dict) -> int:
     """Fit (or continue) with checkpoints into `out`, then write the run's other files, with
     torch's thread count set to the run's while it runs (as it was afterwards)."""
     with _thread_count(info.get("threads")):
-        return _fit_and_write(model, data, validation, out, info, args, resume=resume, length=length)
+        return _fit_and_write(model, data, masks, validation, out, info, args, resume=resume, length=length)
 
 
 @contextmanager
@@ -338,8 +392,8 @@ def _thread_count(threads: int | None):
         torch.set_num_threads(before)
 
 
-def _fit_and_write(model, data: dict, validation, out: Path, info: dict, args, *, resume: bool,
-                   length: dict) -> int:
+def _fit_and_write(model, data: dict, masks: dict | None, validation, out: Path, info: dict, args, *,
+                   resume: bool, length: dict) -> int:
     n = info["rows"] = len(next(iter(data.values())))
     say(f"{'resuming' if resume else 'fitting'} {model.name} {'on' if resume else 'to'} {n} rows of {info['data']} -> {out}/",
         file=sys.stderr)
@@ -350,7 +404,7 @@ def _fit_and_write(model, data: dict, validation, out: Path, info: dict, args, *
     at_once = False
     try:
         with stop_on_signals() as signals:
-            model.fit(data, **length, validation=validation, progress=not args.quiet, resume=resume,
+            model.fit(data, mask=masks, **length, validation=validation, progress=not args.quiet, resume=resume,
                       checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every,
                       checkpoint_seconds=args.checkpoint_seconds, should_stop=lambda: bool(signals),
                       **({} if resume else {key: info[key] for key in FIT_DEFAULTS}))
@@ -395,9 +449,14 @@ def _fit_and_write(model, data: dict, validation, out: Path, info: dict, args, *
                                                seed=info["seed"], quiet=args.quiet)
     elif not info["no_score"]:
         info["score"] = write_reference_scores(model, data, out, "training data", seed=info["seed"],
-                                               quiet=args.quiet)
+                                               quiet=args.quiet, masks=masks)
     write_info(out, info)
     say(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
+    left_out = info.get("score", {}).get("incomplete_rows")
+    if left_out:
+        say(f"note: {left_out} row{'s' if left_out > 1 else ''} with missing entries "
+            f"{'were' if left_out > 1 else 'was'} left out of the reference scores (their "
+            "log-likelihood covers fewer entries, not comparable with a complete row's)", file=sys.stderr)
     if "score" in info and info["score"].get("threshold") is not None:
         s = info["score"]
         say(f"log-likelihood of the {s['reference']}: mean {s['mean']:.4g}; outlier threshold (its "

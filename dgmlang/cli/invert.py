@@ -34,7 +34,9 @@ def cmd_invert(args) -> int:
              facts=model.facts, dtype=model.model.dtype)
     truth = None
     if args.truth:
-        truth = read_data(args.truth, ir, names=data_names)
+        truth = read_data(args.truth, ir, names=data_names,
+                          missing_hint="--truth is the complete data, to compare the completions with: "
+                                       "give every value")
         n_truth, n_data = len(next(iter(truth.values()))), len(next(iter(values.values())))
         if n_truth != n_data:
             raise DGMUsageError(f"--truth {args.truth} has {n_truth} rows but --data has {n_data}")

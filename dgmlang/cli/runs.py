@@ -146,18 +146,27 @@ def write_history(model, out: Path, n: int, batch_size: int) -> None:
         loss_curve(losses, temporary, validation=validation or None, steps_per_epoch=steps_per_epoch)
 
 
-def write_reference_scores(model, data: dict, out: Path, reference: str, *, seed: int | None, quiet: bool) -> dict:
+def write_reference_scores(model, data: dict, out: Path, reference: str, *, seed: int | None, quiet: bool,
+                           masks: dict | None = None) -> dict:
     """Score (a subset of) the reference rows; their low quantile is the default threshold.
     Held-out rows are the better reference: a flexible model scores its training rows higher
-    than new data like them, so a training quantile flags more than its share of new data."""
+    than new data like them, so a training quantile flags more than its share of new data.
+    Rows with a missing entry (NaN, or False in `masks`) are left out: their score is the
+    likelihood of fewer entries, not comparable with a complete row's."""
     import numpy as np
 
-    from dgmlang.datafiles import write_csv
+    from dgmlang.datafiles import observed_rows, write_csv
 
     n = len(next(iter(data.values())))
-    rows = np.arange(n)
-    if n > MAX_SCORED_ROWS:
-        rows = np.sort(np.random.default_rng(0 if seed is None else seed).choice(n, MAX_SCORED_ROWS, replace=False))
+    complete = observed_rows(data, masks or {}, model.ir)
+    rows = np.flatnonzero(complete)
+    left_out = n - len(rows)
+    if not len(rows):
+        return {"threshold": None, "why_none": f"every row of the {reference} has a missing entry",
+                "incomplete_rows": int(left_out)}
+    if len(rows) > MAX_SCORED_ROWS:
+        rows = np.sort(np.random.default_rng(0 if seed is None else seed).choice(rows, MAX_SCORED_ROWS,
+                                                                                 replace=False))
     try:
         scores = score_rows(model, {k: v[rows] for k, v in data.items()}, num_samples=SCORE_SAMPLES, seed=seed,
                          quiet=quiet, desc=f"score {reference.split(' (')[0]}")
@@ -169,6 +178,7 @@ def write_reference_scores(model, data: dict, out: Path, reference: str, *, seed
     if not len(finite):
         return {"threshold": None, "why_none": "no reference row has a finite log-likelihood"}
     return {"reference": reference, "num_samples": SCORE_SAMPLES, "rows_scored": int(len(rows)),
+            **({"incomplete_rows": int(left_out)} if left_out else {}),
             "mean": float(finite.mean()),
             "threshold_quantile": THRESHOLD_QUANTILE,
             "threshold": float(np.quantile(finite, THRESHOLD_QUANTILE))}

@@ -202,9 +202,10 @@ def progress_bar(total: int, desc: str, quiet: bool):
 
 
 def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet: bool, desc: str,
-               source: str | None = None):
+               source: str | None = None, masks: dict | None = None):
     """log p(row) for every row, chunk by chunk under one progress bar; rows whose score
-    is not finite are named in the whole file (`source`), not in their chunk."""
+    is not finite are named in the whole file (`source`), not in their chunk. With missing
+    entries (NaN, or False in `masks`), the log-likelihood of a row's observed entries."""
     import numpy as np
 
     from dgmlang.nets import seeded
@@ -215,7 +216,9 @@ def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet
         for start in range(0, n, CHUNK_ROWS):
             chunk = {k: v[start:start + CHUNK_ROWS] for k, v in arrays.items()}
             try:
-                out.append(to_numpy(model.log_prob(chunk, num_samples=num_samples, progress=False)))
+                chunk_masks = {k: v[start:start + CHUNK_ROWS] for k, v in masks.items()} if masks else None
+                out.append(to_numpy(model.log_prob(chunk, mask=chunk_masks, num_samples=num_samples,
+                                                   progress=False)))
             except DGMDataError as err:
                 rows = getattr(err, "rows", None)
                 if rows is None:
