@@ -296,7 +296,7 @@ def resample_missing(model: Any, part: Dataset, globals_: dict[str, torch.Tensor
             fill = {name: first[name].mean(0).cpu() for name in part.observed}
         return resample(model, part, globals_, draws, fill=fill, unreliable=unreliable, on_rows=on_rows)
     device = model.model.device
-    particles = (MIXTURE_FILLS + 1) * PROPOSALS_PER_FILL
+    particles = (MIXTURE_FILLS + 1) * max(PROPOSALS_PER_FILL, -(-3 * draws // (MIXTURE_FILLS + 1)))
     points, _ = importance.chunk_plan(part.n, particles, importance.values_per_row(model))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
@@ -307,8 +307,10 @@ def resample_missing(model: Any, part: Dataset, globals_: dict[str, torch.Tensor
         point = torch.arange(rows, device=device)
         fills = prior_fills(model, batch, MIXTURE_FILLS)
         for round_ in range(IMPUTE_PASSES):
-            proposals, log_w = mixture_weights(model, batch, observed, fills, PROPOSALS_PER_FILL)
             last = round_ == IMPUTE_PASSES - 1
+            # the last round resamples `draws` from its proposals: at least 3 per draw
+            per_fill = max(PROPOSALS_PER_FILL, -(-3 * draws // (MIXTURE_FILLS + 1))) if last else PROPOSALS_PER_FILL
+            proposals, log_w = mixture_weights(model, batch, observed, fills, per_fill)
             usable = torch.isfinite(log_w).any(0) & ~(torch.isnan(log_w) | (log_w == math.inf)).any(0)
             if not bool(usable.all()):
                 err = DGMDataError("invert: some rows have no finite importance weight")
