@@ -288,12 +288,15 @@ def resample_missing(model: Any, part: Dataset, globals_: dict[str, torch.Tensor
     the model in the first round, from the previous round's posterior draws after — then
     the missing entries drawn from the model given the chosen latents. Models the mixture
     does not serve (globals, guide-enumerated latents) get rounds of plain `resample`, the
-    guide reading the previous round's posterior-mean imputation."""
+    guide reading the previous round's posterior-mean imputation (a posterior draw of
+    integer-valued variables)."""
     if not supports_mixture(model):
         fill = None
         for _ in range(IMPUTE_PASSES - 1):
             first = resample(model, part, globals_, draws, fill=fill)
-            fill = {name: first[name].mean(0).cpu() for name in part.observed}
+            # the posterior mean where it is a valid value; one posterior draw for counts/classes
+            fill = {name: (first[name].mean(0) if first[name].is_floating_point() else first[name][0]).cpu()
+                    for name in part.observed}
         return resample(model, part, globals_, draws, fill=fill, unreliable=unreliable, on_rows=on_rows)
     device = model.model.device
     particles = (MIXTURE_FILLS + 1) * max(PROPOSALS_PER_FILL, -(-3 * draws // (MIXTURE_FILLS + 1)))

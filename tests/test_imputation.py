@@ -132,3 +132,24 @@ model shared {
     # x_2 | x_0, x_1 centres on the posterior of z, not on the prior
     z_mean = post["z"].mean(0)
     assert float((post["x"][:, :, 2].mean(0) - z_mean).abs().max()) < 0.15
+
+
+def test_class_labels_with_gaps_beside_a_global_are_filled_with_a_draw():
+    # the fallback's first round fills the guide's input with a posterior draw where the
+    # posterior mean is no class (the mutation fuzzer found mean() of int64 labels)
+    m = dgmlang.compile("""
+model labelled {
+    global mu
+    latent z
+    data   x
+    data   c
+    mu ~ Normal(0, 3)
+    z ~ Normal(mu, 1)
+    x ~ Normal(z, 0.5)
+    c ~ Categorical(logits = [0.0, 1.0, -1.0])
+}""")
+    data = {"x": torch.randn(6), "c": torch.tensor([0, 1, 2, 1, 0, 1])}
+    mask = {"c": torch.tensor([True, False, True, False, True, False])}
+    post = m.invert(data, mask=mask, num_samples=20, seed=0, progress=False)
+    assert post["c"].dtype == torch.int64 and post["c"].shape == (20, 6)
+    assert torch.equal(post["c"][:, mask["c"]], data["c"][mask["c"]].expand(20, -1))
