@@ -464,7 +464,7 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
         drawn = draw_missing(model, batch, chosen, globals_, draws) if observed else {}
         for name in roles.data:
             chosen[name] = batch[name].expand(draws, *batch[name].shape)
-            if name in drawn:
+            if name in drawn and name in observed:  # a variable with no missing entry keeps its data
                 chosen[name] = torch.where(observed[name], chosen[name], drawn[name])
         for name, value in chosen.items():
             out.setdefault(name, []).append(value)
