@@ -47,13 +47,14 @@ def baseline(model, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor,
         return (clf(test_x).argmax(1) == test_y).float().mean().item()
 
 
-def run(per_class: int, draw: int, *, epochs: int, train: dict, test: dict, quick: bool) -> dict:
+def run(per_class: int, draw: int, *, epochs: int, train: dict, test: dict, quick: bool,
+        aux_weight: float = 46.0, lr: float = 1e-3) -> dict:
     """Fit the model with `per_class` labels per class (label draw `draw`); accuracies."""
     labelled = balanced_labels(train["y"], per_class, seed=draw)
     model = dgmlang.load(HERE / "semi_supervised.dgm")
     start = time.perf_counter()
     model.fit({"x": train["x"], "y": train["y"]}, mask={"y": labelled}, epochs=epochs,
-              seed=draw, progress=False)
+              seed=draw, progress=False, aux_weight=aux_weight, lr=lr)
     seconds = time.perf_counter() - start
     probs = model.class_posterior({"x": test["x"]}, "y")
     accuracy = (probs.argmax(1) == test["y"]).float().mean().item()
@@ -67,7 +68,11 @@ if __name__ == "__main__":
     def extra(parser):
         parser.add_argument("--per-class", type=int, nargs="+", default=[10, 30],
                             help="labels per class, one run each (default 10 30: 100 and 300 labels)")
-        parser.add_argument("--draws", type=int, default=5, help="label draws (seeds 0..draws-1)")
+        parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                            help="label draws, by seed (default 0 1 2 3 4)")
+        parser.add_argument("--aux-weight", type=float, default=46.0,
+                            help="weight of the classification term (default 46, fit's)")
+        parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
 
     args = options(__doc__.splitlines()[0], epochs=200, extra=extra)
     torch.set_num_threads(1)
@@ -75,11 +80,12 @@ if __name__ == "__main__":
     train, test = digits.as_dict("train"), digits.as_dict("test")
     if args.quick:
         train = {k: v[:300] for k, v in train.items()}
-    counts, draws = ((1,), (0,)) if args.quick else (args.per_class, range(args.draws))
+    counts, draws = ((1,), (0,)) if args.quick else (args.per_class, args.draws)
     results = []
     for per_class in counts:
         for draw in draws:
-            r = run(per_class, draw, epochs=args.epochs, train=train, test=test, quick=args.quick)
+            r = run(per_class, draw, epochs=args.epochs, train=train, test=test, quick=args.quick,
+                    aux_weight=args.aux_weight, lr=args.lr)
             results.append(r)
             print(f"{r['labels']} labels, draw {draw}: test accuracy {r['accuracy']:.3f} "
                   f"(baseline on the labelled rows alone {r['baseline']:.3f}; fit {r['seconds']:.0f} s)",

@@ -228,3 +228,15 @@ model m {
     with pytest.raises(DGMDataError, match="depends on it"):
         m.fit({"c": torch.tensor([0, 1]), "x": torch.zeros(2)},
               mask={"c": torch.tensor([True, False])}, steps=1, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::dgmlang.errors.DGMWarning")
+def test_invert_draws_missing_labels_and_keeps_given_ones():
+    torch.manual_seed(0)
+    m = model()
+    x, y, observed = batch_of(6)
+    m.fit({"x": x, "y": y}, mask={"y": observed}, steps=20, seed=0, progress=False)
+    draws = m.invert({"x": x, "y": y}, mask={"y": observed}, num_samples=50, seed=0)
+    assert draws["y"].shape == (50, 6) and draws["z"].shape == (50, 6)
+    assert torch.equal(draws["y"][:, observed], y[observed].expand(50, -1))
+    assert bool(((draws["y"] >= 0) & (draws["y"] < 3)).all())
