@@ -240,3 +240,30 @@ def test_invert_draws_missing_labels_and_keeps_given_ones():
     assert draws["y"].shape == (50, 6) and draws["z"].shape == (50, 6)
     assert torch.equal(draws["y"][:, observed], y[observed].expand(50, -1))
     assert bool(((draws["y"] >= 0) & (draws["y"] < 3)).all())
+
+
+def test_a_bernoulli_label_works_the_same_way():
+    m = dgmlang.compile("""
+model b {
+    data   y
+    latent z
+    data   x
+    y ~ Bernoulli(0.3)
+    z ~ Normal(0, 1)
+    x ~ Normal(z + 3 * y, 0.5)
+}""").to(dtype="float64")
+    assert m.plan.labels == (GuideStep("y", ("x",), "enumerated_in_guide"),)
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(60, generator=g) < 0.3).double()
+    x = (3 * y + math.sqrt(1.25) * torch.randn(60, generator=g, dtype=torch.float64)).float().double()
+    labels = y.masked_fill(torch.arange(60) % 2 == 1, float("nan"))
+    m.fit({"x": x, "y": labels}, steps=200, lr=0.01, seed=0, progress=False)
+    probs = m.class_posterior({"x": x}, "y")
+    assert probs.shape == (60, 2) and torch.allclose(probs.sum(1), torch.ones(60, dtype=torch.float64))
+    scores = m.log_prob({"x": x[:6], "y": labels[:6]}, num_samples=4000, seed=0)
+    sd = math.sqrt(1.25)
+    joint = torch.stack([math.log(0.7) + normal(0.0, sd).log_prob(x[:6]),
+                         math.log(0.3) + normal(3.0, sd).log_prob(x[:6])])
+    exact = torch.where(torch.isnan(labels[:6]), joint.logsumexp(0),
+                        joint.gather(0, y[:6].long().unsqueeze(0)).squeeze(0))
+    assert torch.allclose(scores, exact, atol=0.03), scores - exact
