@@ -170,6 +170,18 @@ def label_steps(graph: nx.DiGraph, nodes: "_Nodes | None" = None) -> tuple[Guide
                   and any(True for _ in graph.successors(n))]
     if not candidates or not any(nodes.role[n] == "latent" for n in nodes.index):
         return ()
+
+    def touches_a_latent(name: str) -> bool:
+        """Whether a latent is a neighbour of `name` in the moral graph (parent, child or a
+        child's other parent): fill-in edges only join neighbours of eliminated latents,
+        so without one no latent's guide can come to read it (and no second inversion)."""
+        children = list(graph.successors(name))
+        near = set(graph.predecessors(name)) | set(children)
+        for child in children:
+            near |= set(graph.predecessors(child))
+        return any(nodes.role[n] == "latent" for n in near)
+
+    candidates = [n for n in candidates if touches_a_latent(n)]
     steps = []
     for name in candidates:
         roles = dict(nodes.role)
