@@ -179,7 +179,8 @@ class CompiledModel:
             resume: bool = False, fresh_optimizer: bool = False,
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
             checkpoint_seconds: float | None = training.DEFAULT_CHECKPOINT_SECONDS,
-            should_stop: Callable[[], bool] | None = None) -> list[float]:
+            should_stop: Callable[[], bool] | None = None,
+            aux_weight: float = training.AUX_WEIGHT) -> list[float]:
         """Fit the model and guide to `data`; returns the loss per step, per data point.
 
         `data` holds every data and input variable shaped ``(n, *shape)``. With neither
@@ -197,6 +198,13 @@ class CompiledModel:
         MultivariateNormal); other patterns are a `DGMDataError` (invert handles them). The
         guide reads missing entries filled with its input reference's loc (0 once
         standardized), not knowing which they are. See docs/inference.md, "Missing data".
+
+        A label (a Categorical or Bernoulli `data` variable a latent's guide reads, listed in
+        ``plan.labels``) may be missing on some rows: semi-supervised learning. Those rows
+        sum it out exactly under the derived q(label | x), labelled rows condition on it,
+        and `aux_weight` (46) times -log q(label | x) of the labelled rows is added to the
+        loss (the classification term of Kingma et al. 2014; 0 leaves it out).
+        ``class_posterior`` reads q. See docs/inference.md, "Semi-supervised learning".
 
         A later `fit` keeps the optimizer's state (Adam's moments) from the last one, or from
         the loaded checkpoint, unless `fresh_optimizer`. `resume=True` continues the stored
@@ -219,12 +227,15 @@ class CompiledModel:
                             validation=validation, seed=seed, progress=progress, resume=resume,
                             fresh_optimizer=fresh_optimizer, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every,
-                            checkpoint_seconds=checkpoint_seconds, should_stop=should_stop)
+                            checkpoint_seconds=checkpoint_seconds, should_stop=should_stop,
+                            aux_weight=aux_weight)
 
-    def objective(self, objective: str, num_particles: int) -> Callable[..., torch.Tensor]:
+    def objective(self, objective: str, num_particles: int, *,
+                  aux_weight: float = 0.0) -> Callable[..., torch.Tensor]:
         """The training loss ``loss(batch, size)`` that `fit` steps on (a differentiable
-        scalar: the whole data set's negative bound estimated from the minibatch)."""
-        return training.objective(self, objective, num_particles)
+        scalar: the whole data set's negative bound estimated from the minibatch);
+        `aux_weight` is `fit`'s, used where a batch's label is partly missing."""
+        return training.objective(self, objective, num_particles, aux_weight=aux_weight)
 
     def iwae_bound(self, batch: Mapping[str, torch.Tensor], size: int, particles: int) -> torch.Tensor:
         """The importance-weighted bound on log p(data) estimated from a minibatch, built
@@ -258,6 +269,14 @@ class CompiledModel:
         """
         return posterior.log_prob(self, data, mask=mask, num_samples=num_samples, seed=seed,
                                   progress=progress)
+
+    def class_posterior(self, data: Any, name: str, *,
+                        mask: Mapping[str, Any] | None = None) -> torch.Tensor:
+        """q(`name` | x) per row of `data`, ``(n, K)`` probabilities: the derived classifier
+        of a label (a Categorical or Bernoulli data variable in ``plan.labels``), trained by
+        `fit` where the label is partly missing; ``argmax(1)`` classifies. Anything else
+        is a `DGMUsageError`. See docs/inference.md, "Semi-supervised learning"."""
+        return posterior.class_posterior(self, data, name, mask=mask)
 
     def invert(self, data: Any, *, mask: Mapping[str, Any] | None = None,
                num_samples: int = 100, seed: int | None = None,

@@ -51,7 +51,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -317,11 +317,21 @@ def _value_checks(ir: ModelIR, var: Variable, tensor: torch.Tensor, *, allow_mis
     yield
     is_float = tensor.is_floating_point()
     if support.integer_dtype and is_float:
-        kind = "class labels" if var.role == "data" else "whole numbers"
-        raise DGMDataError(
-            f"{what} holds {kind} but has floating dtype {tensor.dtype}",
-            hint="give an integer array (convert with .long() or .astype(int))",
-        )
+        # class labels with missing entries may come as floats, NaN marking the missing
+        # ones (a column of labels read with gaps is float): whole numbers elsewhere
+        labels_with_gaps = var.role == "data" and allow_missing
+        if not labels_with_gaps:
+            kind = "class labels" if var.role == "data" else "whole numbers"
+            raise DGMDataError(
+                f"{what} holds {kind} but has floating dtype {tensor.dtype}",
+                hint="give an integer array (convert with .long() or .astype(int)); in fit, "
+                     "log_prob and invert NaN may mark a missing label",
+            )
+        fraction = ~torch.isnan(tensor) & ~torch.isinf(tensor) & (tensor != torch.floor(tensor))
+        if bool(fraction.any()):
+            raise DGMDataError(
+                f"{what}: {locate(var, _first(fraction))} holds {_shown(tensor[_first(fraction)])}, "
+                "not a class label", hint="class labels are whole numbers; NaN marks a missing one")
     yield
     if var.role == "data" and allow_missing:
         missing = torch.isnan(tensor) if is_float else torch.zeros(tensor.shape, dtype=torch.bool)
@@ -956,11 +966,13 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
 
 
 def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
-                         facts: ModelFacts | None = None) -> None:
+                         facts: ModelFacts | None = None, labels: Iterable[str] = ()) -> None:
     """Refuse missing entries `purpose` (fit, log_prob) cannot marginalize exactly by
     dropping their terms: entries of a `data` variable that another variable depends on,
     or whose distribution has an event of its own (Dirichlet, MultivariateNormal), or a
-    data variable not given at all. Entries are assumed missing at random.
+    data variable not given at all. Entries are assumed missing at random. `labels` (the
+    guide plan's label steps, `dgmlang.inverse.label_steps`) may have missing entries though
+    others depend on them: those rows treat them as latents (semi-supervised learning).
 
     >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
@@ -979,6 +991,8 @@ def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
             raise DGMDataError(f"{purpose}: no values for '{name}'",
                                hint="give every data and input variable, each shaped (n, *shape)")
         children = sorted(facts.graph.successors(name)) if name in facts.graph else []
+        if children and name in set(labels):
+            continue
         if children:
             raise DGMDataError(
                 f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "

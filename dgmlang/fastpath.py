@@ -22,6 +22,12 @@ terms scaled by ``size / B`` and averaged over particles — the value and gradi
 ``objective="iwae"`` it is the importance-weighted bound of ``fit(objective="iwae")``.
 tests/test_fastpath.py compares both paths on every corpus model.
 
+Where a batch lacks a label on some rows (semi-supervised learning: a data variable of
+``plan.labels`` with missing entries) the loss is M2's bound, the label enumerated along a
+dim left of the plates, clamped on labelled rows, weighted by q(label | x) elsewhere, plus
+``aux_weight`` times the classification term (`FastLoss._semi_supervised`); only this path
+computes it.
+
 `build` returns None when the model needs Pyro's general path (`unsupported_reason` says
 why): a discrete latent enumerated in the guide (its gradient needs Pyro's Dice estimator),
 or globals under the importance-weighted bound (drawn apart from the local latents there).
@@ -74,11 +80,14 @@ class FastLoss:
     """
 
     def __init__(self, lowered: LoweredModel, guide: AmortizedGuide, *, objective: str,
-                 num_particles: int):
+                 num_particles: int, aux_weight: float = 0.0):
         self.lowered = lowered
         self.guide = guide
         self.objective = objective
         self.num_particles = num_particles
+        #: the weight of the auxiliary classification term on labelled rows (semi-supervised)
+        self.aux_weight = float(aux_weight)
+        self._labels = dict(getattr(guide, "label_sites", {}))
         self._guide_sites = list(guide.sites)
         sampled = {site.name for site in guide.sites}
         # every model site the guide does not sample is data or summed out in the model
@@ -110,6 +119,10 @@ class FastLoss:
         particles = self.num_particles
         global_plates = ((-2, particles),) if particles > 1 and not iwae else ()
         local_plates = ((-2, particles), (-1, n)) if particles > 1 else ((-1, n),)
+        label = next((name for name in self._labels if mask and name in mask), None)
+        if label is not None:
+            return self._semi_supervised(env, model_values, mask, label, size, n,
+                                         global_plates, local_plates)
         # With latents summed out, or per-point weights to combine, the local terms are kept
         # per particle and data point; otherwise each is summed at once.
         per_point = iwae or self._enumerates
@@ -157,6 +170,67 @@ class FastLoss:
         return -elbo / particles if particles > 1 else -elbo
 
 
+    def _semi_supervised(self, env, model_values, mask, label, size, n, global_plates,
+                         local_plates) -> torch.Tensor:
+        """The ELBO of a batch in which the label `label` is missing on some rows (M2 of
+        Kingma et al. 2014): the label's values are enumerated along a dim left of the
+        plates, clamped to the observed label on labelled rows (q a point mass there) and
+        weighted by q(label | inputs) on the others, where its entropy is added:
+
+            ELBO_i = Σ_k w_ik [log p(x_i, k, z_ik) - log q(z_ik | x_i, k)] + H_i,
+            w_ik = 1[k = y_i] (labelled) or q(k | x_i) (missing), H_i = -Σ_k q log q (missing)
+
+        plus ``aux_weight`` · log q(y_i | x_i) on labelled rows (the auxiliary
+        classification term), local terms scaled by ``size / n``."""
+        particles = self.num_particles
+        site = self._labels[label]
+        observed = mask[label]
+        given = model_values[label]
+        q_label = site.distribution(env)  # batch (n,): the label's inputs are given values
+        support = q_label.enumerate_support(expand=False).reshape(-1)
+        k = support.shape[0]
+        right = len(local_plates)
+        values = support.reshape((k,) + (1,) * right)
+        enumerated = torch.where(observed, given, values)  # (k, [1,] n)
+        log_q_k = q_label.log_prob(support.reshape(k, 1))  # (k, n)
+        log_q_k = log_q_k.reshape((k,) + (1,) * (right - 1) + (n,))
+        clamp = (values == given).to(log_q_k.dtype)
+        weights = torch.where(observed, clamp, log_q_k.exp())
+        entropy_term = torch.where(observed, torch.zeros_like(log_q_k), log_q_k)
+        env[label] = enumerated
+        log_q_global = log_p_global = 0.0
+        local = 0.0
+        for guide_site in self._guide_sites:
+            q = guide_site.distribution(env)
+            plates = global_plates if guide_site.is_global else local_plates
+            target = plate_batch_shape(tuple(q.batch_shape), plates)
+            if tuple(q.batch_shape) != target:
+                q = q.expand(target)
+            value = env[guide_site.name] = q.rsample()
+            log_q = q.log_prob(value)
+            if guide_site.is_global:
+                log_q_global = log_q_global + log_q.sum()
+            else:
+                local = local - log_q
+        for name, value in model_values.items():
+            if name != label:
+                env[name] = value
+        for model_site, _ in self._model_sites:
+            if model_site.is_global:
+                log_p_global = log_p_global + model_site.log_prob(env, global_plates, False)
+                continue
+            drop = mask.get(model_site.name) if model_site.name != label else None
+            local = local + model_site.log_prob(env, local_plates, True, drop)
+        per_point = (weights * (local - entropy_term)).sum(0)  # ([particles,] n)
+        elbo = (log_p_global - log_q_global) + per_point.sum() * (size / n)
+        elbo = elbo / particles if particles > 1 else elbo
+        if self.aux_weight:
+            log_q_observed = q_label.log_prob(given)
+            aux = torch.where(observed, log_q_observed, torch.zeros_like(log_q_observed)).sum()
+            elbo = elbo + self.aux_weight * aux * (size / n)
+        return -elbo
+
+
 def unsupported_reason(ir: irm.ModelIR, plan, *, objective: str = "elbo") -> str | None:
     """Why the fast path cannot compute `objective` for this model, or None when it can.
 
@@ -187,9 +261,11 @@ def unsupported_reason(ir: irm.ModelIR, plan, *, objective: str = "elbo") -> str
 
 
 def build(ir: irm.ModelIR, plan, lowered: LoweredModel, guide: AmortizedGuide, *,
-          objective: str = "elbo", num_particles: int = 1) -> FastLoss | None:
+          objective: str = "elbo", num_particles: int = 1,
+          aux_weight: float = 0.0) -> FastLoss | None:
     """The fast loss of `objective` ("elbo" or "iwae") for this model and guide, or None when
     the model needs Pyro's general path (see `unsupported_reason`)."""
     if unsupported_reason(ir, plan, objective=objective) is not None:
         return None
-    return FastLoss(lowered, guide, objective=objective, num_particles=num_particles)
+    return FastLoss(lowered, guide, objective=objective, num_particles=num_particles,
+                    aux_weight=aux_weight)

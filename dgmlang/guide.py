@@ -122,7 +122,9 @@ class VariationalGlobals(PyroModule):
 class AmortizedGuide(PyroModule):
     """The guide derived from a plan; call it like the model. See the module docs.
 
-    Attributes: `plan`, `nets` (the amortized networks by latent name), `flows`,
+    Attributes: `plan`, `nets` (the amortized networks by latent name), `label_nets` and
+    `label_sites` (by label: the networks of q(label | inputs) of the plan's label steps,
+    read where a label is missing; see `dgmlang.inverse.label_steps`), `flows`,
     `variational` (the globals' parameters), `sites` (one `dgmlang.sites.GuideSite` per
     latent the guide samples, in sampling order), `input_encoding` (per input name: the
     number of classes it is one-hot encoded with, or None when fed as it is),
@@ -192,6 +194,29 @@ class AmortizedGuide(PyroModule):
                 sites.append(GuideSite(step, model_site, info=info, inputs=inputs,
                                        evaluator=lowered.evaluator, network=network, flow=flow,
                                        reference=reference, input_references=standardized))
+            # after every latent's network, so adding them changes no other initialisation
+            label_nets = nn.ModuleDict()
+            label_sites: list[GuideSite] = []
+            for step in getattr(plan, "labels", ()):
+                inputs = guide_inputs(step, facts)
+                standardized = {}
+                for item in inputs:
+                    self.input_encoding.setdefault(item.name, item.classes)
+                    if not item.classes:
+                        standardized[item.name] = self._reference(
+                            input_references, self._input_reference_keys, item.name, ())
+                in_features = sum(math.prod(facts.variables[i.name].shape) * (i.classes or 1)
+                                  for i in inputs)
+                dist = facts.draws[step.latent].dist
+                out_features = facts.classes(step.latent) if dist == "Categorical" else 1
+                hidden, act = guide_hidden(facts, step.latent, mirrored=mirrored)
+                key = safe_attribute(label_nets, step.latent)
+                network = label_nets[key] = FlatMLP(in_features, hidden, out_features, act)
+                label_sites.append(GuideSite(step, lowered.site(step.latent), info=None,
+                                             inputs=inputs, evaluator=lowered.evaluator,
+                                             network=network, input_references=standardized))
+        self.label_nets = label_nets
+        object.__setattr__(self, "label_sites", {site.name: site for site in label_sites})
         self.nets = nets
         self.flows = flows
         self.variational = variational

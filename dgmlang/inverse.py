@@ -87,6 +87,11 @@ class GuidePlan:
     """
 
     steps: tuple[GuideStep, ...]
+    #: "label steps": for each finite discrete ``data`` variable (Categorical or Bernoulli)
+    #: that a continuous latent's guide reads, the step it would have as a latent (kind
+    #: "enumerated_in_guide", inputs given values only): its q(label | inputs) is what fit
+    #: uses on rows whose label is missing (semi-supervised learning, see `label_steps`).
+    labels: tuple[GuideStep, ...] = ()
 
     def as_list(self) -> list[tuple[str, list[str] | str]]:
         """`(latent, [inputs])` per step; `(name, "enumerated in model")` for summed-out ones."""
@@ -96,6 +101,13 @@ class GuidePlan:
             else (s.latent, list(s.inputs))
             for s in self.steps
         ]
+
+    def label(self, name: str) -> GuideStep | None:
+        """The label step of data variable `name`, or None when it is no label."""
+        for s in self.labels:
+            if s.latent == name:
+                return s
+        return None
 
     def step(self, latent: str) -> GuideStep:
         """The step of `latent` (a KeyError names it when the plan has none)."""
@@ -126,7 +138,65 @@ def invert(graph: nx.DiGraph) -> GuidePlan:
             topological_order(graph)  # raises the DGMModelError that names the cycle
         elimination = _eliminate(graph, nodes)
         sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
-        return _plan(nodes, sampled)
+        plan = _plan(nodes, sampled)
+        labels = label_steps(graph, nodes)
+        return GuidePlan(plan.steps, labels) if labels else plan
+
+
+#: Distributions a label (a data variable whose missing entries become latents) may have.
+LABEL_DISTS = ("Categorical", "Bernoulli")
+
+
+def label_steps(graph: nx.DiGraph, nodes: "_Nodes | None" = None) -> tuple[GuideStep, ...]:
+    """The label steps of a model graph: every ``data`` node with a Categorical or Bernoulli
+    distribution and children is inverted once more as if it were a latent; when that makes
+    it a discrete latent enumerated in the guide whose inputs are all given (data, inputs,
+    globals), its step is a label step. Rows where such a variable is missing then treat it
+    as that latent (M2 of Kingma et al. 2014; docs/inference.md, "Semi-supervised learning").
+
+    >>> import networkx as nx
+    >>> g = nx.DiGraph([("z", "x"), ("y", "x")])
+    >>> nx.set_node_attributes(g, {"z": "latent", "x": "data", "y": "data"}, "role")
+    >>> nx.set_node_attributes(g, {"y": "Categorical"}, "dist")
+    >>> nx.set_node_attributes(g, {"y": True}, "discrete")
+    >>> nx.set_node_attributes(g, {"y": True}, "finite")
+    >>> label_steps(g)
+    (GuideStep(latent='y', inputs=('x',), kind='enumerated_in_guide'),)
+    """
+    nodes = nodes if nodes is not None else _Nodes(graph)
+    candidates = [n for n in nodes.index
+                  if nodes.role[n] == "data" and nodes.discrete[n] and nodes.finite[n]
+                  and nodes.attrs[n].get("dist") in LABEL_DISTS
+                  and any(True for _ in graph.successors(n))]
+    if not candidates or not any(nodes.role[n] == "latent" for n in nodes.index):
+        return ()
+
+    def touches_a_latent(name: str) -> bool:
+        """Whether a latent is a neighbour of `name` in the moral graph (parent, child or a
+        child's other parent): fill-in edges only join neighbours of eliminated latents,
+        so without one no latent's guide can come to read it (and no second inversion)."""
+        children = list(graph.successors(name))
+        near = set(graph.predecessors(name)) | set(children)
+        for child in children:
+            near |= set(graph.predecessors(child))
+        return any(nodes.role[n] == "latent" for n in near)
+
+    candidates = [n for n in candidates if touches_a_latent(n)]
+    steps = []
+    for name in candidates:
+        roles = dict(nodes.role)
+        roles[name] = "latent"
+        relabelled = graph.copy()
+        nx.set_node_attributes(relabelled, roles, "role")
+        as_latent = _Nodes(relabelled)
+        elimination = _eliminate(relabelled, as_latent)
+        inputs_of = {latent: tuple(inputs) for latent, inputs in elimination}
+        if name not in _enumerated_in_guide(as_latent, inputs_of):
+            continue
+        inputs = inputs_of[name]
+        if all(nodes.role[i] != "latent" for i in inputs):
+            steps.append(GuideStep(name, inputs, ENUMERATED_IN_GUIDE))
+    return tuple(steps)
 
 
 def naive_inverse(graph: nx.DiGraph) -> GuidePlan:

@@ -36,7 +36,8 @@ from dgmlang.nets import seeded
 from dgmlang import weights as importance
 from dgmlang.weights import check_importance_weighting, importance_weights, in_particles
 
-__all__ = ["SIR_PROPOSALS", "SIR_PROPOSALS_PER_GLOBAL", "guide_globals", "invert", "log_prob",
+__all__ = ["SIR_PROPOSALS", "SIR_PROPOSALS_PER_GLOBAL", "class_posterior", "guide_globals",
+           "invert", "log_prob",
            "resample", "sample", "sample_enumerated"]
 
 #: Proposals per data point for sampling/importance resampling in `invert`.
@@ -162,19 +163,45 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     check_importance_weighting(model, "log_prob")
     dataset = prepare_data(model.ir, data, purpose="log_prob", allow_missing=True, mask=mask,
                            facts=model.facts, dtype=model.model.dtype)
-    check_marginalizable(model.ir, dataset, purpose="log_prob", facts=model.facts)
+    labels = [step.latent for step in model.plan.labels]
+    check_marginalizable(model.ir, dataset, purpose="log_prob", facts=model.facts, labels=labels)
+    gaps = [name for name in labels if name in dataset.columns and dataset.columns[name].has_missing]
+    if len(gaps) > 1:
+        raise DGMUsageError(f"log_prob: labels {', '.join(map(repr, gaps))} all have missing "
+                            "entries; log_prob sums out one label at a time",
+                            hint="give all but one of them in full")
     points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
     result, unreliable = [], []
     guide_draws_latents = bool(model.roles.guide_locals)
 
-    def estimate(batch: Mapping[str, torch.Tensor],
-                 observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def estimate_given(batch: Mapping[str, torch.Tensor],
+                       observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         local = [importance_weights(model, batch, particles=min(particles, num_samples - done),
                                     mask=observed).local
                  for done in range(0, num_samples, particles)]
         log_w = torch.cat(local) if len(local) > 1 else local[0]  # (num_samples, points)
         return (log_w.logsumexp(0) - math.log(num_samples),
                 importance.unreliable_points(log_w, guide_draws_latents=guide_draws_latents))
+
+    def estimate(batch: Mapping[str, torch.Tensor],
+                 observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        label = next((name for name in gaps if observed and name in observed), None)
+        if label is None:
+            return estimate_given(batch, observed)
+        # a missing label is summed out exactly: log p(x) = log Σ_k p(x, label = k), each
+        # term estimated as a row whose label is k (its guide reads k)
+        seen = observed[label]
+        rest = {name: m for name, m in observed.items() if name != label} or None
+        scores, flags = [], []
+        for k in range(model.facts.classes(label)):
+            value = torch.where(seen, batch[label], torch.full_like(batch[label], k))
+            score, flag = estimate_given({**batch, label: value}, rest)
+            scores.append(score)
+            flags.append(flag)
+        scores_k, flags_k = torch.stack(scores), torch.stack(flags)
+        best = scores_k.argmax(0, keepdim=True)
+        return (torch.where(seen, scores_k[0], scores_k.logsumexp(0)),
+                torch.where(seen, flags_k[0], flags_k.gather(0, best)[0]))
 
     with seeded(seed), torch.no_grad(), progress_bar(f"log_prob {model.name}", dataset.n, progress) as bar:
         rng_state = torch.random.get_rng_state()
@@ -207,6 +234,63 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                             f"{' or '.join(values)}" + (f" ({why})" if why else ""), rows)
     importance.warn_if_unreliable("log_prob", torch.cat(unreliable))
     return scores
+
+
+# ------------------------------------------------------------------ class_posterior
+
+#: Rows `class_posterior` runs the label network on at once.
+CLASS_POSTERIOR_ROWS = 4096
+
+
+def class_posterior(model: Any, data: Any, name: str, *,
+                    mask: Mapping[str, Any] | None = None) -> torch.Tensor:
+    """q(`name` | its guide inputs) per row, ``(n, K)`` probabilities (K = 2 for a
+    Bernoulli label, columns 0 and 1): the derived label network of a label of
+    `GuidePlan.labels` (trained where the label was missing in `fit`, see
+    docs/inference.md, "Semi-supervised learning"). `data` needs the network's inputs; the
+    label itself is not read. Missing entries of the inputs are filled as `fit` fills them."""
+    from dgmlang.errors import did_you_mean
+
+    names = [v.name for v in model.ir.variables]
+    labels = [step.latent for step in model.plan.labels]
+    if not isinstance(name, str) or name not in names:
+        raise DGMUsageError(f"class_posterior: the model has no variable {name!r}",
+                            hint=did_you_mean(str(name), names) or
+                            f"its labels: {', '.join(map(repr, labels)) or 'none'}")
+    if name not in labels:
+        why = ("it is not a Categorical or Bernoulli data variable a latent's guide reads"
+               if model.facts.variables[name].role == "data" else
+               f"it is a {model.facts.variables[name].role}, not a data variable")
+        raise DGMUsageError(
+            f"class_posterior: '{name}' is no label ({why}), so the guide has no q('{name}' | ...)",
+            hint=f"this model's labels: {', '.join(map(repr, labels))}" if labels else
+            "a label is a data variable with a Categorical or Bernoulli distribution that a "
+            "latent's distribution reads (e.g. x ~ ...mlp(z, onehot(y, K))...)")
+    dataset = prepare_data(model.ir, data, purpose="class_posterior", allow_missing=True,
+                           mask=mask, facts=model.facts, dtype=model.model.dtype)
+    site = model.guide.label_sites[name]
+    missing_inputs = [i.name for i in site.inputs if i.name not in dataset.columns
+                      or dataset.columns[i.name].raw is None]
+    if missing_inputs:
+        raise DGMDataError(f"class_posterior: no values for '{missing_inputs[0]}', which "
+                           f"q('{name}' | ...) reads", hint="give it shaped (n, *shape)")
+    out = []
+    model.model.evaluator.refresh()
+    with torch.no_grad():
+        for start in range(0, dataset.n, CLASS_POSTERIOR_ROWS):
+            chunk = dataset.rows(slice(start, start + CLASS_POSTERIOR_ROWS))
+            env = {key: value.to(model.model.device) for key, value in chunk.values.items()}
+            env = {key: value.to(model.model.dtype) if value.is_floating_point() else value
+                   for key, value in env.items()}
+            observed = {key: m.to(model.model.device) for key, m in chunk.observed.items()}
+            if observed:
+                env.update(model.guide.filled({key: env[key] for key in observed}, observed))
+            q = site.distribution(env)
+            probs = q.probs
+            if probs.dim() == 1:  # Bernoulli: P(1) per row
+                probs = torch.stack([1 - probs, probs], -1)
+            out.append(probs)
+    return torch.cat(out) if out else torch.zeros(0, model.facts.classes(name) or 2)
 
 
 # ------------------------------------------------------------------ invert

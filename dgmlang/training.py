@@ -47,9 +47,12 @@ from dgmlang.runstate import named_parameters
 from dgmlang.diagnose import argument_check_failed, explain_failure
 from dgmlang.weights import check_importance_weighting, iwae_bound
 
-__all__ = ["DEFAULT_CHECKPOINT_SECONDS", "DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
+__all__ = ["AUX_WEIGHT", "DEFAULT_CHECKPOINT_SECONDS", "DEFAULT_EPOCHS", "OBJECTIVES", "failure_hint", "fit", "held_out_loss", "named_parameters",
            "objective", "step"]
 
+#: Weight of the auxiliary classification term, -log q(y | x) on labelled rows, when labels
+#: are partly missing (Kingma et al. 2014 use 0.1·N; Pyro's SS-VAE tutorial 46).
+AUX_WEIGHT = 46.0
 #: Training length when neither `epochs` nor `steps` is given.
 DEFAULT_EPOCHS = 200
 #: With a `checkpoint` path, `fit` writes it at least this often (seconds) and at the end.
@@ -66,10 +69,12 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         progress: bool = True, resume: bool = False, fresh_optimizer: bool = False,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
-        should_stop: Callable[[], bool] | None = None) -> list[float]:
+        should_stop: Callable[[], bool] | None = None,
+        aux_weight: float = AUX_WEIGHT) -> list[float]:
     """Fit `model` (its Pyro model and guide) to `data`; the loss per step, per data point.
     The options are `CompiledModel.fit`'s. The loss comes from ``model.objective(...)``.
     The run's state at the last step boundary is left in ``model.training_state``."""
+    check_aux_weight(aux_weight)
     given = {"batch_size": batch_size, "lr": lr, "num_particles": num_particles,
              "objective": objective, "seed": seed}
     group = distributed.current()  # [distributed] None outside a process group
@@ -77,15 +82,21 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                                      processes=1 if group is None else group.size)
     _check_options(settings, epochs=epochs, steps=steps, resume=resume, fresh_optimizer=fresh_optimizer,
                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds)
-    loss_fn = model.objective(settings["objective"], settings["num_particles"])
+    labels = [step.latent for step in model.plan.labels]
     dataset = prepare_data(model.ir, data, purpose="fit", allow_missing=True, mask=mask,
                            facts=model.facts, dtype=model.model.dtype)
-    check_marginalizable(model.ir, dataset, purpose="fit", facts=model.facts)
+    check_marginalizable(model.ir, dataset, purpose="fit", facts=model.facts, labels=labels)
     held_out = None
     if validation is not None:
         held_out = prepare_data(model.ir, validation, purpose="validation", allow_missing=True,
                                 facts=model.facts, dtype=model.model.dtype)
-        check_marginalizable(model.ir, held_out, purpose="validation", facts=model.facts)
+        check_marginalizable(model.ir, held_out, purpose="validation", facts=model.facts,
+                             labels=labels)
+    semi = missing_labels(model, dataset) or (missing_labels(model, held_out) if held_out else [])
+    if semi:
+        check_semi_supervised(model, semi, settings["objective"], purpose="fit")
+    loss_fn = (model.objective(settings["objective"], settings["num_particles"], aux_weight=aux_weight)
+               if semi else model.objective(settings["objective"], settings["num_particles"]))
     fingerprints = (_fingerprint(dataset), None if held_out is None else _fingerprint(held_out))
     previous = model.training_state
     if resume:
@@ -279,16 +290,57 @@ def _validate(model: Any, loss_fn: Loss, held_out: Dataset, rows: int, steps_don
     bar.set_postfix(loss=f"{model.history['loss'][-1]:.4g}", validation=f"{score:.4g}", refresh=False)
 
 
-def objective(model: Any, name: str, num_particles: int) -> Loss:
+def check_aux_weight(aux_weight: Any) -> None:
+    """`aux_weight` must be a finite number >= 0 (a `DGMUsageError` otherwise)."""
+    if (not isinstance(aux_weight, (int, float)) or isinstance(aux_weight, bool)
+            or not aux_weight >= 0 or math.isinf(aux_weight)):
+        raise DGMUsageError(f"aux_weight must be a finite number >= 0, not {aux_weight!r}",
+                            hint=f"the default, {AUX_WEIGHT:g}, suits labels missing on most rows; "
+                                 "0 leaves the classification term out")
+
+
+def missing_labels(model: Any, dataset: Dataset) -> list[str]:
+    """The labels (`GuidePlan.labels`) with missing entries in `dataset`."""
+    return [step.latent for step in model.plan.labels
+            if step.latent in dataset.columns and dataset.columns[step.latent].has_missing]
+
+
+def check_semi_supervised(model: Any, labels: list[str], objective_name: str, *, purpose: str) -> None:
+    """Refuse what the semi-supervised bound does not serve (a `DGMUsageError` saying why):
+    more than one label with missing entries, a bound other than the ELBO, a model the
+    fast path does not serve (it computes the bound, `dgmlang.fastpath`), or discrete
+    latents summed out in the model beside the label."""
+    if len(labels) > 1:
+        raise DGMUsageError(
+            f"{purpose}: labels {', '.join(map(repr, labels))} all have missing entries; "
+            "semi-supervised training sums out one label at a time",
+            hint="give all but one of them in full")
+    if objective_name != "elbo":
+        raise DGMUsageError(
+            f"{purpose}: label '{labels[0]}' has missing entries, which only objective='elbo' "
+            "serves (the label is summed out exactly under q)", hint="use objective='elbo'")
+    reason = fastpath.unsupported_reason(model.ir, model.plan, objective="elbo")
+    if reason is None and model.roles.model_enumerated:
+        reason = f"latent '{model.roles.model_enumerated[0]}' is summed out in the model"
+    if reason is not None:
+        raise DGMUsageError(
+            f"{purpose}: label '{labels[0]}' has missing entries, but semi-supervised training "
+            f"does not serve this model ({reason})",
+            hint="give the label on every row, or drop the rows without one")
+
+
+def objective(model: Any, name: str, num_particles: int, *, aux_weight: float = 0.0) -> Loss:
     """The training loss ``loss(batch, size)`` (a differentiable scalar, the whole data
     set's negative bound estimated from the minibatch) for the objective `name`.
 
     Models the fast path serves (see `dgmlang.fastpath`) get the same estimator computed
-    without Pyro's per-step tracing; the others, and every error, come from Pyro's path."""
+    without Pyro's per-step tracing; the others, and every error, come from Pyro's path.
+    `aux_weight` weighs the classification term of rows whose label is given where a
+    batch's labels are partly missing (semi-supervised training; fast path only)."""
     if name == "iwae":
         check_importance_weighting(model, "objective='iwae'")
     fast = fastpath.build(model.ir, model.plan, model.model, model.guide,
-                          objective=name, num_particles=num_particles)
+                          objective=name, num_particles=num_particles, aux_weight=aux_weight)
     if fast is not None:
         return fast.loss
     if name == "elbo":

@@ -19,9 +19,13 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 import dgmlang  # noqa: E402
 
 
-def options(description: str, *, epochs: int, quick_epochs: int = 2) -> argparse.Namespace:
-    """Parse the shared options; ``args.epochs`` is already the quick one under --quick."""
+def options(description: str, *, epochs: int, quick_epochs: int = 2,
+            extra=None) -> argparse.Namespace:
+    """Parse the shared options; ``args.epochs`` is already the quick one under --quick.
+    `extra(parser)` adds a script's own options."""
     parser = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("DGM_QUICK") == "1",
                         help="a tiny run (seconds), as the test suite does; also DGM_QUICK=1")
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {epochs}; {quick_epochs} with --quick)")

@@ -27,6 +27,7 @@ PROMISES = {
     "outlier_detection": (["ROC AUC against clean digits", "all corruptions together: ROC AUC"],
                           ["outlier_scores.png", "outlier_examples.png"]),
     "ppca": (["posterior mean of z", "x[2] filled in"], []),
+    "semi_supervised": (["test accuracy", "labels: mean test accuracy", "baseline on the labelled rows alone"], []),
     "superres": (["bilinear upsampling"], ["superres.png"]),
 }
 
