@@ -500,11 +500,12 @@ def _check_mask_names(table: Table, ir: ModelIR) -> None:
 
 
 def read_observed(spec: str | Path, mask_spec: str | Path | None, ir: ModelIR, *, purpose: str,
-                  facts=None, dtype=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                  facts=None, dtype=None, labels: Iterable[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The data of `dgm fit` and `dgm score`: the arrays of `spec` (NaN marks a missing entry
     of a data variable) and the masks of `mask_spec` (True = observed), checked against the
     model (`validate`) including that `purpose` (fit, validation, log_prob) can marginalize
-    the missing entries exactly (`dgmlang.data.check_marginalizable`). Returns (values, masks):
+    the missing entries exactly (`dgmlang.data.check_marginalizable`; `labels`, the plan's
+    labels, may have missing entries as well). Returns (values, masks):
     masks for the variables with a missing entry only (NaN in class labels becomes a mask
     entry, `split_missing`), so complete data gives ``masks == {}``."""
     values, masks = split_missing(ir, read_data(spec, ir, allow_missing=True))
@@ -515,7 +516,7 @@ def read_observed(spec: str | Path, mask_spec: str | Path | None, ir: ModelIR, *
     masks = {name: mask for name, mask in masks.items() if not mask.all()}
     where = str(spec) if mask_spec is None else f"{spec} (with the mask {mask_spec})"
     validate(ir, values, str(spec), purpose=purpose, allow_missing=True, mask=masks or None, facts=facts,
-             dtype=dtype, marginalize=True, source_shown=where)
+             dtype=dtype, marginalize=True, source_shown=where, labels=labels)
     return values, masks
 
 
@@ -564,7 +565,8 @@ def split_missing(ir: ModelIR, arrays: Mapping[str, np.ndarray]) -> tuple[dict, 
 
 def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purpose: str,
              allow_missing: bool = False, mask: Mapping[str, np.ndarray] | None = None,
-             facts=None, dtype=None, marginalize: bool = False, source_shown: str | None = None) -> None:
+             facts=None, dtype=None, marginalize: bool = False, source_shown: str | None = None,
+             labels: Iterable[str] = ()) -> None:
     """Run the model's own data checks now (support, dtypes, ranges, every use of an integer
     value, ...: `dgmlang.data.prepare_data`), with `source` leading the message (for a .csv
     file, positions are its lines and column names), so a bad file
@@ -586,7 +588,7 @@ def validate(ir: ModelIR, arrays: Mapping[str, np.ndarray], source: str, *, purp
         raise DGMDataError(f"{shown}: {err.message}", err.span, hint=err.hint) from None
     if marginalize:
         try:
-            check_marginalizable(ir, dataset, purpose=purpose, facts=facts)
+            check_marginalizable(ir, dataset, purpose=purpose, facts=facts, labels=labels)
         except DGMDataError as err:
             raise DGMDataError(f"{shown}: {err.message}", err.span,
                                hint="dgm invert fills in every missing pattern; for fit and score, fill or "

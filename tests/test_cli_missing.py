@@ -345,3 +345,31 @@ def test_nan_in_an_input_is_never_missing(masked_run, workdir, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "d.npz: row 4, column 'y' is empty (a missing value)" in err and "an input is never missing" in err
 
+
+
+LABELLED = """
+model labelled {
+    data   y
+    data   x[4]
+    latent z
+    y ~ Categorical(logits = zeros(3))
+    z ~ Normal(0, 1)
+    x ~ Normal(mlp(z, onehot(y, 3), hidden = [8]), 1)
+}
+"""
+
+
+def test_fit_and_score_take_labels_missing_on_some_rows(tmp_path, capsys):
+    # semi-supervised on the command line: a label's NaN rows are summed out under q(y | x)
+    (tmp_path / "labelled.dgm").write_text(LABELLED)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 40).astype(float)
+    x = y[:, None] + rng.normal(size=(40, 4))
+    y[10:] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    run = tmp_path / "run"
+    assert dgm("fit", tmp_path / "labelled.dgm", "--data", tmp_path / "d.npz", "--steps", 5, "--out", run, "-q") == 0
+    assert dgm("score", run, "--data", tmp_path / "d.npz", "-o", tmp_path / "s.csv", "-q") == 0
+    table = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    assert table[:10, 3].all() and not table[10:, 3].any() and np.isfinite(table[:, 1]).all()
+    assert "30 of 40 rows have missing entries" in capsys.readouterr().err

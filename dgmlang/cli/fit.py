@@ -126,17 +126,19 @@ def _check_inputs(args) -> None:
         prepare_run_folder(Path("runs") / checked.ir.name, overwrite=args.overwrite)
     check_budget(f"--batch-size {settings['batch_size']} x --num-particles {settings['num_particles']}",
                  settings["batch_size"] * settings["num_particles"] * row_values(checked.ir))
-    _read_training_data(args.data, args.mask, checked.ir, checked.facts)
+    _read_training_data(args.data, args.mask, checked.ir, checked.facts, checked.plan)
     if args.validation:
         _read_validation_data(args.validation, checked.ir, checked.facts)
 
 
-def _read_training_data(spec, mask_spec, ir, facts) -> tuple[dict, dict | None]:
+def _read_training_data(spec, mask_spec, ir, facts, plan) -> tuple[dict, dict | None]:
     """The training data and their masks (None when every entry is observed), checked: NaN
-    or a False mask entry marks a missing entry, accepted where fit can marginalize it."""
+    or a False mask entry marks a missing entry, accepted where fit can marginalize it or
+    where it is a label of the `plan` (semi-supervised)."""
     from dgmlang.datafiles import read_observed
 
-    data, masks = read_observed(spec, mask_spec, ir, purpose="fit", facts=facts)
+    data, masks = read_observed(spec, mask_spec, ir, purpose="fit", facts=facts,
+                                labels=[step.latent for step in plan.labels])
     return data, masks or None
 
 
@@ -180,7 +182,7 @@ def _fit_without_files(args) -> int:
     else:
         source = read_source(args.file)
         checked = select(check_source(source, str(args.file)), args.model, str(args.file))
-        data, masks = _read_training_data(args.data, args.mask, checked.ir, checked.facts)
+        data, masks = _read_training_data(args.data, args.mask, checked.ir, checked.facts, checked.plan)
         validation = _read_validation_data(args.validation, checked.ir, checked.facts) if args.validation else None
         device, dtype = placement(args)
         model = compile_checked(checked, source=source, filename=str(args.file), device=device,
@@ -219,7 +221,7 @@ def _fit_run(args) -> int:
         prepare_run_folder(out, overwrite=args.overwrite)
     check_budget(f"--batch-size {settings['batch_size']} x --num-particles {settings['num_particles']}",
                  settings["batch_size"] * settings["num_particles"] * row_values(ir))
-    data, masks = _read_training_data(args.data, args.mask, ir, checked.facts)
+    data, masks = _read_training_data(args.data, args.mask, ir, checked.facts, checked.plan)
     validation = _read_validation_data(args.validation, ir, checked.facts) if args.validation else None
     prepare_run_folder(out, overwrite=args.overwrite)  # again: the folder may have changed meanwhile
     try:
@@ -286,7 +288,7 @@ def _prepare_resume(args, *, tidy: bool) -> tuple:
                 hint="put the model file back as it was, or fit the new text with --overwrite")
     data_spec = args.data if args.data is not None else info["data"]
     mask_spec = _resume_mask(args, run, info)
-    data, masks = _read_training_data(data_spec, mask_spec, model.ir, model.facts)
+    data, masks = _read_training_data(data_spec, mask_spec, model.ir, model.facts, model.plan)
     if mask_spec is not None and mask_digest(masks) != info.get("mask_sha256"):
         raise DGMUsageError(
             f"cannot resume {run}: the mask {mask_spec} differs from the one the run was fitted with "

@@ -20,7 +20,7 @@ def cmd_score(args) -> int:
     check_budget(f"--num-samples {args.num_samples} for {CHUNK_ROWS} rows at a time",
                  CHUNK_ROWS * args.num_samples * row_values(ir))
     data, masks = read_observed(args.data, args.mask, ir, purpose="log_prob", facts=model.facts,
-                                dtype=model.model.dtype)
+                                dtype=model.model.dtype, labels=[step.latent for step in model.plan.labels])
     complete = observed_rows(data, masks, ir)
     scores = score_rows(model, data, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet, desc="score",
                         source=str(args.data), masks=masks or None)
