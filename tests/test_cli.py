@@ -702,3 +702,22 @@ def test_invert_with_none_of_the_models_data_variables_is_a_clear_error(workdir,
     np.savez(tmp_path / "other.npz", z=np.zeros(3))
     assert dgm("invert", run, "--data", tmp_path / "other.npz", "-o", tmp_path / "o.csv") == 1
     assert "other.npz holds none of the model's data variables (x)" in capsys.readouterr().err
+
+
+def test_chunked_commands_give_one_warning_saying_how_many_chunks_had_it():
+    import warnings
+
+    from dgmlang.cli.shared import one_warning
+    from dgmlang.errors import DGMWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with one_warning(5):
+            for count in (3, 5, 2):
+                warnings.warn(DGMWarning(f"log_prob: {count} points with uneven weights"))
+            warnings.warn(DGMWarning("another kind"))
+            warnings.warn(UserWarning("other"))
+    messages = [str(w.message) for w in caught]
+    assert messages.count("log_prob: 3 points with uneven weights (in 3 of the 5 chunks of 64 rows)") == 1
+    assert "another kind (in 1 of the 5 chunks of 64 rows)" in messages
+    assert "other" in messages and len(messages) == 3

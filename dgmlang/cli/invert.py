@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgmlang.cli.runs import open_run_on
-from dgmlang.cli.shared import (CHUNK_ROWS, check_budget, output_paths, per_variable_paths, progress_bar,
+from dgmlang.cli.shared import (CHUNK_ROWS, check_budget, one_warning, output_paths, per_variable_paths, progress_bar,
                                 row_values, say, to_numpy, value_range, write_atomic)
 from dgmlang.errors import DGMDataError, DGMUsageError
 
@@ -102,7 +102,7 @@ def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: 
     n = len(next(iter(values.values())))
     step = n if model.ir.names("global") else CHUNK_ROWS
     pieces: list[dict] = []
-    with seeded(seed), progress_bar(n, "invert", quiet) as bar:
+    with seeded(seed), progress_bar(n, "invert", quiet) as bar, one_warning(-(-n // step)):
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in values.items()}
             chunk_mask = {k: v[start:start + step] for k, v in masks.items()} or None

@@ -201,6 +201,30 @@ def progress_bar(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="row", disable=quiet or total <= CHUNK_ROWS)
 
 
+@contextmanager
+def one_warning(chunks: int) -> Iterator[None]:
+    """Hold the `DGMWarning`s of a command's per-chunk calls (`log_prob`, `invert` each warn
+    once per call) and give each kind (its text, numbers aside) once: the first chunk's, saying
+    in how many of the `chunks` it came up."""
+    import re
+    import warnings
+
+    from dgmlang.errors import DGMWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DGMWarning)
+        yield
+    kinds: dict[str, list] = {}
+    for w in caught:
+        if issubclass(w.category, DGMWarning):
+            kinds.setdefault(re.sub(r"\d+", "#", str(w.message)), []).append(w)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for held in kinds.values():
+        extra = f" (in {len(held)} of the {chunks} chunks of {CHUNK_ROWS} rows)" if chunks > 1 else ""
+        warnings.warn(DGMWarning(f"{held[0].message}{extra}"), stacklevel=3)
+
+
 def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet: bool, desc: str,
                source: str | None = None, masks: dict | None = None):
     """log p(row) for every row, chunk by chunk under one progress bar; rows whose score
@@ -212,7 +236,7 @@ def score_rows(model, arrays: dict, *, num_samples: int, seed: int | None, quiet
 
     n = len(next(iter(arrays.values())))
     out = []
-    with seeded(seed), progress_bar(n, desc, quiet) as bar:
+    with seeded(seed), progress_bar(n, desc, quiet) as bar, one_warning(-(-n // CHUNK_ROWS)):
         for start in range(0, n, CHUNK_ROWS):
             chunk = {k: v[start:start + CHUNK_ROWS] for k, v in arrays.items()}
             try:
