@@ -126,19 +126,8 @@ class FastLoss:
         # With latents summed out, or per-point weights to combine, the local terms are kept
         # per particle and data point; otherwise each is summed at once.
         per_point = iwae or self._enumerates
-        log_q_global = log_q_local = log_p_global = log_p_local = 0.0
-        for site in self._guide_sites:
-            q = site.distribution(env)
-            target = plate_batch_shape(tuple(q.batch_shape),
-                                       global_plates if site.is_global else local_plates)
-            if tuple(q.batch_shape) != target:
-                q = q.expand(target)
-            value = env[site.name] = q.rsample()
-            log_q = q.log_prob(value)
-            if site.is_global:
-                log_q_global = log_q_global + log_q.sum()
-            else:
-                log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+        log_p_global = log_p_local = 0.0
+        log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, per_point)
         env.update(model_values)  # the model scores the data as given (placeholders masked)
         summed_out = None  # the local terms that depend on an enumerated latent
         enumerated = 0
@@ -170,6 +159,24 @@ class FastLoss:
         return -elbo / particles if particles > 1 else -elbo
 
 
+    def _draw_guide(self, env, global_plates, local_plates, per_point: bool):
+        """Draw every guide site into `env` (reparameterized); (log q of the globals, summed;
+        log q of the locals, per particle and point when `per_point`, else summed)."""
+        log_q_global = log_q_local = 0.0
+        for site in self._guide_sites:
+            q = site.distribution(env)
+            target = plate_batch_shape(tuple(q.batch_shape),
+                                       global_plates if site.is_global else local_plates)
+            if tuple(q.batch_shape) != target:
+                q = q.expand(target)
+            value = env[site.name] = q.rsample()
+            log_q = q.log_prob(value)
+            if site.is_global:
+                log_q_global = log_q_global + log_q.sum()
+            else:
+                log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+        return log_q_global, log_q_local
+
     def _semi_supervised(self, env, model_values, mask, label, size, n, global_plates,
                          local_plates) -> torch.Tensor:
         """The ELBO of a batch in which the label `label` is missing on some rows (M2 of
@@ -198,20 +205,9 @@ class FastLoss:
         weights = torch.where(observed, clamp, log_q_k.exp())
         entropy_term = torch.where(observed, torch.zeros_like(log_q_k), log_q_k)
         env[label] = enumerated
-        log_q_global = log_p_global = 0.0
-        local = 0.0
-        for guide_site in self._guide_sites:
-            q = guide_site.distribution(env)
-            plates = global_plates if guide_site.is_global else local_plates
-            target = plate_batch_shape(tuple(q.batch_shape), plates)
-            if tuple(q.batch_shape) != target:
-                q = q.expand(target)
-            value = env[guide_site.name] = q.rsample()
-            log_q = q.log_prob(value)
-            if guide_site.is_global:
-                log_q_global = log_q_global + log_q.sum()
-            else:
-                local = local - log_q
+        log_p_global = 0.0
+        log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, True)
+        local = -log_q_local
         for name, value in model_values.items():
             if name != label:
                 env[name] = value

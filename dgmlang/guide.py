@@ -168,15 +168,7 @@ class AmortizedGuide(PyroModule):
                                            evaluator=lowered.evaluator, variational=family,
                                            flow=family.flow, reference=reference))
                     continue
-                inputs = guide_inputs(step, facts)
-                standardized = {}
-                for item in inputs:
-                    self.input_encoding.setdefault(item.name, item.classes)
-                    if not item.classes:
-                        standardized[item.name] = self._reference(
-                            input_references, self._input_reference_keys, item.name, ())
-                in_features = sum(math.prod(facts.variables[i.name].shape) * (i.classes or 1)
-                                  for i in inputs)
+                inputs, standardized, in_features = self._network_inputs(step, facts, input_references)
                 info, flow, reference = None, None, None
                 if step.kind == "enumerated_in_guide":
                     out_features = facts.classes(step.latent) if spec.name == "Categorical" else 1
@@ -198,15 +190,7 @@ class AmortizedGuide(PyroModule):
             label_nets = nn.ModuleDict()
             label_sites: list[GuideSite] = []
             for step in getattr(plan, "labels", ()):
-                inputs = guide_inputs(step, facts)
-                standardized = {}
-                for item in inputs:
-                    self.input_encoding.setdefault(item.name, item.classes)
-                    if not item.classes:
-                        standardized[item.name] = self._reference(
-                            input_references, self._input_reference_keys, item.name, ())
-                in_features = sum(math.prod(facts.variables[i.name].shape) * (i.classes or 1)
-                                  for i in inputs)
+                inputs, standardized, in_features = self._network_inputs(step, facts, input_references)
                 dist = facts.draws[step.latent].dist
                 out_features = facts.classes(step.latent) if dist == "Categorical" else 1
                 hidden, act = guide_hidden(facts, step.latent, mirrored=mirrored)
@@ -224,6 +208,19 @@ class AmortizedGuide(PyroModule):
         self.input_references = input_references
         self.sites = sites
         self._sites_by_name = {site.name: site for site in sites}
+
+    def _network_inputs(self, step, facts, input_references):
+        """What the network of `step` reads: its inputs (`guide_inputs`), the reference
+        scales of the real-valued ones it standardizes (by name), and its input width."""
+        inputs = guide_inputs(step, facts)
+        standardized = {}
+        for item in inputs:
+            self.input_encoding.setdefault(item.name, item.classes)
+            if not item.classes:
+                standardized[item.name] = self._reference(
+                    input_references, self._input_reference_keys, item.name, ())
+        in_features = sum(math.prod(facts.variables[i.name].shape) * (i.classes or 1) for i in inputs)
+        return inputs, standardized, in_features
 
     @staticmethod
     def _reference(store: nn.ModuleDict, keys: dict[str, str], name: str,
