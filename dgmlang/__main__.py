@@ -1,7 +1,5 @@
 """`python -m dgmlang ...` runs the `dgm` command."""
-import sys
-
-from dgmlang.cli import main
+from dgmlang.cli import run
 
 if __name__ == "__main__":  # pragma: no branch
-    sys.exit(main())
+    run()

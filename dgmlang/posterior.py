@@ -154,7 +154,8 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
     of the observed entries where some are missing (NaN, or False in `mask`; only entries
     nothing depends on, in a distribution that factorizes over entries: their terms are
-    dropped, `dgmlang.data.check_marginalizable`),
+    dropped, `dgmlang.data.check_marginalizable`; such rows propose from the guide's mixture
+    over fillings, `mixture_rounds`, where the model has no globals),
     in chunks of at most `CHUNK_CELLS` (particles x points) and `CHUNK_VALUES` values
     (`dgmlang.weights.chunk_plan`). Never silently -inf: rows whose
     estimate is not finite (data the checks accept but the model's density overflows at)
@@ -174,8 +175,26 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     result, unreliable = [], []
     guide_draws_latents = bool(model.roles.guide_locals)
 
+    # Rows with gaps get the guide's mixture over fillings of them as proposal, as in
+    # `invert` (`mixture_rounds`): the guide reading one filling proposes too narrowly.
+    per_fill = -(-num_samples // (MIXTURE_FILLS + 1))
+    mixture = supports_mixture(model) and particles >= num_samples  # no chunks of particles
+
     def estimate_given(batch: Mapping[str, torch.Tensor],
                        observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        gaps = _rows_with_gaps(observed, next(iter(batch.values())).shape[0])
+        if mixture and bool(gaps.any()):
+            rows = gaps.nonzero().flatten()
+            part = {name: value[rows] for name, value in batch.items()}
+            _, log_w = mixture_rounds(model, part, {name: m[rows] for name, m in observed.items()}, {}, per_fill)
+            score = log_w.logsumexp(0) - math.log(log_w.shape[0])
+            flag = importance.unreliable_points(log_w, guide_draws_latents=True)
+            if bool(gaps.all()):
+                return score, flag
+            complete = (~gaps).nonzero().flatten()
+            scores, flags = estimate_given({name: value[complete] for name, value in batch.items()}, None)
+            return (score.new_empty(gaps.shape).index_put((rows,), score).index_put((complete,), scores),
+                    flag.new_empty(gaps.shape).index_put((rows,), flag).index_put((complete,), flags))
         local = [importance_weights(model, batch, particles=min(particles, num_samples - done),
                                     mask=observed).local
                  for done in range(0, num_samples, particles)]
@@ -353,6 +372,14 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     return out
 
 
+def _rows_with_gaps(observed: Mapping[str, torch.Tensor] | None, rows: int) -> torch.Tensor:
+    """Per row, whether some entry in `observed` (per data variable, True = observed) is missing."""
+    gaps = torch.zeros(rows, dtype=torch.bool)
+    for seen in (observed or {}).values():
+        gaps = gaps.to(seen.device) | ~seen.reshape(rows, -1).all(-1)
+    return gaps
+
+
 def marginalizable(model: Any, part: Dataset) -> bool:
     """Whether the missing entries of `part` are ones the model can leave out of its
     density (`check_marginalizable`): then `resample_missing` serves them."""
@@ -383,43 +410,59 @@ def resample_missing(model: Any, part: Dataset, globals_: dict[str, torch.Tensor
                     for name in part.observed}
         return resample(model, part, globals_, draws, fill=fill, unreliable=unreliable, on_rows=on_rows)
     device = model.model.device
-    particles = (MIXTURE_FILLS + 1) * max(PROPOSALS_PER_FILL, -(-3 * draws // (MIXTURE_FILLS + 1)))
-    points, _ = importance.chunk_plan(part.n, particles, importance.values_per_row(model))
+    per_fill = max(PROPOSALS_PER_FILL, -(-3 * draws // (MIXTURE_FILLS + 1)))  # >= 3 per draw
+    points, _ = importance.chunk_plan(part.n, (MIXTURE_FILLS + 1) * per_fill, importance.values_per_row(model))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
         chunk = part.rows(slice(start, start + points))
         batch = to_device(chunk.values, device)
         observed = to_device(chunk.observed, device)
-        rows = chunk.n
-        point = torch.arange(rows, device=device)
-        fills = prior_fills(model, batch, MIXTURE_FILLS)
-        for round_ in range(IMPUTE_PASSES):
-            last = round_ == IMPUTE_PASSES - 1
-            # the last round resamples `draws` from its proposals: at least 3 per draw
-            per_fill = max(PROPOSALS_PER_FILL, -(-3 * draws // (MIXTURE_FILLS + 1))) if last else PROPOSALS_PER_FILL
-            proposals, log_w = mixture_weights(model, batch, observed, fills, per_fill)
-            usable = torch.isfinite(log_w).any(0) & ~(torch.isnan(log_w) | (log_w == math.inf)).any(0)
-            if not bool(usable.all()):
-                err = DGMDataError("invert: some rows have no finite importance weight")
-                err.rows = [start + i for i in (~usable).nonzero().flatten().tolist()]  # type: ignore[attr-defined]
-                raise err
-            n = draws if last else MIXTURE_FILLS  # a middle round only needs the next fillings
-            index = torch.distributions.Categorical(logits=log_w.T).sample((n,))  # (n, rows)
-            chosen = {name: value[index, point] for name, value in proposals.items()}
-            chosen.update(sample_enumerated(model, batch, chosen, globals_, n, mask=observed))
-            drawn = draw_missing(model, batch, chosen, globals_, n)
-            for name in model.roles.data:
-                chosen[name] = batch[name].expand(n, *batch[name].shape)
-                if name in observed:
-                    chosen[name] = torch.where(observed[name], chosen[name], drawn[name])
-            fills = {name: chosen[name] for name in model.roles.data}
+        proposals, log_w = mixture_rounds(model, batch, observed, globals_, per_fill)
+        usable = torch.isfinite(log_w).any(0) & ~(torch.isnan(log_w) | (log_w == math.inf)).any(0)
+        if not bool(usable.all()):
+            err = DGMDataError("invert: some rows have no finite importance weight")
+            err.rows = [start + i for i in (~usable).nonzero().flatten().tolist()]  # type: ignore[attr-defined]
+            raise err
+        chosen = _resample_filled(model, batch, observed, proposals, log_w, globals_, draws)
         if unreliable is not None:
             unreliable.append(importance.unreliable_points(log_w, guide_draws_latents=True))
         for name, value in chosen.items():
             out.setdefault(name, []).append(value)
         if on_rows is not None:
-            on_rows(rows)
+            on_rows(chunk.n)
     return {name: torch.cat(values, dim=1) for name, values in out.items()}
+
+
+def mixture_rounds(model: Any, batch: Mapping[str, torch.Tensor], observed: Mapping[str, torch.Tensor],
+                   globals_: dict[str, torch.Tensor], per_fill: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The last of `IMPUTE_PASSES` rounds of `mixture_weights` — its proposals and log
+    weights, `per_fill` per filling — after the rounds that refine the fillings: from the
+    model's draws first, then from each round's `MIXTURE_FILLS` posterior draws (a row
+    without a usable weight in a middle round draws uniformly; its last weights show it)."""
+    fills = prior_fills(model, batch, MIXTURE_FILLS)
+    for _ in range(IMPUTE_PASSES - 1):
+        proposals, log_w = mixture_weights(model, batch, observed, fills, PROPOSALS_PER_FILL)
+        usable = torch.isfinite(log_w).any(0) & ~(torch.isnan(log_w) | (log_w == math.inf)).any(0)
+        log_w = torch.where(usable, torch.nan_to_num(log_w, nan=-math.inf), torch.zeros_like(log_w))
+        chosen = _resample_filled(model, batch, observed, proposals, log_w, globals_, MIXTURE_FILLS)
+        fills = {name: chosen[name] for name in model.roles.data}
+    return mixture_weights(model, batch, observed, fills, per_fill)
+
+
+def _resample_filled(model: Any, batch, observed, proposals, log_w: torch.Tensor, globals_, n: int) -> dict:
+    """`n` draws per row from `proposals` in proportion to the weights, with the latents the
+    model sums out drawn given them and every data variable's missing entries drawn from the
+    model: ``(n, rows, ...)`` by name."""
+    point = torch.arange(log_w.shape[1], device=log_w.device)
+    index = torch.distributions.Categorical(logits=log_w.T).sample((n,))  # (n, rows)
+    chosen = {name: value[index, point] for name, value in proposals.items()}
+    chosen.update(sample_enumerated(model, batch, chosen, globals_, n, mask=observed))
+    drawn = draw_missing(model, batch, chosen, globals_, n)
+    for name in model.roles.data:
+        chosen[name] = batch[name].expand(n, *batch[name].shape)
+        if name in observed:
+            chosen[name] = torch.where(observed[name], chosen[name], drawn[name])
+    return chosen
 
 
 def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,

@@ -31,6 +31,7 @@ SystemExit: 0
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -40,7 +41,22 @@ from dgmlang.cli.shared import say
 from dgmlang.cli.runs import CHECKPOINT, REFERENCE_SCORES, RUN_INFO
 from dgmlang.errors import DGMError, DGMWarning
 
-__all__ = ["main", "build_parser", "summary", "CHECKPOINT", "RUN_INFO", "REFERENCE_SCORES"]
+__all__ = ["main", "run", "build_parser", "summary", "CHECKPOINT", "RUN_INFO", "REFERENCE_SCORES"]
+
+
+def run() -> None:
+    """`main` as a program: exit with its status. A process started by torchrun (`dgm fit
+    --nproc N`'s workers) ends with `os._exit` once its output is flushed: gloo's threads,
+    still alive while the interpreter shuts down, could otherwise abort it with SIGABRT
+    ("terminate called without an active exception", about one run in five) after its work
+    was done and saved."""
+    code = main()
+    distributed = sys.modules.get("dgmlang.distributed")  # imported by a command that trains
+    if distributed is not None and distributed.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,5 @@
 """`python -m dgmlang.cli ...` runs the `dgm` command (as `python -m dgmlang` does)."""
-import sys
-
-from dgmlang.cli import main
+from dgmlang.cli import run
 
 if __name__ == "__main__":  # pragma: no branch
-    sys.exit(main())
+    run()
