@@ -183,7 +183,7 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     def estimate_given(batch: Mapping[str, torch.Tensor],
                        observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         gaps = _rows_with_gaps(observed, next(iter(batch.values())).shape[0])
-        if mixture and bool(gaps.any()):
+        if mixture and gaps is not None and bool(gaps.any()):
             rows = gaps.nonzero().flatten()
             part = {name: value[rows] for name, value in batch.items()}
             _, log_w = mixture_rounds(model, part, {name: m[rows] for name, m in observed.items()}, {}, per_fill)
@@ -372,12 +372,11 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     return out
 
 
-def _rows_with_gaps(observed: Mapping[str, torch.Tensor] | None, rows: int) -> torch.Tensor:
-    """Per row, whether some entry in `observed` (per data variable, True = observed) is missing."""
-    gaps = torch.zeros(rows, dtype=torch.bool)
-    for seen in (observed or {}).values():
-        gaps = gaps.to(seen.device) | ~seen.reshape(rows, -1).all(-1)
-    return gaps
+def _rows_with_gaps(observed: Mapping[str, torch.Tensor] | None, rows: int) -> torch.Tensor | None:
+    """Per row, whether some entry in `observed` (per data variable, True = observed) is
+    missing; None without masks."""
+    gaps = [~seen.reshape(rows, -1).all(-1) for seen in (observed or {}).values()]
+    return torch.stack(gaps).any(0) if gaps else None
 
 
 def marginalizable(model: Any, part: Dataset) -> bool:
