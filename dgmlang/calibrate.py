@@ -69,16 +69,13 @@ def calibrate(model: Any, dataset: Dataset) -> None:
     spread = torch.linspace(0, n - 1, steps=min(n, DATA_ROWS), device="cpu").round().long().unique()
     rows = dataset.rows(spread).values
     trace = _model_draws(model, rows)
+    wanted: dict[Any, torch.Tensor] = {}  # what to estimate: (draws, entries) per key
     for site in guide.sites:
-        for name, reference in site.input_references.items():
+        for name in site.input_references:
             if name in rows:
-                values = rows[name]
+                wanted[name] = rows[name].detach().reshape(-1, 1)
             elif trace is not None and name in trace.nodes:
-                values = trace.nodes[name]["value"]
-            else:
-                continue
-            loc, scale = coarse_reference(values.detach().reshape(-1, 1))
-            reference.set(loc[0], scale[0])
+                wanted[name] = trace.nodes[name]["value"].detach().reshape(-1, 1)
         if site.info is None or trace is None or site.name not in trace.nodes:
             continue
         node = trace.nodes[site.name]
@@ -86,10 +83,34 @@ def calibrate(model: Any, dataset: Dataset) -> None:
             unconstrained = biject_to(node["fn"].support).inv(node["value"].detach())
         except (ValueError, RuntimeError, NotImplementedError):
             continue
-        if unconstrained.numel() % site.info.size:
-            continue
-        loc, scale = coarse_reference(unconstrained.reshape(-1, site.info.size))
-        site.reference.set(loc, scale)
+        if unconstrained.numel() % site.info.size == 0:
+            wanted[site] = unconstrained.reshape(-1, site.info.size)
+    estimates = _coarse_references(wanted)
+    for site in guide.sites:
+        for name, reference in site.input_references.items():
+            if name in estimates:
+                loc, scale = estimates[name]
+                reference.set(loc[0], scale[0])
+        if site in estimates:
+            site.reference.set(*estimates[site])
+
+
+def _coarse_references(wanted: dict[Any, torch.Tensor]) -> dict[Any, tuple[torch.Tensor, torch.Tensor]]:
+    """`coarse_reference` of each value of `wanted`, computed once per group of values with
+    as many draws and the same dtype (its columns are independent): a model with thousands
+    of variables costs a few quantiles, not one per variable."""
+    groups: dict[tuple, list] = {}
+    for key, values in wanted.items():
+        groups.setdefault((values.shape[0], values.dtype, values.device), []).append(key)
+    estimates = {}
+    for keys in groups.values():
+        loc, scale = coarse_reference(torch.cat([wanted[key] for key in keys], dim=1))
+        start = 0
+        for key in keys:
+            width = wanted[key].shape[1]
+            estimates[key] = (loc[start:start + width], scale[start:start + width])
+            start += width
+    return estimates
 
 
 def coarse_reference(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
