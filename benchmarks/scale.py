@@ -133,8 +133,8 @@ class _Clock:
         return result
 
 
-def run_pipeline(text: str, timing: Timing) -> None:
-    """Every stage once on `text`, into `timing`."""
+def run_pipeline(text: str, timing: Timing, order: str = "nami") -> None:
+    """Every stage once on `text`, into `timing`, the guide derived in `order`."""
     from dgmlang.check import check
     from dgmlang.graph import build_graph
     from dgmlang.compiled import CompiledModel
@@ -145,7 +145,7 @@ def run_pipeline(text: str, timing: Timing) -> None:
     program = clock("parse", parse, text, "generated.dgm")
     (ir,) = clock("check", check, program)
     graph = clock("graph", build_graph, ir)
-    plan = clock("invert", invert, graph)
+    plan = clock("invert", invert, graph, order)
     model = clock("compile", CompiledModel, ir, plan, source=text, filename="generated.dgm")
     timing.guide_inputs = sum(len(step.inputs) for step in plan.steps)
     sample = model.sample(BATCH, seed=0)
@@ -153,13 +153,13 @@ def run_pipeline(text: str, timing: Timing) -> None:
     clock("first step", model.fit, data, steps=1, batch_size=BATCH, seed=0, progress=False)
 
 
-def measure(make, sizes: list[int], repeats: int) -> dict[int, Timing]:
+def measure(make, sizes: list[int], repeats: int, order: str = "nami") -> dict[int, Timing]:
     results = {}
     for n in sizes:
         timing = Timing()
         text = make(n)
         for _ in range(repeats):
-            run_pipeline(text, timing)
+            run_pipeline(text, timing, order)
         results[n] = timing
     return results
 

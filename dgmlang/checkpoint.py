@@ -83,6 +83,9 @@ before format 3 or a fit); `metadata` is the whole (checked) metadata, `extra` a
     format_version: int = FORMAT_VERSION
     verified: bool = True
     training: TrainingState | None = None
+    #: the elimination order its guide was derived in ("nami" for files written before
+    #: there was a choice)
+    guide_order: str = "nami"
 
 
 def dgmlang_version() -> str:
@@ -178,6 +181,7 @@ def save(model: Any, path: str | os.PathLike) -> None:
         "filename": model.filename,
         "fitted": model.fitted,
         "guide_plan": [[n, inputs] for n, inputs in model.guide_plan],
+        "guide_order": model.plan.order,
         "history": model.history,
     }
     payload = {
@@ -289,6 +293,7 @@ def read(path: str | os.PathLike) -> Checkpoint:
         format_version=version,
         verified=digest is not None,
         training=training,
+        guide_order=_guide_order(path, metadata),
     )
 
 
@@ -315,7 +320,18 @@ def _check_container(path: Path) -> None:
 #: The metadata fields and their JSON types (format 1 files may lack the optional ones).
 _REQUIRED = {"kind": str, "format_version": int, "model": str}
 _OPTIONAL = {"dgmlang_version": str, "torch_version": str, "filename": str, "fitted": bool,
-             "guide_plan": list, "history": dict, "training": dict}
+             "guide_plan": list, "history": dict, "training": dict, "guide_order": str}
+
+
+def _guide_order(path: Path, metadata: Mapping[str, Any]) -> str:
+    """The order the saved guide was derived in: "nami" when the file does not say."""
+    from dgmlang.inverse import ORDERS
+
+    order = metadata.get("guide_order", "nami")
+    if order not in ORDERS:
+        raise DGMCheckpointError(f"{path} was saved with an unknown guide order {order!r}",
+                                 hint="a newer dgmlang wrote it? load it there")
+    return order
 
 
 def _metadata(path: Path, text: Any) -> dict[str, Any]:

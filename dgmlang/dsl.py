@@ -224,14 +224,16 @@ class Model:
 
         return format_program(self.program())
 
-    def compile(self, *, device=None, dtype=None) -> "CompiledModel":
+    def compile(self, *, device=None, dtype=None, guide_order: str = "nami") -> "CompiledModel":
         """The compiled model, as `dgmlang.load` gives it for the same `.dgm` text, on
         `device` ("cpu" by default, "cuda", "cuda:N", "mps") in `dtype` ("float32" by
-        default, "float64"); see `CompiledModel.to`."""
-        from dgmlang.frontend import check_irs, check_placement, compile_checked
+        default, "float64"), its guide derived in `guide_order` ("nami" or "minfill"); see
+        `dgmlang.compile`."""
+        from dgmlang.frontend import check_guide_order, check_irs, check_placement, compile_checked
 
         check_placement(device, dtype)
-        checked = check_irs((self.ir(),))[0]
+        check_guide_order(guide_order)
+        checked = check_irs((self.ir(),), guide_order=guide_order)[0]
         return compile_checked(checked, source=self.to_dgm(), filename=f"<model {self.name}>",
                                device=device, dtype=dtype)
 

@@ -46,15 +46,27 @@ class CheckedModel:
     facts: ModelFacts
 
 
-def check_source(text: str, filename: str = "<string>") -> tuple[CheckedModel, ...]:
-    """Parse and check `text`; every model's graph and guide plan. Raises a DGMError."""
+def check_source(text: str, filename: str = "<string>", *,
+                 guide_order: str = "nami") -> tuple[CheckedModel, ...]:
+    """Parse and check `text`; every model's graph and guide plan, derived in `guide_order`
+    (`dgmlang.inverse.ORDERS`). Raises a DGMError."""
     from dgmlang.check import check
     from dgmlang.parse import parse
 
-    return check_irs(check(parse(text, filename)))
+    check_guide_order(guide_order)
+    return check_irs(check(parse(text, filename)), guide_order=guide_order)
 
 
-def check_irs(irs) -> tuple[CheckedModel, ...]:
+def check_guide_order(guide_order) -> None:
+    """Refuse an elimination order `dgmlang.inverse.invert` does not offer, before any work."""
+    from dgmlang.inverse import ORDERS
+
+    if guide_order not in ORDERS:
+        raise DGMUsageError(f"unknown guide order {guide_order!r}",
+                            hint="guide_order is one of " + ", ".join(repr(o) for o in ORDERS))
+
+
+def check_irs(irs, *, guide_order: str = "nami") -> tuple[CheckedModel, ...]:
     """Graph and guide plan for already-checked IRs (the Python DSL enters here)."""
     from dgmlang.graph import build_graph
     from dgmlang.inverse import invert
@@ -63,7 +75,8 @@ def check_irs(irs) -> tuple[CheckedModel, ...]:
     for ir in irs:
         try:
             graph = build_graph(ir)
-            checked.append(CheckedModel(ir, graph, invert(graph), ModelFacts(ir, graph)))
+            checked.append(CheckedModel(ir, graph, invert(graph, guide_order),
+                                        ModelFacts(ir, graph)))
         except DGMErrors as err:
             errors.extend(err.errors)
         except DGMError as err:
@@ -117,26 +130,33 @@ def compile_checked(checked: CheckedModel, *, source: str, filename: str,
 
 
 def compile_source(text: str, *, model: str | None = None, filename: str = "<string>",
-                   device=None, dtype=None) -> "CompiledModel":
-    """Compile one model of `text` (see `select` for `model`) on `device` in `dtype`."""
+                   device=None, dtype=None, guide_order: str = "nami") -> "CompiledModel":
+    """Compile one model of `text` (see `select` for `model`) on `device` in `dtype`, its
+    guide derived in `guide_order`."""
     check_placement(device, dtype)
-    checked = select(check_source(text, filename), model, filename)
+    checked = select(check_source(text, filename, guide_order=guide_order), model, filename)
     return compile_checked(checked, source=text, filename=filename, device=device, dtype=dtype)
 
 
-def compile(text: str, model: str | None = None, *, device=None, dtype=None) -> "CompiledModel":  # noqa: A001 - the public name
+def compile(text: str, model: str | None = None, *, device=None, dtype=None,  # noqa: A001 - the public name
+            guide_order: str = "nami") -> "CompiledModel":
     """Compile a model from `.dgm` text: ``dgmlang.compile(text).fit(data)``. `device`
     ("cpu" by default, "cuda", "cuda:N", "mps") and `dtype` ("float32" by default,
-    "float64") say where and in what the model computes (`CompiledModel.to`)."""
-    return compile_source(text, model=model, filename="<string>", device=device, dtype=dtype)
+    "float64") say where and in what the model computes (`CompiledModel.to`);
+    `guide_order` ("nami" by default, or "minfill") in what order the guide is derived
+    (docs/guides.md, "Elimination orders")."""
+    return compile_source(text, model=model, filename="<string>", device=device, dtype=dtype,
+                          guide_order=guide_order)
 
 
-def load(path: str | Path, model: str | None = None, *, device=None, dtype=None) -> "CompiledModel":
+def load(path: str | Path, model: str | None = None, *, device=None, dtype=None,
+         guide_order: str = "nami") -> "CompiledModel":
     """Compile a model from a `.dgm` file: ``dgmlang.load("vae.dgm", device="cuda").fit(data)``
-    (`device` and `dtype` as in `compile`)."""
+    (`device`, `dtype` and `guide_order` as in `compile`)."""
     check_placement(device, dtype)
+    check_guide_order(guide_order)
     return compile_source(read_source(path), model=model, filename=str(path), device=device,
-                          dtype=dtype)
+                          dtype=dtype, guide_order=guide_order)
 
 
 def check_placement(device, dtype) -> None:
@@ -170,8 +190,8 @@ def load_fitted(path: str | Path, *, device=None, dtype=None) -> "CompiledModel"
     saved = checkpoint.read(path)
     saved_dtype = _saved_dtype(saved)
     try:
-        checked = select(check_source(saved.source, saved.filename), saved.model,
-                         saved.filename)
+        checked = select(check_source(saved.source, saved.filename,
+                                      guide_order=saved.guide_order), saved.model, saved.filename)
     except DGMError as err:
         raise DGMCheckpointError(
             f"{saved.path}: the model text saved in it does not pass this dgmlang's checks:\n{err}"

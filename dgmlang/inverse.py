@@ -53,6 +53,15 @@ ENUMERATED_IN_GUIDE = "enumerated_in_guide"
 ENUMERATED_IN_MODEL = "enumerated_in_model"
 KINDS = (GLOBAL, AMORTIZED, ENUMERATED_IN_GUIDE, ENUMERATED_IN_MODEL)
 
+NAMI = "nami"
+MIN_FILL = "minfill"
+#: The elimination orders `invert` offers. "nami": Webb et al.'s natural order, a latent
+#: becomes eligible once its latent parents are eliminated (the guide samples leaves-first),
+#: fewest fill-in edges first. "minfill": every latent is eligible from the start, fewest
+#: new latent-latent edges first, then fewest new latent-given edges (a binary tree observed
+#: at its leaves is eliminated from the leaves up: O(n log n) guide inputs instead of n²/2).
+ORDERS = (NAMI, MIN_FILL)
+
 _GIVEN_ROLES = ("data", "input", "global")
 _ROLES = ("latent", *_GIVEN_ROLES)
 
@@ -92,6 +101,8 @@ class GuidePlan:
     #: "enumerated_in_guide", inputs given values only): its q(label | inputs) is what fit
     #: uses on rows whose label is missing (semi-supervised learning, see `label_steps`).
     labels: tuple[GuideStep, ...] = ()
+    #: the elimination order the plan was derived with (`ORDERS`): "nami" or "minfill"
+    order: str = "nami"
 
     def as_list(self) -> list[tuple[str, list[str] | str]]:
         """`(latent, [inputs])` per step; `(name, "enumerated in model")` for summed-out ones."""
@@ -117,8 +128,10 @@ class GuidePlan:
         raise KeyError(f"no guide step for {latent!r}")
 
 
-def invert(graph: nx.DiGraph) -> GuidePlan:
-    """The faithful inverse (NaMI) of a model graph, as the guide's plan.
+def invert(graph: nx.DiGraph, order: str = "nami") -> GuidePlan:
+    """The faithful inverse of a model graph, as the guide's plan, eliminating the latents in
+    `order`: "nami" (NaMI's natural order, from the roots; the default) or "minfill" (any
+    latent, fewest new latent-latent edges first; see `ORDERS`). Both are faithful.
 
     Every node needs a `role` (data, input, latent or global); `discrete` and `finite`
     default to False, `dist` and `span` are used in error messages.
@@ -132,15 +145,19 @@ def invert(graph: nx.DiGraph) -> GuidePlan:
     >>> invert(g).as_list()
     [('y', ['x']), ('z', ['x', 'y'])]
     """
+    if order not in ORDERS:
+        raise DGMUsageError(f"unknown guide order {order!r}",
+                            hint=f"one of {', '.join(repr(o) for o in ORDERS)}")
     with paused_gc():
         nodes = _Nodes(graph)
         if not nx.is_directed_acyclic_graph(graph):
             topological_order(graph)  # raises the DGMModelError that names the cycle
-        elimination = _eliminate(graph, nodes)
+        elimination = (_eliminate(graph, nodes) if order == NAMI
+                       else _eliminate_min_fill(graph, nodes))
         sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
         plan = _plan(nodes, sampled)
         labels = label_steps(graph, nodes)
-        return GuidePlan(plan.steps, labels) if labels else plan
+        return GuidePlan(plan.steps, labels, order)
 
 
 #: Distributions a label (a data variable whose missing entries become latents) may have.
@@ -264,21 +281,8 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
 
     Dense inverses (a tree's frontier becomes one big clique) thus cost O(|N|) bitset
     operations per step instead of O(|N|^2)."""
-    names = list(nodes.index)
-    latent = [nodes.role[name] == "latent" for name in names]
+    names, latent, latent_mask, adj = _moral_bitsets(graph, nodes)
     position = nodes.index
-    latent_mask = 0
-    for i, is_latent in enumerate(latent):
-        if is_latent:
-            latent_mask |= 1 << i
-    adj = [0] * len(names)
-    skeleton = nx.DiGraph(graph.edges)  # moral_graph deep-copies attributes; none needed
-    skeleton.add_nodes_from(graph)
-    for a, b in nx.moral_graph(skeleton).edges():
-        i, j = position[a], position[b]
-        if i != j and (latent[i] or latent[j]):  # an edge between two given nodes never matters
-            adj[i] |= 1 << j
-            adj[j] |= 1 << i
 
     def partners(b: int, others: int) -> int:
         """How many nodes of `others` (not holding b) form a relevant pair with b."""
@@ -362,6 +366,83 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
                     frontier_mask |= 1 << c
                     fill[c] = missing_within(adj[c])
                     push(c)
+    return elimination
+
+
+def _moral_bitsets(graph: nx.DiGraph, nodes: _Nodes) -> tuple[list[str], list[bool], int, list[int]]:
+    """The moral graph as bitsets (Python ints indexed by declaration order): the node
+    names, which are latents, the latents' mask and each node's neighbours. An edge between
+    two given nodes is left out: both are always known, so it never changes any guide."""
+    names = list(nodes.index)
+    latent = [nodes.role[name] == "latent" for name in names]
+    position = nodes.index
+    latent_mask = 0
+    for i, is_latent in enumerate(latent):
+        if is_latent:
+            latent_mask |= 1 << i
+    adj = [0] * len(names)
+    skeleton = nx.DiGraph(graph.edges)  # moral_graph deep-copies attributes; none needed
+    skeleton.add_nodes_from(graph)
+    for a, b in nx.moral_graph(skeleton).edges():
+        i, j = position[a], position[b]
+        if i != j and (latent[i] or latent[j]):
+            adj[i] |= 1 << j
+            adj[j] |= 1 << i
+    return names, latent, latent_mask, adj
+
+
+def _eliminate_min_fill(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
+    """Min-fill elimination over the latents: `(latent, its inverse parents)` in the order
+    eliminated. Every latent is eligible from the start; the next one eliminated adds the
+    fewest edges between two latents among its neighbours, then the fewest between a latent
+    and a given node (edges between given nodes are free), ties continuous before discrete,
+    then declaration order. After an elimination the key of every latent whose neighbourhood
+    changed (a neighbour of the eliminated latent's neighbours) is recounted."""
+    names, latent, latent_mask, adj = _moral_bitsets(graph, nodes)
+
+    def fill_of(s: int) -> tuple[int, int]:
+        group = adj[s]
+        latents, given = group & latent_mask, group & ~latent_mask
+        between_latents = between_kinds = 0
+        for b in _bits(latents):
+            between_latents += (latents & ~(1 << b) & ~adj[b]).bit_count()
+            between_kinds += (given & ~adj[b]).bit_count()
+        return between_latents // 2, between_kinds
+
+    fill: dict[int, tuple[int, int]] = {}
+    version: dict[int, int] = {}
+    heap: list[tuple[int, int, bool, int, int]] = []
+
+    def push(i: int) -> None:
+        version[i] = version.get(i, 0) + 1
+        heapq.heappush(heap, (*fill[i], nodes.discrete[names[i]], i, version[i]))
+
+    for i in _bits(latent_mask):
+        fill[i] = fill_of(i)
+        push(i)
+    elimination: list[tuple[str, list[str]]] = []
+    while heap:
+        *_, v, entry_version = heapq.heappop(heap)
+        if entry_version != version[v] or not latent_mask >> v & 1:
+            continue
+        v_bit = 1 << v
+        clique = adj[v]
+        members = _bits(clique)
+        reach = clique
+        for u in members:
+            reach |= adj[u]
+            adj[u] &= ~v_bit
+        adj[v] = 0
+        latent_mask &= ~v_bit
+        for u in members:
+            new = clique & ~(1 << u)
+            adj[u] |= new if latent[u] else new & latent_mask
+        elimination.append((names[v], [names[u] for u in members]))
+        for s in _bits(reach & latent_mask):
+            value = fill_of(s)
+            if value != fill[s]:
+                fill[s] = value
+                push(s)
     return elimination
 
 

@@ -167,6 +167,49 @@ def test_format_2_files_load_without_a_training_state(fitted, saved):
         loaded.fit({"x": torch.zeros(4, 2)}, steps=1, resume=True, progress=False)
 
 
+TREE = """
+model tree {
+    data x1
+    data x2
+    data x3
+    latent a
+    latent b
+    latent c
+    a ~ Normal(0, 1)
+    b ~ Normal(a, 1)
+    c ~ Normal(a, 1)
+    x1 ~ Normal(b, 1)
+    x2 ~ Normal(b, 1)
+    x3 ~ Normal(c, 1)
+}
+"""
+
+
+def test_the_guide_order_is_saved_and_files_without_one_load_in_nami_order(tmp_path):
+    """A model compiled with guide_order="minfill" comes back with its plan; a file written
+    before there was a choice (no "guide_order") is NaMI's, as it was derived then."""
+    data = {name: torch.randn(8) for name in ("x1", "x2", "x3")}
+    m = dgmlang.compile(TREE, guide_order="minfill")
+    assert m.guide_plan != dgmlang.compile(TREE).guide_plan
+    m.fit(data, steps=2, progress=False)
+    path = tmp_path / "tree.pt"
+    m.save(path)
+    loaded = dgmlang.load_fitted(path)
+    assert loaded.plan.order == "minfill" and loaded.guide_plan == m.guide_plan
+    assert all(torch.equal(a, b) for a, b in zip(params(loaded).values(), params(m).values()))
+    nami = dgmlang.compile(TREE)
+    nami.fit(data, steps=2, progress=False)
+    nami.save(path)
+
+    def older(payload):
+        meta = json.loads(payload["metadata"])
+        meta.pop("guide_order")
+        payload["metadata"] = json.dumps(meta)
+
+    rewrite(path, older)
+    assert dgmlang.load_fitted(path).guide_plan == nami.guide_plan
+
+
 def test_the_digest_covers_the_training_state(saved):
     def bump(payload):
         state = payload["training_state"]["optimizer"]["model.params.mu_unconstrained"]
@@ -240,6 +283,8 @@ def tensor_source(payload):
     (set_metadata(format_version=0), "format 0 does not exist"),
     (set_metadata(guide_plan=[["z", 3]]), "'guide_plan' is not a guide plan"),
     (set_metadata(dgmlang_version=2.0), "'dgmlang_version' should be a string"),
+    (set_metadata(guide_order=1), "'guide_order' should be a string"),
+    (set_metadata(guide_order="fewest"), "unknown guide order 'fewest'"),
     (tensor_source, "model text is not text"),
     (lambda p: p.__setitem__("source", ""), "model text is not text"),
     (lambda p: p.__setitem__("metadata", torch.zeros(2)), "unreadable metadata"),

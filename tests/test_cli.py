@@ -428,6 +428,8 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(workdir, unint
     assert "the data differ from the run's (the same number of rows, different values)" in capsys.readouterr().err
     assert dgm("fit", "--resume", out, "--batch-size", "4") == 1
     assert "with --batch-size 4: the run's is 8" in capsys.readouterr().err
+    assert dgm("fit", "--resume", out, "--guide-order", "minfill") == 1
+    assert "with --guide-order minfill: the run's is nami" in capsys.readouterr().err
     # the command that started the run, given again with --resume, continues it
     assert dgm_here(*resumable_fit(out), "--resume", out, cwd=workdir) == 0
     assert_same_parameters(out, uninterrupted)
@@ -721,3 +723,29 @@ def test_chunked_commands_give_one_warning_saying_how_many_chunks_had_it():
     assert messages.count("log_prob: 3 points with uneven weights (in 3 of the 5 chunks of 64 rows)") == 1
     assert "another kind (in 1 of the 5 chunks of 64 rows)" in messages
     assert "other" in messages and len(messages) == 3
+
+
+def test_guide_order_minfill_is_drawn_fitted_saved_and_recorded(workdir, capsys):
+    """--guide-order minfill: dgm graph draws that plan, dgm fit trains it, the checkpoint
+    and run.json keep it."""
+    tree = workdir / "tree.dgm"
+    tree.write_text("model tree {\n latent a\n latent b\n latent c\n data x1\n data x2\n data x3\n"
+                    " a ~ Normal(0, 1)\n b ~ Normal(a, 1)\n c ~ Normal(a, 1)\n x1 ~ Normal(b, 1)\n"
+                    " x2 ~ Normal(b, 1)\n x3 ~ Normal(c, 1)\n}\n")
+    rng = np.random.default_rng(0)
+    np.savez(workdir / "tree.npz", **{n: rng.normal(size=20) for n in ("x1", "x2", "x3")})
+    for order in ("nami", "minfill"):
+        assert dgm("graph", tree, "--guide-order", order, "-o", workdir / f"tree-{order}.dot") == 0
+    assert (workdir / "tree-nami.dot").read_text() != (workdir / "tree-minfill.dot").read_text()
+    out = workdir / "runs" / "tree-minfill"
+    assert dgm("fit", tree, "--data", workdir / "tree.npz", "--steps", "3", "--guide-order", "minfill",
+               "--out", out, "-q", "--no-score") == 0
+    import dgmlang
+    from dgmlang.frontend import check_source
+
+    fitted = dgmlang.load_fitted(out / CHECKPOINT)
+    (minfill,) = check_source(tree.read_text(), guide_order="minfill")
+    assert fitted.plan == minfill.plan and json.loads((out / "run.json").read_text())["guide_order"] == "minfill"
+    with pytest.raises(SystemExit):
+        dgm("graph", tree, "--guide-order", "fewest")
+    assert "invalid choice: 'fewest'" in capsys.readouterr().err

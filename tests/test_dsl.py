@@ -17,7 +17,7 @@ import dgmlang as dg
 from dgmlang import ast, dsl
 from dgmlang.distributions import BUILTINS, DISTRIBUTIONS, NETWORKS
 from dgmlang.errors import (
-    DGMError, DGMErrors, DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError,
+    DGMError, DGMErrors, DGMNameError, DGMShapeError, DGMSyntaxError, DGMTypeError, DGMUsageError,
 )
 from dgmlang.parse import parse
 from dgmlang.printer import format_program
@@ -209,6 +209,22 @@ model chain {
 }"""
     assert m.program() == parse(text)
     assert m.ir() == checked(text)[0]
+
+
+def test_compile_takes_the_guide_order_as_the_text_does():
+    m = dg.Model("tree")
+    a, b, c = (m.latent(name) for name in "abc")
+    xs = [m.data(f"x{i}") for i in range(3)]
+    m.draw(a, dg.Normal(0, 1))
+    m.draw(b, dg.Normal(a, 1))
+    m.draw(c, dg.Normal(a, 1))
+    for x, parent in zip(xs, (b, b, c)):
+        m.draw(x, dg.Normal(parent, 1))
+    for order in ("nami", "minfill"):
+        assert m.compile(guide_order=order).plan == dg.compile(m.to_dgm(), guide_order=order).plan
+    assert m.compile(guide_order="minfill").plan != m.compile().plan
+    with pytest.raises(DGMUsageError, match="unknown guide order"):
+        m.compile(guide_order="min-fill")
 
 
 def test_every_distribution_function_and_network_has_a_wrapper():

@@ -180,6 +180,13 @@ def _add_placement(p: argparse.ArgumentParser, *, saved: bool) -> None:
                         ("the one the model was saved in)" if saved else "float32)"))
 
 
+def _add_guide_order(p: argparse.ArgumentParser) -> None:
+    """--guide-order (docs/guides.md, "Elimination orders")."""
+    p.add_argument("--guide-order", choices=("nami", "minfill"),
+                   help="the elimination order the guide is derived in: nami (NaMI's natural order, "
+                        "the default) or minfill (fewer guide inputs on trees and wide graphs)")
+
+
 def check_arguments(parser: argparse.ArgumentParser, args) -> None:
     """What argparse cannot say about one option alone; a usage error (status 2) each. The
     subcommand's own parser (args.parser) prints the usage line."""
@@ -217,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--model", help="which model of the file (needed when it holds several)")
     p.add_argument("-o", "--output", type=_output(GRAPH_FORMATS), help="output file: .dot, .png or .svg (default MODEL.png)")
+    _add_guide_order(p)
     p.set_defaults(handler=cmd_graph, parser=p)
 
     p = sub.add_parser(
@@ -274,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-score", action="store_true",
                    help="skip scoring the reference rows (no default outlier threshold)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_guide_order(p)
     _add_placement(p, saved=False)
     p.set_defaults(handler=cmd_fit, check=_check_fit, parser=p)
 

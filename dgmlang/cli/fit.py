@@ -121,7 +121,7 @@ def _check_inputs(args) -> None:
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
-    checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+    checked = select(check_source(source, str(args.file), guide_order=args.guide_order or "nami"), args.model, str(args.file))
     if args.out is None:
         prepare_run_folder(Path("runs") / checked.ir.name, overwrite=args.overwrite)
     check_budget(f"--batch-size {settings['batch_size']} x --num-particles {settings['num_particles']}",
@@ -181,7 +181,7 @@ def _fit_without_files(args) -> int:
         options = {"resume": True}
     else:
         source = read_source(args.file)
-        checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+        checked = select(check_source(source, str(args.file), guide_order=args.guide_order or "nami"), args.model, str(args.file))
         data, masks = _read_training_data(args.data, args.mask, checked.ir, checked.facts, checked.plan)
         validation = _read_validation_data(args.validation, checked.ir, checked.facts) if args.validation else None
         device, dtype = placement(args)
@@ -214,7 +214,7 @@ def _fit_run(args) -> int:
     if args.out is not None:
         prepare_run_folder(args.out, overwrite=args.overwrite)
     source = read_source(args.file)
-    checked = select(check_source(source, str(args.file)), args.model, str(args.file))
+    checked = select(check_source(source, str(args.file), guide_order=args.guide_order or "nami"), args.model, str(args.file))
     ir = checked.ir
     out = args.out or Path("runs") / ir.name
     if args.out is None:
@@ -235,6 +235,7 @@ def _fit_run(args) -> int:
             "mask": None if args.mask is None else str(args.mask), "mask_sha256": mask_digest(masks),
             "validation": args.validation, "rows": len(next(iter(data.values()))), "steps": 0,
             "epochs": args.epochs, **settings, "processes": _processes(), "threads": args.threads,
+            "guide_order": model.plan.order,
             "no_score": args.no_score, "status": "running"}
     return _train(model, data, masks, validation, out, info, args, resume=False,
                   length={"epochs": args.epochs, "steps": args.steps})
@@ -333,7 +334,7 @@ def _check_same_settings(args, run: Path, model, info: dict) -> None:
 
     state = model.training_state
     stored = {**{key: state.settings[key] for key in FIT_DEFAULTS}, "model": model.name,
-              "nproc": state.settings[PROCESSES],
+              "nproc": state.settings[PROCESSES], "guide_order": model.plan.order,
               "steps": state.planned_steps if info.get("epochs") is None else None,
               "epochs": info.get("epochs")}
     for key, value in stored.items():

@@ -46,7 +46,8 @@ def cmd_graph(args) -> int:
 
     if args.output is not None:
         check_writable(args.output)
-    checked = select(check_source(read_source(args.file), str(args.file)), args.model, str(args.file))
+    checked = select(check_source(read_source(args.file), str(args.file), guide_order=args.guide_order or "nami"),
+                     args.model, str(args.file))
     out = args.output or check_writable(Path(f"{checked.ir.name}.png"))
     with write_atomic(out) as temporary:
         draw_graphs(checked.graph, checked.plan, checked.ir.name, temporary)
