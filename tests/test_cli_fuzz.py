@@ -341,6 +341,8 @@ class Case:
                 options.append(["-o", self.output((".png", ".svg", ".dot"))])
             if rng.random() < 0.2:
                 options.append(["--model", rng.choice(["tiny", "plain", "nope", ""])])
+            if rng.random() < 0.1:
+                options.append(["--guide-order", rng.choice(["minfill", "nami", ""])])
         elif command == "fit" and rng.random() < 0.15:  # continue a run (issue 12)
             options.append(["--resume", self.run_folder()])
             if rng.random() < 0.3:
@@ -351,6 +353,8 @@ class Case:
                 options.append(["--mask", self.data_file("mask.npz")])
             if rng.random() < 0.2:
                 options.append([rng.choice(["--batch-size", "--steps", "--seed", "--threads"]), _number(rng, 1, 2)])
+            if rng.random() < 0.05:
+                options.append(["--guide-order", rng.choice(["minfill", "nami"])])
             options.append(["-q"])
         elif command == "fit":
             argv.append(self.model_file())
@@ -382,6 +386,8 @@ class Case:
                 options.append([rng.choice(["--threads", "--checkpoint-every"]), _number(rng, 1, 2)])
             if rng.random() < 0.1:
                 options.append(["--checkpoint-seconds", rng.choice(["0.001", "60", "0", "-1", "nan", "inf", "x"])])
+            if rng.random() < 0.1:  # issue 15
+                options.append(["--guide-order", rng.choice(["minfill", "nami", "x"])])
             options.append(["-q"])
         elif command == "sample":
             argv.append(self.run_folder())
