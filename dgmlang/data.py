@@ -62,6 +62,7 @@ import pyro.distributions as pyro_dist
 from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.facts import ModelFacts
 from dgmlang.ir import Lit, ModelIR, Ref, Variable
+from dgmlang.marginals import simplex_fill
 from dgmlang.source import Span
 from dgmlang.supports import EDGE_HINTS, support_of
 
@@ -352,17 +353,23 @@ def _value_checks(ir: ModelIR, var: Variable, tensor: torch.Tensor, *, allow_mis
 
     yield
     if support.event_rank and missing.any():
+        # a partly missing row: its observed entries, positive, must leave a positive rest
         partial = missing.any(-1) & ~missing.all(-1)
-        if bool(partial.any()):
+        rest = 1 - torch.where(missing, torch.zeros_like(tensor), tensor).sum(-1)
+        full = partial & ~(rest > 0)
+        if bool(full.any()):
+            row = _first(full)
             raise DGMDataError(
-                f"{what}: {locate(var, _first(partial))} is partly missing, but a "
-                f"{ir.draw(var.name).dist} row is one value",
-                hint="mark a whole row missing or none of it",
-            )
+                f"{what}: {locate(var, row)} is partly missing, but its observed entries sum to "
+                f"{_shown(1 - rest[row])}, leaving nothing for the missing ones",
+                hint="a Dirichlet row's entries are positive and sum to 1; mark the row's "
+                     "entries missing or give them all")
     yield
     original = tensor
     tensor = tensor.long() if support.integer_dtype else tensor.to(torch.get_default_dtype())
     checkable = torch.where(missing, torch.full_like(tensor, support.placeholder), tensor)
+    if support.event_rank and missing.any():  # partly missing rows filled onto the simplex
+        checkable = simplex_fill(checkable, missing)
     ok = support.constraint.check(checkable)
     if not bool(ok.all()):
         index = _first(~ok)
@@ -646,7 +653,8 @@ class _Prepared:
     for a data variable missing everywhere), `integer` whether it becomes int64 (else
     `float_dtype`), `placeholder` the value a missing entry gets (None: none is missing
     that is not filled already), `nan_missing` whether NaN marks a missing entry, `mask`
-    the user's mask (True = observed), `has_missing` whether any entry is missing."""
+    the user's mask (True = observed), `has_missing` whether any entry is missing, `simplex`
+    whether rows lie on the simplex (a partly missing one is filled onto it)."""
 
     raw: _Column | None
     row_shape: tuple[int, ...]
@@ -656,6 +664,7 @@ class _Prepared:
     nan_missing: bool = False
     mask: _Column | None = None
     has_missing: bool = False
+    simplex: bool = False
 
     def _missing(self, raw: torch.Tensor, rows: slice | np.ndarray) -> torch.Tensor | None:
         missing = torch.isnan(raw) if self.nan_missing and raw.is_floating_point() else None
@@ -673,6 +682,8 @@ class _Prepared:
         tensor = raw.to(dtype)
         if missing is not None:
             tensor = torch.where(missing, torch.full_like(tensor, self.placeholder), tensor)
+            if self.simplex:  # a partly missing row, filled onto the simplex
+                tensor = simplex_fill(tensor, missing)
         return tensor
 
     def observed(self, rows: slice | np.ndarray) -> torch.Tensor:
@@ -911,7 +922,8 @@ def _stream_checks(ir: ModelIR, variables: list[Variable], given: Mapping[str, A
         prepared[var.name] = _Prepared(
             columns[var.name], var.shape, support.integer_dtype, torch.get_default_dtype(),
             support.placeholder, nan_missing=var.role == "data" and allow_missing,
-            mask=masks.get(var.name), has_missing=missing_seen[var.name])
+            mask=masks.get(var.name), has_missing=missing_seen[var.name],
+            simplex=bool(support.event_rank) and not support.integer_dtype)
     return prepared, first_error
 
 
@@ -998,8 +1010,3 @@ def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
                 f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "
                 f"depend{'s' if len(children) == 1 else ''} on it, so its missing entries are latents "
                 f"that {purpose} cannot marginalize by dropping their terms", hint=hint)
-        if support_of(ir, var, facts=facts).event_rank:
-            raise DGMDataError(
-                f"{purpose}: data '{name}' has missing entries, but its {facts.draws[name].dist} "
-                f"distribution is joint over each row's entries, so {purpose} cannot drop "
-                "single entries' terms", hint=hint)

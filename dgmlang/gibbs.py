@@ -27,6 +27,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.data import Dataset
 from dgmlang.devices import to_device
+from dgmlang.marginals import redraw
 from dgmlang import weights as importance
 from dgmlang.weights import importance_weights
 
@@ -76,8 +77,7 @@ def run_chains(model: Any, part: Dataset, given: dict[str, torch.Tensor]) -> dic
     for name in roles.data:
         value = values[name]
         if name in observed:
-            draw = prior.nodes[name]["value"].to(value.dtype)
-            value = torch.where(observed[name], value, draw)
+            value = redraw(prior.nodes[name]["fn"], value, observed[name], prior.nodes[name]["value"])
         data[name] = value
     # Missing entries of a variable nothing depends on are summed out when the discrete
     # latents are drawn (the model's mask), so those and the entries are drawn jointly.
@@ -159,8 +159,7 @@ def _redraw_missing(model: Any, observed: dict[str, torch.Tensor], inputs, data,
             continue
         trace = poutine.trace(pyro_model).get_trace({**inputs, **data})
         value = data[name]
-        draw = trace.nodes[name]["fn"].sample().to(value.dtype)
-        proposed = torch.where(observed[name], value, draw)
+        proposed = redraw(trace.nodes[name]["fn"], value, observed[name])
         if model.roles.has_children[name]:
             new_trace = poutine.trace(pyro_model).get_trace({**inputs, **data, name: proposed})
             gain = (_others_log_prob(new_trace, name, value.device)

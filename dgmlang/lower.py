@@ -40,6 +40,7 @@ from dgmlang import ir as irm
 from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
+from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
 from dgmlang.sites import ModelSite
 
@@ -249,23 +250,23 @@ class LoweredModel(PyroModule):
     def _sample(self, site: ModelSite, env: dict, obs, observed) -> torch.Tensor:
         base = site.distribution(env)
         if observed is not None:
-            # A value with an own event (a simplex) counts as observed only as a whole. The
-            # missing entries outside the support (NaN, say) are replaced by a draw from the
-            # model, which the mask then ignores: they would fail validation and poison
-            # gradients even where masked. Placeholders inside it (what `prepare_data` puts
-            # there) are kept: drawing every entry costs as much as the rest of the step.
+            # The missing entries outside the support (NaN, say) are replaced by a draw from
+            # the model given the observed ones, which the mask then ignores: they would
+            # fail validation and poison gradients even where masked. Placeholders inside it
+            # (what `prepare_data` puts there) are kept: drawing every entry costs as much
+            # as the rest of the step. A row of a joint distribution (a Dirichlet) scores
+            # its observed entries' exact marginal (`ObservedPart`).
             rank = site.event_rank
-            if rank:
-                observed = observed.reshape(*observed.shape[: observed.dim() - rank], -1).all(-1)
-            replace = ~observed & ~base.support.check(obs)
+            outside = ~base.support.check(obs)
+            replace = ~observed & (outside.unsqueeze(-1) if rank else outside)
             while replace.dim() > observed.dim():
                 replace = replace.any(0)
             if bool(replace.any()):
-                filler = base.sample().detach()
+                filler = redraw(base, obs, observed).detach()
                 while filler.dim() > obs.dim():
                     filler = filler[0]
-                obs = torch.where(replace.reshape(replace.shape + (1,) * rank), filler, obs)
-            base = base.mask(observed)
+                obs = torch.where(replace, filler, obs)
+            base = ObservedPart(base, observed) if rank else base.mask(observed)
         fn = base.to_event(site.event_dims) if site.event_dims else base
         infer = {"enumerate": "parallel"} if obs is None and site.enumerable else {}
         return pyro.sample(site.name, fn, obs=obs, infer=infer)

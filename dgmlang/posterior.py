@@ -456,7 +456,7 @@ def _resample_filled(model: Any, batch, observed, proposals, log_w: torch.Tensor
     index = torch.distributions.Categorical(logits=log_w.T).sample((n,))  # (n, rows)
     chosen = {name: value[index, point] for name, value in proposals.items()}
     chosen.update(sample_enumerated(model, batch, chosen, globals_, n, mask=observed))
-    drawn = draw_missing(model, batch, chosen, globals_, n)
+    drawn = draw_missing(model, batch, chosen, globals_, n, observed)
     for name in model.roles.data:
         chosen[name] = batch[name].expand(n, *batch[name].shape)
         if name in observed:
@@ -512,7 +512,7 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
             err.rows = [start + i for i in err.rows]  # type: ignore[attr-defined]
             raise
         chosen.update(sample_enumerated(model, batch, chosen, globals_, draws, mask=observed))
-        drawn = draw_missing(model, batch, chosen, globals_, draws) if observed else {}
+        drawn = draw_missing(model, batch, chosen, globals_, draws, observed) if observed else {}
         for name in roles.data:
             chosen[name] = batch[name].expand(draws, *batch[name].shape)
             if name in drawn and name in observed:  # observed holds the variables with a gap only

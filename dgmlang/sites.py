@@ -40,6 +40,7 @@ from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMDataError
 from dgmlang.evaluate import Env, Evaluator, broadcast_shape, concat_features, flatten_event, pad_event
 from dgmlang.facts import ModelFacts
+from dgmlang.marginals import observed_log_prob
 from dgmlang.nets import POSITIVE_FLOOR, to_constraint
 
 __all__ = [
@@ -155,12 +156,16 @@ class ModelSite:
                  observed: torch.Tensor | None = None) -> torch.Tensor:
         """log p of the site's value in `env`: summed (as Pyro sums it over the plates it
         broadcasts the site to), or per data point when `per_point`, shaped
-        ``(*enumeration, *plates)``. `observed` (booleans shaped like the value, data whose
-        distribution has no event dims of its own) drops the terms of the missing entries:
-        they are marginalized exactly, as ``base.mask(observed)`` does on Pyro's path."""
+        ``(*enumeration, *plates)``. `observed` (booleans shaped like the value) drops the
+        terms of the missing entries: they are marginalized exactly, as ``base.mask(observed)``
+        does on Pyro's path; a row of a joint distribution (Dirichlet) with entries missing
+        scores its observed entries' marginal (`dgmlang.marginals`, `ObservedPart` there)."""
         base = self.distribution(env)
-        log_p = base.log_prob(env[self.name])
-        if observed is not None:
+        if observed is not None and self.event_rank:
+            log_p = observed_log_prob(base, env[self.name], observed)
+        else:
+            log_p = base.log_prob(env[self.name])
+        if observed is not None and not self.event_rank:
             log_p = torch.where(observed, log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
         batch = tuple(base.batch_shape)
         target = plate_batch_shape(batch[: len(batch) - self.event_dims], plates)

@@ -39,7 +39,7 @@ model chain {
 }
 """
 
-#: a joint distribution over each row: one entry's term cannot be dropped
+#: a joint distribution over each row: gaps scored by the observed entries' marginal
 JOINT = """
 model joint {
     data   p[3]
@@ -309,10 +309,6 @@ def test_a_csv_mask_names_its_line_and_column(masked_run, workdir, tmp_path, cap
 @pytest.mark.parametrize("model, data, mask, message", [
     ("chain.dgm", "chain.npz", "chain_mask.npz",
      "chain.npz (with the mask {mask}): fit: data 'a' has missing entries, but 'b' depends on it"),
-    ("joint.dgm", "joint.npz", "joint_mask.npz",
-     "joint.npz (with the mask {mask}): data variable 'p' (Dirichlet): row 0 is partly missing, but a Dirichlet row is one value"),
-    ("joint.dgm", "joint.npz", "joint_rows.npz",
-     "joint.npz (with the mask {mask}): fit: data 'p' has missing entries, but its Dirichlet distribution is joint"),
 ])
 def test_a_mask_for_a_variable_that_cannot_be_marginalized(workdir, tmp_path, capsys, model, data, mask, message):
     assert dgm("fit", workdir / model, "--data", workdir / data, "--mask", workdir / mask, "--steps", 1,
@@ -320,6 +316,16 @@ def test_a_mask_for_a_variable_that_cannot_be_marginalized(workdir, tmp_path, ca
     err = capsys.readouterr().err
     assert message.format(mask=workdir / mask) in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("mask", ["joint_mask.npz", "joint_rows.npz"])
+def test_gaps_in_a_dirichlet_row_are_fitted_and_scored_by_their_marginal(workdir, tmp_path, capsys, mask):
+    assert dgm("fit", workdir / "joint.dgm", "--data", workdir / "joint.npz", "--mask", workdir / mask,
+               "--steps", 2, "--out", tmp_path / "r", "-q", "--no-score") == 0
+    assert dgm("score", tmp_path / "r", "--data", workdir / "joint.npz", "--mask", workdir / mask,
+               "-o", tmp_path / "s.csv", "-q") == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(lines) == 21 and "Traceback" not in capsys.readouterr().err
 
 
 def test_nan_in_a_variable_others_depend_on_is_refused_by_fit_and_score(workdir, tmp_path, capsys):
