@@ -67,12 +67,15 @@ def calibrate(model: Any, dataset: Dataset) -> None:
     guide = model.guide
     n = dataset.n
     spread = torch.linspace(0, n - 1, steps=min(n, DATA_ROWS), device="cpu").round().long().unique()
-    rows = dataset.rows(spread).values
+    chosen = dataset.rows(spread)
+    rows, observed = chosen.values, chosen.observed
     trace = _model_draws(model, rows)
-    for site in guide.sites:
+    for site in [*guide.sites, *getattr(guide, "imputation_sites", {}).values()]:
         for name, reference in site.input_references.items():
             if name in rows:
                 values = rows[name]
+                if name in observed and values.is_floating_point():  # missing entries ignored
+                    values = torch.where(observed[name], values, torch.full_like(values, math.nan))
             elif trace is not None and name in trace.nodes:
                 values = trace.nodes[name]["value"]
             else:
