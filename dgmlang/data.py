@@ -61,6 +61,7 @@ import pyro.distributions as pyro_dist
 
 from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.facts import ModelFacts
+from dgmlang.inverse import imputable
 from dgmlang.ir import Lit, ModelIR, Ref, Variable
 from dgmlang.marginals import simplex_fill
 from dgmlang.source import Span
@@ -979,12 +980,15 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
 
 def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
                          facts: ModelFacts | None = None, labels: Iterable[str] = ()) -> None:
-    """Refuse missing entries `purpose` (fit, log_prob) cannot marginalize exactly by
-    dropping their terms: entries of a `data` variable that another variable depends on,
-    or whose distribution has an event of its own (Dirichlet, MultivariateNormal), or a
-    data variable not given at all. Entries are assumed missing at random. `labels` (the
-    guide plan's label steps, `dgmlang.inverse.label_steps`) may have missing entries though
-    others depend on them: those rows treat them as latents (semi-supervised learning).
+    """Refuse missing entries `purpose` (fit, validation, log_prob; invert asks whether it
+    can resample) cannot handle exactly, and a data variable not given at all. Entries are
+    assumed missing at random. Accepted: gaps of a variable nothing depends on (their terms
+    are dropped; a Dirichlet row's observed part scored by its marginal); `labels` (the plan's
+    label steps, `dgmlang.inverse.label_steps`), latents of their rows summed out
+    (semi-supervised learning); and, except for invert, gaps of a continuous elementwise
+    variable others depend on (`dgmlang.inverse.imputable`): latents of their rows, drawn by
+    the guide's imputation step. Refused: gaps that others depend on in a discrete variable
+    other than a label, or in a Dirichlet row.
 
     >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
@@ -996,17 +1000,27 @@ def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
     for name, column in dataset.columns.items():
         if not column.has_missing:
             continue
-        var = ir.variable(name)
         hint = ("invert(data, mask=...) handles every missing pattern; here fill or drop the "
                 "rows with missing entries")
         if column.raw is None:
             raise DGMDataError(f"{purpose}: no values for '{name}'",
                                hint="give every data and input variable, each shaped (n, *shape)")
         children = sorted(facts.graph.successors(name)) if name in facts.graph else []
-        if children and name in set(labels):
+        if not children or name in set(labels):
             continue
-        if children:
+        depend = (f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "
+                  f"depend{'s' if len(children) == 1 else ''} on it, so its missing entries are latents")
+        if purpose == "invert":
+            raise DGMDataError(f"{depend} that invert cannot draw from the model given the rest",
+                               hint="invert's Gibbs chains handle them")
+        if imputable(facts.graph, name):
+            continue
+        dist = facts.draws[name].dist
+        if support_of(ir, ir.variable(name), facts=facts).event_rank:
             raise DGMDataError(
-                f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "
-                f"depend{'s' if len(children) == 1 else ''} on it, so its missing entries are latents "
-                f"that {purpose} cannot marginalize by dropping their terms", hint=hint)
+                f"{depend}, and a {dist} row with gaps has no guide: no q of part of a simplex row "
+                "is derived", hint=hint)
+        raise DGMDataError(
+            f"{depend}, discrete ones ({dist}) that {purpose} sums out only for a label, a "
+            "Categorical or Bernoulli data variable a latent's guide reads (semi-supervised "
+            "learning)", hint=hint)

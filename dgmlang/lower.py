@@ -42,7 +42,7 @@ from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
 from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
-from dgmlang.sites import ModelSite
+from dgmlang.sites import ModelSite, missing_site
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
 MAX_PLATE_NESTING = 1
@@ -212,8 +212,24 @@ class LoweredModel(PyroModule):
                                 f"the mask of '{name}' should be shaped {list(obs.shape)}, "
                                 f"not {list(observed.shape)}"
                             )
-                values[name] = env[name] = self._sample(site, env, obs, observed)
+                if observed is not None and site.imputed:
+                    values[name] = env[name] = self._impute(site, env, obs, observed)
+                else:
+                    values[name] = env[name] = self._sample(site, env, obs, observed)
         return values
+
+    def _impute(self, site: ModelSite, env: dict, obs, observed) -> torch.Tensor:
+        """A data variable with children and missing entries: the missing entries are a
+        latent site (`missing_site`, which the guide samples), the observed ones observed,
+        and the variable's value, every entry scored once, is the two put together."""
+        base = site.distribution(env)
+        dims = site.event_dims
+        unseen = base.mask(~observed)
+        draw = pyro.sample(missing_site(site.name), unseen.to_event(dims) if dims else unseen)
+        value = torch.where(observed, obs, draw)
+        seen = base.mask(observed)
+        pyro.sample(site.name, seen.to_event(dims) if dims else seen, obs=value)
+        return value
 
     def batch_size_of(self, batch: Mapping[str, Any], batch_size: int | None) -> int:
         """B: the leading size shared by the tensors in `batch`, or `batch_size`. Every name

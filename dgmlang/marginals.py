@@ -27,12 +27,15 @@ tensor([0.2000, 0.4000, 0.4000])
 """
 from __future__ import annotations
 
+import math
+
 import torch
-from torch.distributions import Dirichlet, Independent, constraints
+from torch.distributions import Dirichlet, Independent, MultivariateNormal, constraints
 
 from pyro.distributions.torch_distribution import TorchDistribution
 
-__all__ = ["JOINT", "ObservedPart", "complete", "observed_log_prob", "redraw", "simplex_fill"]
+__all__ = ["JOINT", "MissingPart", "ObservedPart", "complete", "masked_mvn_log_prob", "observed_log_prob",
+           "redraw", "simplex_fill"]
 
 #: Distributions over a row with entries that can be missing, marginalized here.
 JOINT = ("Dirichlet",)
@@ -114,3 +117,84 @@ class ObservedPart(TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         return observed_log_prob(self.base, value, self.observed)
+
+
+def masked_mvn_log_prob(loc: torch.Tensor, scale_tril: torch.Tensor, value: torch.Tensor,
+                        keep: torch.Tensor) -> torch.Tensor:
+    """log N(value[keep]; loc[keep], Σ[keep, keep]) per row, Σ = scale_tril scale_trilᵀ, each
+    row with its own `keep` pattern: the dropped coordinates get unit variance, no
+    correlation and a zero residual, which adds exactly their N(0; 0, 1) terms, taken off
+    again (0 for a row keeping nothing).
+
+    >>> tril = torch.tensor([[1.0, 0.0], [0.5, 1.0]])
+    >>> keep = torch.tensor([False, True])
+    >>> float(masked_mvn_log_prob(torch.zeros(2), tril, torch.tensor([9.0, 1.0]), keep))
+    ... # doctest: +ELLIPSIS
+    -1.32...
+    >>> float(torch.distributions.Normal(0.0, 1.25 ** 0.5).log_prob(torch.tensor(1.0)))
+    ... # doctest: +ELLIPSIS
+    -1.32...
+    """
+    k = keep.to(loc.dtype)
+    cov = scale_tril @ scale_tril.transpose(-1, -2)
+    cov = cov * k.unsqueeze(-1) * k.unsqueeze(-2) + torch.diag_embed(1 - k)
+    diff = torch.where(keep, value - loc, torch.zeros_like(value - loc))
+    normal = MultivariateNormal(torch.zeros_like(diff), covariance_matrix=cov, validate_args=False)
+    return normal.log_prob(diff) + (1 - k).sum(-1) * (0.5 * math.log(2 * math.pi))
+
+
+class MissingPart(TorchDistribution):
+    """q of a variable's missing entries: every entry drawn, ``x = transform(u)`` with ``u``
+    over the flat entries ``(*batch, D)`` either a diagonal Normal (`scale`) or a
+    MultivariateNormal (`scale_tril`), and `log_prob` the density of the missing entries
+    only (False in `observed`, shaped like ``(*batch, *shape)``): the exact marginal of
+    u's missing part, less the log-Jacobian of the elementwise transform there. The
+    transform is cached, so scoring a draw inverts nothing."""
+
+    arg_constraints: dict = {}
+    support = constraints.real  # only the missing entries are the model's; any value passes
+    has_rsample = True
+
+    def __init__(self, loc: torch.Tensor, observed: torch.Tensor, shape: tuple[int, ...], transform, *,
+                 scale: torch.Tensor | None = None, scale_tril: torch.Tensor | None = None):
+        self.loc, self.scale, self.scale_tril = loc, scale, scale_tril
+        self.observed, self.transform, self.entries = observed, transform, tuple(shape)
+        super().__init__(loc.shape[:-1], torch.Size(shape), validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        size = self.loc.shape[-1]
+        return MissingPart(
+            self.loc.expand(batch_shape + (size,)), self.observed, self.entries, self.transform,
+            scale=None if self.scale is None else self.scale.expand(batch_shape + (size,)),
+            scale_tril=None if self.scale_tril is None else self.scale_tril.expand(batch_shape + (size, size)))
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.loc.shape
+        eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        if self.scale_tril is not None:
+            u = self.loc + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+        else:
+            u = self.loc + self.scale * eps
+        return self.transform(u.reshape(u.shape[:-1] + self.entries))
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        u = self.transform.inv(value)
+        log_jacobian = self.transform.log_abs_det_jacobian(u, value)
+        rank = len(self.entries)
+        flat = u.reshape(u.shape[: u.dim() - rank] + (-1,))
+        keep = (~self.observed).expand(u.shape)
+        keep = keep.reshape(flat.shape)
+        if self.scale_tril is not None:
+            log_q = masked_mvn_log_prob(self.loc, self.scale_tril, flat, keep)
+        else:
+            per_entry = torch.distributions.Normal(self.loc, self.scale, validate_args=False).log_prob(flat)
+            log_q = torch.where(keep, per_entry, torch.zeros_like(per_entry)).sum(-1)
+        if torch.is_tensor(log_jacobian):
+            log_jacobian = log_jacobian.expand(u.shape).reshape(flat.shape)
+            log_q = log_q - torch.where(keep, log_jacobian, torch.zeros_like(log_jacobian)).sum(-1)
+        return log_q

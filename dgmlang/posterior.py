@@ -152,10 +152,11 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
              num_samples: int = 1000, seed: int | None = None,
              progress: bool = True) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
-    of the observed entries where some are missing (NaN, or False in `mask`; only entries
-    nothing depends on, in a distribution that factorizes over entries: their terms are
-    dropped, `dgmlang.data.check_marginalizable`; such rows propose from the guide's mixture
-    over fillings, `mixture_rounds`, where the model has no globals),
+    of the observed entries where some are missing (NaN, or False in `mask`; what
+    `dgmlang.data.check_marginalizable` accepts: entries nothing depends on, whose terms are
+    dropped — such rows propose from the guide's mixture over fillings, `mixture_rounds`,
+    where the model has no globals — and entries others depend on, which the guide's
+    imputation steps propose with the latents),
     in chunks of at most `CHUNK_CELLS` (particles x points) and `CHUNK_VALUES` values
     (`dgmlang.weights.chunk_plan`). Never silently -inf: rows whose
     estimate is not finite (data the checks accept but the model's density overflows at)
@@ -178,7 +179,10 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     # Rows with gaps get the guide's mixture over fillings of them as proposal, as in
     # `invert` (`mixture_rounds`): the guide reading one filling proposes too narrowly.
     per_fill = -(-num_samples // (MIXTURE_FILLS + 1))
-    mixture = supports_mixture(model) and particles >= num_samples  # no chunks of particles
+    # (not where a variable others depend on has gaps: the guide's imputation step proposes those)
+    imputing = any(dataset.columns[step.latent].has_missing for step in model.plan.imputations
+                   if step.latent in dataset.columns)
+    mixture = supports_mixture(model) and particles >= num_samples and not imputing
 
     def estimate_given(batch: Mapping[str, torch.Tensor],
                        observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
