@@ -27,6 +27,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.data import Dataset
 from dgmlang.devices import to_device
+from dgmlang.errors import DGMDataError
 from dgmlang.marginals import redraw
 from dgmlang import weights as importance
 from dgmlang.weights import importance_weights
@@ -46,17 +47,29 @@ def gibbs(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: i
     with globals, one batch of chains per posterior draw of the globals, which stay fixed
     in it."""
     if globals_:
-        runs = [run_chains(model, part, {g: v[s] for g, v in globals_.items()})
+        runs = [_chains_or_error(model, part, {g: v[s] for g, v in globals_.items()}, range(part.n))
                 for s in range(draws)]
         return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}
     points = max(1, min(part.n, importance.CHUNK_CELLS // draws))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
         chunk = part.rows(slice(start, start + points))
-        chains = run_chains(model, chunk.repeated(draws), {})
+        chains = _chains_or_error(model, chunk.repeated(draws), {}, range(start, start + chunk.n))
         for name, value in chains.items():
             out.setdefault(name, []).append(value.reshape(draws, chunk.n, *value.shape[1:]))
     return {name: torch.cat(values, dim=1) for name, values in out.items()}
+
+
+def _chains_or_error(model: Any, part: Dataset, given: dict[str, torch.Tensor], rows: range) -> dict:
+    """`run_chains`, a distribution's failure on values the chains reached (a heavy-tailed
+    draw overflowing to inf, then NaN parameters) made a `DGMDataError` whose ``rows`` are
+    `rows` (the points of `part`, counted in the caller's part)."""
+    try:
+        return run_chains(model, part, given)
+    except (ValueError, RuntimeError) as failure:
+        err = DGMDataError(f"invert: the Gibbs chains reached values where the model fails ({failure})")
+        err.rows = list(rows)  # type: ignore[attr-defined]
+        raise err from None
 
 
 def run_chains(model: Any, part: Dataset, given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
