@@ -67,13 +67,18 @@ def calibrate(model: Any, dataset: Dataset) -> None:
     guide = model.guide
     n = dataset.n
     spread = torch.linspace(0, n - 1, steps=min(n, DATA_ROWS), device="cpu").round().long().unique()
-    rows = dataset.rows(spread).values
+    chosen = dataset.rows(spread)
+    rows, observed = chosen.values, chosen.observed
     trace = _model_draws(model, rows)
+    sites = [*guide.sites, *getattr(guide, "imputation_sites", {}).values()]
     wanted: dict[Any, torch.Tensor] = {}  # what to estimate: (draws, entries) per key
-    for site in guide.sites:
+    for site in sites:
         for name in site.input_references:
             if name in rows:
-                wanted[name] = rows[name].detach().reshape(-1, 1)
+                values = rows[name]
+                if name in observed and values.is_floating_point():  # missing entries ignored
+                    values = torch.where(observed[name], values, torch.full_like(values, math.nan))
+                wanted[name] = values.detach().reshape(-1, 1)
             elif trace is not None and name in trace.nodes:
                 wanted[name] = trace.nodes[name]["value"].detach().reshape(-1, 1)
         if site.info is None or trace is None or site.name not in trace.nodes:
@@ -86,7 +91,7 @@ def calibrate(model: Any, dataset: Dataset) -> None:
         if unconstrained.numel() % site.info.size == 0:
             wanted[site] = unconstrained.reshape(-1, site.info.size)
     estimates = _coarse_references(wanted)
-    for site in guide.sites:
+    for site in sites:
         for name, reference in site.input_references.items():
             if name in estimates:
                 loc, scale = estimates[name]

@@ -454,10 +454,11 @@ def optional_keys(state: dict) -> list[str]:
     """Keys a checkpoint may lack: the guide's reference scales, which files written before
     they existed do not hold; a model restored from such a file keeps them neutral (0 and
     1), which is exactly how it was trained. Likewise the networks of q(label | x)
-    (`label_nets`, semi-supervised learning), which a file written before them lacks: they
-    keep their initial values, untrained, as they were in that model."""
+    (`label_nets`, semi-supervised learning) and of the imputation steps (`imputation_nets`,
+    missing entries others depend on), which a file written before them lacks: they keep
+    their initial values, untrained, as they were in that model."""
     return [key for key in state
-            if key.startswith(("references.", "input_references.", "label_nets."))]
+            if key.startswith(("references.", "input_references.", "label_nets.", "imputation_nets."))]
 
 
 def _describe(tensor: torch.Tensor) -> str:

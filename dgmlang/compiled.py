@@ -192,12 +192,14 @@ class CompiledModel:
         `DGMTrainingError`; the parameters are then those from before the failing step.
 
         Missing entries (NaN, or False in `mask`: per data variable, booleans shaped like it,
-        True = observed) are marginalized exactly by dropping their terms, assuming they are
-        missing at random — only in data variables nothing else depends on, whose
-        distribution factorizes over entries (Normal, Bernoulli, ...; not Dirichlet or
-        MultivariateNormal); other patterns are a `DGMDataError` (invert handles them). The
-        guide reads missing entries filled with its input reference's loc (0 once
-        standardized), not knowing which they are. See docs/inference.md, "Missing data".
+        True = observed), assumed missing at random, are marginalized exactly where nothing
+        else depends on them: their terms are dropped (a Dirichlet row's observed part is
+        scored by its marginal). Where others depend on them they are latents of their row:
+        a continuous variable's drawn by the guide's imputation step (``plan.imputations``),
+        a label's summed out (below); other patterns (discrete non-labels, Dirichlet rows)
+        are a `DGMDataError` (invert handles them). The latents' guides read missing entries
+        filled with the input reference's loc (0 once standardized), or by the imputation
+        step. See docs/missing-data.md.
 
         A label (a Categorical or Bernoulli `data` variable a latent's guide reads, listed in
         ``plan.labels``) may be missing on some rows: semi-supervised learning. Those rows

@@ -61,7 +61,9 @@ import pyro.distributions as pyro_dist
 
 from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.facts import ModelFacts
+from dgmlang.inverse import imputable
 from dgmlang.ir import Lit, ModelIR, Ref, Variable
+from dgmlang.marginals import simplex_fill
 from dgmlang.source import Span
 from dgmlang.supports import EDGE_HINTS, support_of
 
@@ -352,17 +354,23 @@ def _value_checks(ir: ModelIR, var: Variable, tensor: torch.Tensor, *, allow_mis
 
     yield
     if support.event_rank and missing.any():
+        # a partly missing row: its observed entries, positive, must leave a positive rest
         partial = missing.any(-1) & ~missing.all(-1)
-        if bool(partial.any()):
+        rest = 1 - torch.where(missing, torch.zeros_like(tensor), tensor).sum(-1)
+        full = partial & ~(rest > 0)
+        if bool(full.any()):
+            row = _first(full)
             raise DGMDataError(
-                f"{what}: {locate(var, _first(partial))} is partly missing, but a "
-                f"{ir.draw(var.name).dist} row is one value",
-                hint="mark a whole row missing or none of it",
-            )
+                f"{what}: {locate(var, row)} is partly missing, but its observed entries sum to "
+                f"{_shown(1 - rest[row])}, leaving nothing for the missing ones",
+                hint="a Dirichlet row's entries are positive and sum to 1; mark the row's "
+                     "entries missing or give them all")
     yield
     original = tensor
     tensor = tensor.long() if support.integer_dtype else tensor.to(torch.get_default_dtype())
     checkable = torch.where(missing, torch.full_like(tensor, support.placeholder), tensor)
+    if support.event_rank and missing.any():  # partly missing rows filled onto the simplex
+        checkable = simplex_fill(checkable, missing)
     ok = support.constraint.check(checkable)
     if not bool(ok.all()):
         index = _first(~ok)
@@ -646,7 +654,8 @@ class _Prepared:
     for a data variable missing everywhere), `integer` whether it becomes int64 (else
     `float_dtype`), `placeholder` the value a missing entry gets (None: none is missing
     that is not filled already), `nan_missing` whether NaN marks a missing entry, `mask`
-    the user's mask (True = observed), `has_missing` whether any entry is missing."""
+    the user's mask (True = observed), `has_missing` whether any entry is missing, `simplex`
+    whether rows lie on the simplex (a partly missing one is filled onto it)."""
 
     raw: _Column | None
     row_shape: tuple[int, ...]
@@ -656,6 +665,7 @@ class _Prepared:
     nan_missing: bool = False
     mask: _Column | None = None
     has_missing: bool = False
+    simplex: bool = False
 
     def _missing(self, raw: torch.Tensor, rows: slice | np.ndarray) -> torch.Tensor | None:
         missing = torch.isnan(raw) if self.nan_missing and raw.is_floating_point() else None
@@ -673,6 +683,8 @@ class _Prepared:
         tensor = raw.to(dtype)
         if missing is not None:
             tensor = torch.where(missing, torch.full_like(tensor, self.placeholder), tensor)
+            if self.simplex:  # a partly missing row, filled onto the simplex
+                tensor = simplex_fill(tensor, missing)
         return tensor
 
     def observed(self, rows: slice | np.ndarray) -> torch.Tensor:
@@ -911,7 +923,8 @@ def _stream_checks(ir: ModelIR, variables: list[Variable], given: Mapping[str, A
         prepared[var.name] = _Prepared(
             columns[var.name], var.shape, support.integer_dtype, torch.get_default_dtype(),
             support.placeholder, nan_missing=var.role == "data" and allow_missing,
-            mask=masks.get(var.name), has_missing=missing_seen[var.name])
+            mask=masks.get(var.name), has_missing=missing_seen[var.name],
+            simplex=bool(support.event_rank) and not support.integer_dtype)
     return prepared, first_error
 
 
@@ -967,12 +980,15 @@ def prepare_inputs(ir: ModelIR, inputs: Mapping[str, Any] | None, n: int, *,
 
 def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
                          facts: ModelFacts | None = None, labels: Iterable[str] = ()) -> None:
-    """Refuse missing entries `purpose` (fit, log_prob) cannot marginalize exactly by
-    dropping their terms: entries of a `data` variable that another variable depends on,
-    or whose distribution has an event of its own (Dirichlet, MultivariateNormal), or a
-    data variable not given at all. Entries are assumed missing at random. `labels` (the
-    guide plan's label steps, `dgmlang.inverse.label_steps`) may have missing entries though
-    others depend on them: those rows treat them as latents (semi-supervised learning).
+    """Refuse missing entries `purpose` (fit, validation, log_prob; invert asks whether it
+    can resample) cannot handle exactly, and a data variable not given at all. Entries are
+    assumed missing at random. Accepted: gaps of a variable nothing depends on (their terms
+    are dropped; a Dirichlet row's observed part scored by its marginal); `labels` (the plan's
+    label steps, `dgmlang.inverse.label_steps`), latents of their rows summed out
+    (semi-supervised learning); and, except for invert, gaps of a continuous elementwise
+    variable others depend on (`dgmlang.inverse.imputable`): latents of their rows, drawn by
+    the guide's imputation step. Refused: gaps that others depend on in a discrete variable
+    other than a label, or in a Dirichlet row.
 
     >>> from dgmlang.ir import Draw, Lit, ModelIR, Variable
     >>> ir = ModelIR("m", (Variable("x", "data", (2,)),),
@@ -984,22 +1000,27 @@ def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
     for name, column in dataset.columns.items():
         if not column.has_missing:
             continue
-        var = ir.variable(name)
         hint = ("invert(data, mask=...) handles every missing pattern; here fill or drop the "
                 "rows with missing entries")
         if column.raw is None:
             raise DGMDataError(f"{purpose}: no values for '{name}'",
                                hint="give every data and input variable, each shaped (n, *shape)")
         children = sorted(facts.graph.successors(name)) if name in facts.graph else []
-        if children and name in set(labels):
+        if not children or name in set(labels):
             continue
-        if children:
+        depend = (f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "
+                  f"depend{'s' if len(children) == 1 else ''} on it, so its missing entries are latents")
+        if purpose == "invert":
+            raise DGMDataError(f"{depend} that invert cannot draw from the model given the rest",
+                               hint="invert's Gibbs chains handle them")
+        if imputable(facts.graph, name):
+            continue
+        dist = facts.draws[name].dist
+        if support_of(ir, ir.variable(name), facts=facts).event_rank:
             raise DGMDataError(
-                f"{purpose}: data '{name}' has missing entries, but {', '.join(map(repr, children))} "
-                f"depend{'s' if len(children) == 1 else ''} on it, so its missing entries are latents "
-                f"that {purpose} cannot marginalize by dropping their terms", hint=hint)
-        if support_of(ir, var, facts=facts).event_rank:
-            raise DGMDataError(
-                f"{purpose}: data '{name}' has missing entries, but its {facts.draws[name].dist} "
-                f"distribution is joint over each row's entries, so {purpose} cannot drop "
-                "single entries' terms", hint=hint)
+                f"{depend}, and a {dist} row with gaps has no guide: no q of part of a simplex row "
+                "is derived", hint=hint)
+        raise DGMDataError(
+            f"{depend}, discrete ones ({dist}) that {purpose} sums out only for a label, a "
+            "Categorical or Bernoulli data variable a latent's guide reads (semi-supervised "
+            "learning)", hint=hint)

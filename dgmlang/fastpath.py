@@ -88,6 +88,7 @@ class FastLoss:
         #: the weight of the auxiliary classification term on labelled rows (semi-supervised)
         self.aux_weight = float(aux_weight)
         self._labels = dict(getattr(guide, "label_sites", {}))
+        self._imputations = dict(getattr(guide, "imputation_sites", {}))
         self._guide_sites = list(guide.sites)
         sampled = {site.name for site in guide.sites}
         # every model site the guide does not sample is data or summed out in the model
@@ -127,7 +128,8 @@ class FastLoss:
         # per particle and data point; otherwise each is summed at once.
         per_point = iwae or self._enumerates
         log_p_global = log_p_local = 0.0
-        log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, per_point)
+        log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, per_point,
+                                                     model_values, mask)
         env.update(model_values)  # the model scores the data as given (placeholders masked)
         summed_out = None  # the local terms that depend on an enumerated latent
         enumerated = 0
@@ -159,11 +161,30 @@ class FastLoss:
         return -elbo / particles if particles > 1 else -elbo
 
 
-    def _draw_guide(self, env, global_plates, local_plates, per_point: bool):
+    def _draw_guide(self, env, global_plates, local_plates, per_point: bool,
+                    model_values=None, mask=None):
         """Draw every guide site into `env` (reparameterized); (log q of the globals, summed;
-        log q of the locals, per particle and point when `per_point`, else summed)."""
+        log q of the locals, per particle and point when `per_point`, else summed). An
+        imputed data variable in `mask` gets its missing entries drawn before the local
+        latents (log q over those entries only), and its filled value goes into `env` and
+        `model_values` (the model scores every entry of it: its mask is taken out)."""
         log_q_global = log_q_local = 0.0
-        for site in self._guide_sites:
+        imputing = [site for name, site in self._imputations.items() if mask and name in mask]
+        for site in [*self._guide_sites, None]:
+            if imputing and (site is None or not site.is_global):
+                for imputed in imputing:
+                    name, seen = imputed.name, mask.pop(imputed.name)
+                    q = imputed.missing_distribution(env, seen)
+                    target = plate_batch_shape(tuple(q.batch_shape), local_plates)
+                    if tuple(q.batch_shape) != target:
+                        q = q.expand(target)
+                    draw = q.rsample()
+                    log_q = q.log_prob(draw)
+                    log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+                    env[name] = model_values[name] = torch.where(seen, model_values[name], draw)
+                imputing = []
+            if site is None:
+                break
             q = site.distribution(env)
             target = plate_batch_shape(tuple(q.batch_shape),
                                        global_plates if site.is_global else local_plates)
@@ -206,7 +227,8 @@ class FastLoss:
         entropy_term = torch.where(observed, torch.zeros_like(log_q_k), log_q_k)
         env[label] = enumerated
         log_p_global = 0.0
-        log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, True)
+        log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, True,
+                                                     model_values, mask)
         local = -log_q_local
         for name, value in model_values.items():
             if name != label:

@@ -27,6 +27,8 @@ from pyro.poutine.util import prune_subsample_sites
 
 from dgmlang.data import Dataset
 from dgmlang.devices import to_device
+from dgmlang.errors import DGMDataError
+from dgmlang.marginals import redraw
 from dgmlang import weights as importance
 from dgmlang.weights import importance_weights
 
@@ -45,17 +47,29 @@ def gibbs(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: i
     with globals, one batch of chains per posterior draw of the globals, which stay fixed
     in it."""
     if globals_:
-        runs = [run_chains(model, part, {g: v[s] for g, v in globals_.items()})
+        runs = [_chains_or_error(model, part, {g: v[s] for g, v in globals_.items()}, range(part.n))
                 for s in range(draws)]
         return {name: torch.stack([run[name] for run in runs]) for name in runs[0]}
     points = max(1, min(part.n, importance.CHUNK_CELLS // draws))
     out: dict[str, list[torch.Tensor]] = {}
     for start in range(0, part.n, points):
         chunk = part.rows(slice(start, start + points))
-        chains = run_chains(model, chunk.repeated(draws), {})
+        chains = _chains_or_error(model, chunk.repeated(draws), {}, range(start, start + chunk.n))
         for name, value in chains.items():
             out.setdefault(name, []).append(value.reshape(draws, chunk.n, *value.shape[1:]))
     return {name: torch.cat(values, dim=1) for name, values in out.items()}
+
+
+def _chains_or_error(model: Any, part: Dataset, given: dict[str, torch.Tensor], rows: range) -> dict:
+    """`run_chains`, a distribution's failure on values the chains reached (a heavy-tailed
+    draw overflowing to inf, then NaN parameters) made a `DGMDataError` whose ``rows`` are
+    `rows` (the points of `part`, counted in the caller's part)."""
+    try:
+        return run_chains(model, part, given)
+    except (ValueError, RuntimeError) as failure:
+        err = DGMDataError(f"invert: the Gibbs chains reached values where the model fails ({failure})")
+        err.rows = list(rows)  # type: ignore[attr-defined]
+        raise err from None
 
 
 def run_chains(model: Any, part: Dataset, given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,8 +90,7 @@ def run_chains(model: Any, part: Dataset, given: dict[str, torch.Tensor]) -> dic
     for name in roles.data:
         value = values[name]
         if name in observed:
-            draw = prior.nodes[name]["value"].to(value.dtype)
-            value = torch.where(observed[name], value, draw)
+            value = redraw(prior.nodes[name]["fn"], value, observed[name], prior.nodes[name]["value"])
         data[name] = value
     # Missing entries of a variable nothing depends on are summed out when the discrete
     # latents are drawn (the model's mask), so those and the entries are drawn jointly.
@@ -159,8 +172,7 @@ def _redraw_missing(model: Any, observed: dict[str, torch.Tensor], inputs, data,
             continue
         trace = poutine.trace(pyro_model).get_trace({**inputs, **data})
         value = data[name]
-        draw = trace.nodes[name]["fn"].sample().to(value.dtype)
-        proposed = torch.where(observed[name], value, draw)
+        proposed = redraw(trace.nodes[name]["fn"], value, observed[name])
         if model.roles.has_children[name]:
             new_trace = poutine.trace(pyro_model).get_trace({**inputs, **data, name: proposed})
             gain = (_others_log_prob(new_trace, name, value.device)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -56,10 +57,14 @@ from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.facts import ModelFacts
 from dgmlang.lower import PLATE_NAME, LoweredModel, safe_attribute
 from dgmlang.nets import FlatMLP, seeded
-from dgmlang.sites import GuideSite, LatentShape, Reference, guide_inputs, latent_shape, raw_size
+from dgmlang.sites import (GuideSite, LatentShape, Reference, guide_inputs, latent_shape, missing_site,
+                           raw_size)
 
 #: Hidden sizes of a guide network whose latent feeds no network in the model.
 DEFAULT_HIDDEN = (64,)
+#: An imputation step's q is a full-covariance normal (mvn) over its variable's entries up to
+#: this many entries (they are correlated through the latents), a diagonal one beyond.
+IMPUTE_MVN_ENTRIES = 32
 #: Hidden sizes of a guide network whose latent first feeds a `deconv` (the guide is an mlp).
 DECONV_GUIDE_HIDDEN = (256, 256)
 #: Initial standard deviation of a global's variational distribution (unconstrained space).
@@ -199,6 +204,24 @@ class AmortizedGuide(PyroModule):
                 label_sites.append(GuideSite(step, lowered.site(step.latent), info=None,
                                              inputs=inputs, evaluator=lowered.evaluator,
                                              network=network, input_references=standardized))
+            # imputation steps last, for the same reason
+            imputation_nets = nn.ModuleDict()
+            imputation_sites: list[GuideSite] = []
+            for step in getattr(plan, "imputations", ()):
+                inputs, standardized, in_features = self._network_inputs(step, facts, input_references)
+                info = latent_shape(facts, step.latent)
+                # correlated missing entries (through a latent) need a full covariance
+                info = replace(info, family="mvn" if info.size <= IMPUTE_MVN_ENTRIES else "normal")
+                reference = self._reference(references, self._reference_keys, step.latent, (info.size,))
+                hidden, act = guide_hidden(facts, step.latent, mirrored=mirrored)
+                key = safe_attribute(imputation_nets, step.latent)
+                network = imputation_nets[key] = FlatMLP(in_features + info.size, hidden,  # + the mask
+                                                         raw_size(info.family, info.size), act)
+                imputation_sites.append(GuideSite(step, lowered.site(step.latent), info=info, inputs=inputs,
+                                                  evaluator=lowered.evaluator, network=network,
+                                                  reference=reference, input_references=standardized))
+        self.imputation_nets = imputation_nets
+        object.__setattr__(self, "imputation_sites", {site.name: site for site in imputation_sites})
         self.label_nets = label_nets
         object.__setattr__(self, "label_sites", {site.name: site for site in label_sites})
         self.nets = nets
@@ -259,16 +282,20 @@ class AmortizedGuide(PyroModule):
         n_batch = lowered.batch_size_of(batch, batch_size)
         total = n_batch if size is None else int(size)
         env = {name: lowered.as_value(name, value, n_batch) for name, value in batch.items()}
+        given = {name: env[name] for name in mask or {}}
+        masks = {name: torch.as_tensor(m, device=lowered.device).bool() for name, m in (mask or {}).items()}
         if mask:
-            env.update(self.filled({name: env[name] for name in mask},
-                                   {name: torch.as_tensor(m, device=lowered.device).bool()
-                                    for name, m in mask.items()}))
+            env.update(self.filled(given, masks))
         values: dict[str, torch.Tensor] = {}
         for site in self.sites:
             if site.is_global:
                 values[site.name] = env[site.name] = pyro.sample(site.name, site.distribution(env))
         subsample = torch.arange(n_batch, device=lowered.device)
         with pyro.plate(PLATE_NAME, size=total, subsample=subsample):
+            for name, site in self.imputation_sites.items():  # before every local step
+                if name in masks:
+                    draw = pyro.sample(missing_site(name), site.missing_distribution(env, masks[name]))
+                    env[name] = torch.where(masks[name], given[name], draw)
             for site in self.sites:
                 if site.is_global:
                     continue

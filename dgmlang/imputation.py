@@ -30,6 +30,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from dgmlang.marginals import redraw
 from dgmlang.weights import in_particles, site_sums
 
 __all__ = ["draw_missing", "mixture_weights", "prior_fills", "supports_mixture"]
@@ -97,15 +98,21 @@ def mixture_weights(model: Any, batch: Mapping[str, torch.Tensor], observed: Map
 
 
 def draw_missing(model: Any, batch: Mapping[str, torch.Tensor], latents: Mapping[str, torch.Tensor],
-                 globals_: Mapping[str, torch.Tensor], draws: int) -> dict[str, torch.Tensor]:
+                 globals_: Mapping[str, torch.Tensor], draws: int,
+                 observed: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Every data variable drawn from the model given `latents` ``(draws, rows, ...)``
     (the model-enumerated ones included) and the globals ``(draws, ...)``,
     ``(draws, rows, *shape)``: the missing entries' exact conditional where nothing
-    depends on them."""
+    depends on them. A variable in `observed` keeps its observed entries and gets its
+    missing ones given them (`dgmlang.marginals.redraw`: a Dirichlet row's rest)."""
     rows = next(iter(batch.values())).shape[0]
     given = {**latents, **{g: v.unsqueeze(1) for g, v in globals_.items()}}
     pyro_model = in_particles(poutine.condition(model.model, data=given), draws, model.model.device)
     inputs = {name: batch[name] for name in model.roles.inputs}
     trace = poutine.trace(pyro_model).get_trace(inputs, batch_size=rows)
-    return {name: trace.nodes[name]["value"].expand(draws, *batch[name].shape)
-            for name in model.roles.data}
+    drawn = {name: trace.nodes[name]["value"].expand(draws, *batch[name].shape)
+             for name in model.roles.data}
+    for name, seen in (observed or {}).items():
+        site = trace.nodes[name]
+        drawn[name] = redraw(site["fn"], batch[name], seen, site["value"]).expand(draws, *batch[name].shape)
+    return drawn

@@ -43,6 +43,7 @@ from typing import Iterable
 
 import networkx as nx
 
+from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMGuideError, DGMUsageError
 from dgmlang.graph import topological_order
 from dgmlang.parse import paused_gc
@@ -51,7 +52,8 @@ GLOBAL = "global"
 AMORTIZED = "amortized"
 ENUMERATED_IN_GUIDE = "enumerated_in_guide"
 ENUMERATED_IN_MODEL = "enumerated_in_model"
-KINDS = (GLOBAL, AMORTIZED, ENUMERATED_IN_GUIDE, ENUMERATED_IN_MODEL)
+IMPUTED = "imputed"
+KINDS = (GLOBAL, AMORTIZED, ENUMERATED_IN_GUIDE, ENUMERATED_IN_MODEL, IMPUTED)
 
 NAMI = "nami"
 MIN_FILL = "minfill"
@@ -101,6 +103,11 @@ class GuidePlan:
     #: "enumerated_in_guide", inputs given values only): its q(label | inputs) is what fit
     #: uses on rows whose label is missing (semi-supervised learning, see `label_steps`).
     labels: tuple[GuideStep, ...] = ()
+    #: "imputation steps": for each continuous ``data`` variable with children whose
+    #: distribution is elementwise, the step of q(its missing entries | inputs) (kind
+    #: "imputed", inputs given values only, the variable itself first): rows where some of
+    #: its entries are missing treat them as latents (see `imputation_steps`).
+    imputations: tuple[GuideStep, ...] = ()
     #: the elimination order the plan was derived with (`ORDERS`): "nami" or "minfill"
     order: str = "nami"
 
@@ -116,6 +123,13 @@ class GuidePlan:
     def label(self, name: str) -> GuideStep | None:
         """The label step of data variable `name`, or None when it is no label."""
         for s in self.labels:
+            if s.latent == name:
+                return s
+        return None
+
+    def imputation(self, name: str) -> GuideStep | None:
+        """The imputation step of data variable `name`, or None when it has none."""
+        for s in self.imputations:
             if s.latent == name:
                 return s
         return None
@@ -157,7 +171,8 @@ def invert(graph: nx.DiGraph, order: str = "nami") -> GuidePlan:
         sampled = [(latent, tuple(inputs)) for latent, inputs in reversed(elimination)]
         plan = _plan(nodes, sampled)
         labels = label_steps(graph, nodes)
-        return GuidePlan(plan.steps, labels, order)
+        imputations = imputation_steps(graph, nodes)
+        return GuidePlan(plan.steps, labels, imputations, order)
 
 
 #: Distributions a label (a data variable whose missing entries become latents) may have.
@@ -201,18 +216,76 @@ def label_steps(graph: nx.DiGraph, nodes: "_Nodes | None" = None) -> tuple[Guide
     candidates = [n for n in candidates if touches_a_latent(n)]
     steps = []
     for name in candidates:
-        roles = dict(nodes.role)
-        roles[name] = "latent"
-        relabelled = graph.copy()
-        nx.set_node_attributes(relabelled, roles, "role")
-        as_latent = _Nodes(relabelled)
-        elimination = _eliminate(relabelled, as_latent)
-        inputs_of = {latent: tuple(inputs) for latent, inputs in elimination}
+        as_latent, inputs_of = _inverted_as_latent(graph, nodes, name)
         if name not in _enumerated_in_guide(as_latent, inputs_of):
             continue
         inputs = inputs_of[name]
         if all(nodes.role[i] != "latent" for i in inputs):
             steps.append(GuideStep(name, inputs, ENUMERATED_IN_GUIDE))
+    return tuple(steps)
+
+
+def _inverted_as_latent(graph: nx.DiGraph, nodes: "_Nodes", name: str):
+    """The graph's nodes with data node `name` made a latent, and each latent's inverse
+    parents in that graph's elimination (by latent)."""
+    roles = dict(nodes.role)
+    roles[name] = "latent"
+    relabelled = graph.copy()
+    nx.set_node_attributes(relabelled, roles, "role")
+    as_latent = _Nodes(relabelled)
+    return as_latent, {latent: tuple(inputs) for latent, inputs in _eliminate(relabelled, as_latent)}
+
+
+def imputable(graph: nx.DiGraph, name: str) -> bool:
+    """Whether data node `name` gets an imputation step: continuous, with children, and an
+    elementwise distribution (a Dirichlet row is one value: no q of part of it is derived).
+
+    >>> g = nx.DiGraph([("a", "b")])
+    >>> nx.set_node_attributes(g, {"a": "data", "b": "data"}, "role")
+    >>> nx.set_node_attributes(g, {"a": "Normal", "b": "Normal"}, "dist")
+    >>> imputable(g, "a"), imputable(g, "b")
+    (True, False)
+    """
+    attrs = graph.nodes[name]
+    dist = DISTRIBUTIONS.get(attrs.get("dist"))
+    return (attrs.get("role") == "data" and not attrs.get("discrete", False) and dist is not None
+            and not dist.event_rank and any(True for _ in graph.successors(name)))
+
+
+def imputation_steps(graph: nx.DiGraph, nodes: "_Nodes | None" = None) -> tuple[GuideStep, ...]:
+    """The imputation steps of a model graph: every continuous ``data`` node with children
+    whose distribution is elementwise (its event is one number) is inverted once more as if
+    it were a latent, and its step's inputs are made given values: a latent among them is
+    replaced by that latent's own inputs in the same inversion, recursively (q of the
+    missing entries integrates over it). The variable itself comes first: its observed
+    entries are read, the missing ones filled as the guide fills any. Rows where its
+    entries are missing sample them from this step before every other local step, which
+    then read them filled (docs/missing-data.md, "Missing entries with children").
+
+    >>> import networkx as nx
+    >>> g = nx.DiGraph([("z", "x1"), ("x1", "x2")])
+    >>> nx.set_node_attributes(g, {"z": "latent", "x1": "data", "x2": "data"}, "role")
+    >>> nx.set_node_attributes(g, {"z": "Normal", "x1": "Normal", "x2": "Normal"}, "dist")
+    >>> imputation_steps(g)
+    (GuideStep(latent='x1', inputs=('x1', 'x2'), kind='imputed'),)
+    """
+    nodes = nodes if nodes is not None else _Nodes(graph)
+    candidates = [n for n in nodes.index if imputable(graph, n)]
+    steps = []
+    for name in candidates:
+        as_latent, inputs_of = _inverted_as_latent(graph, nodes, name)
+        given, seen, todo = {name}, {name}, list(inputs_of[name])
+        while todo:
+            item = todo.pop()
+            if item in seen:
+                continue
+            seen.add(item)
+            if as_latent.role[item] == "latent":
+                todo.extend(inputs_of.get(item, ()))
+            else:
+                given.add(item)
+        rest = sorted(given - {name}, key=nodes.index.__getitem__)
+        steps.append(GuideStep(name, (name, *rest), IMPUTED))
     return tuple(steps)
 
 

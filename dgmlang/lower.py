@@ -40,8 +40,9 @@ from dgmlang import ir as irm
 from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
+from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
-from dgmlang.sites import ModelSite
+from dgmlang.sites import ModelSite, missing_site
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
 MAX_PLATE_NESTING = 1
@@ -211,8 +212,24 @@ class LoweredModel(PyroModule):
                                 f"the mask of '{name}' should be shaped {list(obs.shape)}, "
                                 f"not {list(observed.shape)}"
                             )
-                values[name] = env[name] = self._sample(site, env, obs, observed)
+                if observed is not None and site.imputed:
+                    values[name] = env[name] = self._impute(site, env, obs, observed)
+                else:
+                    values[name] = env[name] = self._sample(site, env, obs, observed)
         return values
+
+    def _impute(self, site: ModelSite, env: dict, obs, observed) -> torch.Tensor:
+        """A data variable with children and missing entries: the missing entries are a
+        latent site (`missing_site`, which the guide samples), the observed ones observed,
+        and the variable's value, every entry scored once, is the two put together."""
+        base = site.distribution(env)
+        dims = site.event_dims
+        unseen = base.mask(~observed)
+        draw = pyro.sample(missing_site(site.name), unseen.to_event(dims) if dims else unseen)
+        value = torch.where(observed, obs, draw)
+        seen = base.mask(observed)
+        pyro.sample(site.name, seen.to_event(dims) if dims else seen, obs=value)
+        return value
 
     def batch_size_of(self, batch: Mapping[str, Any], batch_size: int | None) -> int:
         """B: the leading size shared by the tensors in `batch`, or `batch_size`. Every name
@@ -249,23 +266,23 @@ class LoweredModel(PyroModule):
     def _sample(self, site: ModelSite, env: dict, obs, observed) -> torch.Tensor:
         base = site.distribution(env)
         if observed is not None:
-            # A value with an own event (a simplex) counts as observed only as a whole. The
-            # missing entries outside the support (NaN, say) are replaced by a draw from the
-            # model, which the mask then ignores: they would fail validation and poison
-            # gradients even where masked. Placeholders inside it (what `prepare_data` puts
-            # there) are kept: drawing every entry costs as much as the rest of the step.
+            # The missing entries outside the support (NaN, say) are replaced by a draw from
+            # the model given the observed ones, which the mask then ignores: they would
+            # fail validation and poison gradients even where masked. Placeholders inside it
+            # (what `prepare_data` puts there) are kept: drawing every entry costs as much
+            # as the rest of the step. A row of a joint distribution (a Dirichlet) scores
+            # its observed entries' exact marginal (`ObservedPart`).
             rank = site.event_rank
-            if rank:
-                observed = observed.reshape(*observed.shape[: observed.dim() - rank], -1).all(-1)
-            replace = ~observed & ~base.support.check(obs)
+            outside = ~base.support.check(obs)
+            replace = ~observed & (outside.unsqueeze(-1) if rank else outside)
             while replace.dim() > observed.dim():
                 replace = replace.any(0)
             if bool(replace.any()):
-                filler = base.sample().detach()
+                filler = redraw(base, obs, observed).detach()
                 while filler.dim() > obs.dim():
                     filler = filler[0]
-                obs = torch.where(replace.reshape(replace.shape + (1,) * rank), filler, obs)
-            base = base.mask(observed)
+                obs = torch.where(replace, filler, obs)
+            base = ObservedPart(base, observed) if rank else base.mask(observed)
         fn = base.to_event(site.event_dims) if site.event_dims else base
         infer = {"enumerate": "parallel"} if obs is None and site.enumerable else {}
         return pyro.sample(site.name, fn, obs=obs, infer=infer)

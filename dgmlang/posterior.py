@@ -153,10 +153,11 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
              num_samples: int = 1000, seed: int | None = None,
              progress: bool = True) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
-    of the observed entries where some are missing (NaN, or False in `mask`; only entries
-    nothing depends on, in a distribution that factorizes over entries: their terms are
-    dropped, `dgmlang.data.check_marginalizable`; such rows propose from the guide's mixture
-    over fillings, `mixture_rounds`, where the model has no globals),
+    of the observed entries where some are missing (NaN, or False in `mask`; what
+    `dgmlang.data.check_marginalizable` accepts: entries nothing depends on, whose terms are
+    dropped — such rows propose from the guide's mixture over fillings, `mixture_rounds`,
+    where the model has no globals — and entries others depend on, which the guide's
+    imputation steps propose with the latents),
     in chunks of at most `CHUNK_CELLS` (particles x points) and `CHUNK_VALUES` values
     (`dgmlang.weights.chunk_plan`). Never silently -inf: rows whose
     estimate is not finite (data the checks accept but the model's density overflows at)
@@ -179,7 +180,10 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     # Rows with gaps get the guide's mixture over fillings of them as proposal, as in
     # `invert` (`mixture_rounds`): the guide reading one filling proposes too narrowly.
     per_fill = -(-num_samples // (MIXTURE_FILLS + 1))
-    mixture = supports_mixture(model) and particles >= num_samples  # no chunks of particles
+    # (not where a variable others depend on has gaps: the guide's imputation step proposes those)
+    imputing = any(dataset.columns[step.latent].has_missing for step in model.plan.imputations
+                   if step.latent in dataset.columns)
+    mixture = supports_mixture(model) and particles >= num_samples and not imputing
 
     def estimate_given(batch: Mapping[str, torch.Tensor],
                        observed: Mapping[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -458,7 +462,7 @@ def _resample_filled(model: Any, batch, observed, proposals, log_w: torch.Tensor
     index = torch.distributions.Categorical(logits=log_w.T).sample((n,))  # (n, rows)
     chosen = {name: value[index, point] for name, value in proposals.items()}
     chosen.update(sample_enumerated(model, batch, chosen, globals_, n, mask=observed))
-    drawn = draw_missing(model, batch, chosen, globals_, n)
+    drawn = draw_missing(model, batch, chosen, globals_, n, observed)
     for name in model.roles.data:
         chosen[name] = batch[name].expand(n, *batch[name].shape)
         if name in observed:
@@ -515,7 +519,7 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
             err.rows = [start + i for i in err.rows]  # type: ignore[attr-defined]
             raise
         chosen.update(sample_enumerated(model, batch, chosen, globals_, draws, mask=observed))
-        drawn = draw_missing(model, batch, chosen, globals_, draws) if observed else {}
+        drawn = draw_missing(model, batch, chosen, globals_, draws, observed) if observed else {}
         for name in roles.data:
             chosen[name] = batch[name].expand(draws, *batch[name].shape)
             if name in drawn and name in observed:  # observed holds the variables with a gap only

@@ -40,18 +40,30 @@ from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMDataError
 from dgmlang.evaluate import Env, Evaluator, broadcast_shape, concat_features, flatten_event, pad_event
 from dgmlang.facts import ModelFacts
+from dgmlang.inverse import imputable
+from dgmlang.marginals import MissingPart, observed_log_prob
 from dgmlang.nets import POSITIVE_FLOOR, to_constraint
 
 __all__ = [
     "GuideInput", "GuideSite", "LatentShape", "ModelSite", "Reference", "family_distribution",
-    "latent_shape", "lower_triangular", "plate_batch_shape", "pyro_class", "raw_size",
-    "split_raw",
+    "latent_shape", "lower_triangular", "missing_site", "plate_batch_shape", "pyro_class",
+    "raw_size", "split_raw",
 ]
 
 
 def pyro_class(dist_name: str):
     """The Pyro distribution class of a registry name (`pyro.distributions.<name>`)."""
     return getattr(pdist, dist_name)
+
+
+def missing_site(name: str) -> str:
+    """The Pyro site of the missing entries of imputed data variable `name` (no variable
+    can be named so).
+
+    >>> missing_site("x1")
+    'x1/missing'
+    """
+    return f"{name}/missing"
 
 
 def plate_batch_shape(actual: tuple[int, ...], plates: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
@@ -92,6 +104,8 @@ class ModelSite:
         self.is_global = var.role == "global"
         #: a latent with finite discrete support, summed out unless the guide samples it
         self.enumerable = var.role == "latent" and facts.enumerable(name)
+        #: data whose missing entries are latents of their row (`dgmlang.inverse.imputable`)
+        self.imputed = imputable(facts.graph, name)
         self.dist = draw.dist
         self.event_rank = spec.event_rank  # the distribution's own event dims
         self.cls = pyro_class(draw.dist)
@@ -155,12 +169,16 @@ class ModelSite:
                  observed: torch.Tensor | None = None) -> torch.Tensor:
         """log p of the site's value in `env`: summed (as Pyro sums it over the plates it
         broadcasts the site to), or per data point when `per_point`, shaped
-        ``(*enumeration, *plates)``. `observed` (booleans shaped like the value, data whose
-        distribution has no event dims of its own) drops the terms of the missing entries:
-        they are marginalized exactly, as ``base.mask(observed)`` does on Pyro's path."""
+        ``(*enumeration, *plates)``. `observed` (booleans shaped like the value) drops the
+        terms of the missing entries: they are marginalized exactly, as ``base.mask(observed)``
+        does on Pyro's path; a row of a joint distribution (Dirichlet) with entries missing
+        scores its observed entries' marginal (`dgmlang.marginals`, `ObservedPart` there)."""
         base = self.distribution(env)
-        log_p = base.log_prob(env[self.name])
-        if observed is not None:
+        if observed is not None and self.event_rank:
+            log_p = observed_log_prob(base, env[self.name], observed)
+        else:
+            log_p = base.log_prob(env[self.name])
+        if observed is not None and not self.event_rank:
             log_p = torch.where(observed, log_p, torch.zeros((), dtype=log_p.dtype, device=log_p.device))
         batch = tuple(base.batch_shape)
         target = plate_batch_shape(batch[: len(batch) - self.event_dims], plates)
@@ -422,6 +440,20 @@ class GuideSite:
             return self._discrete(out, env)
         return family_distribution(self.info, self.support(env), split_raw(self.info, out),
                                    self.flow, self.reference)
+
+    def missing_distribution(self, env: Env, observed: torch.Tensor) -> pdist.TorchDistribution:
+        """q of the missing entries of an imputed data variable (plan kind "imputed"): the
+        site's family (mvn up to `IMPUTE_MVN_ENTRIES` entries, else normal) over the flat
+        entries, relative to the site's reference, pushed through ``biject_to(support)``;
+        every entry drawn, the log density that of the entries False in `observed`
+        (`dgmlang.marginals.MissingPart`). The network reads its inputs and then `observed`
+        (1 observed, 0 missing): where an entry is missing is what it is asked about."""
+        seen = flatten_event(observed.to(self._evaluator.dtype), len(self.info.shape))
+        features = concat_features([self.features(env), seen], self._evaluator.dtype)
+        raw = self.reference.rescale(split_raw(self.info, self.network(features)))
+        transform = biject_to(self.support(env)).with_cache(1)
+        return MissingPart(raw["loc"], observed, self.info.shape, transform,
+                           scale=raw.get("scale"), scale_tril=raw.get("scale_tril"))
 
     def _discrete(self, out: torch.Tensor, env: Env) -> pdist.TorchDistribution:
         dist = self.model_site.dist

@@ -58,6 +58,15 @@ def test_calibration_reads_the_data_and_the_prior():
         assert abs(ref.loc.item() - 10000) <= 64 + 15
 
 
+def test_calibration_ignores_missing_entries():
+    model, data = scaled(10000.0, 100.0, 1.0)
+    seen = torch.rand(data["x"].shape, generator=torch.Generator().manual_seed(0)) > 0.6
+    calibrate(model, prepare_data(model.ir, data, purpose="fit", facts=model.facts, allow_missing=True,
+                                  mask={"x": seen}))
+    x = model.guide.input_reference("x")  # not the placeholders' 0, which 60% of the entries hold
+    assert x.scale.item() == 128.0 and abs(x.loc.item() - 10000) <= 64 + 15
+
+
 def test_examples_keep_neutral_references():
     """Every example model, calibrated on data it generates, trains as without references."""
     for path in sorted(glob.glob("examples/*.dgm")):

@@ -27,7 +27,8 @@ model tiny {
 }
 """
 
-#: b depends on a: a's missing entries are latents, not terms to drop
+#: b depends on a: a's missing entries are latents of their row, drawn by the guide's
+#: imputation step
 CHAIN = """
 model chain {
     data   a[3]
@@ -39,7 +40,19 @@ model chain {
 }
 """
 
-#: a joint distribution over each row: one entry's term cannot be dropped
+#: y depends on the count k: k's missing entries would be discrete latents (not a label)
+COUNTS = """
+model counts {
+    data   k
+    data   y
+    latent z
+    z ~ Normal(0, 1)
+    k ~ Poisson(exp(z))
+    y ~ Normal(k, 1)
+}
+"""
+
+#: a joint distribution over each row: gaps scored by the observed entries' marginal
 JOINT = """
 model joint {
     data   p[3]
@@ -63,6 +76,7 @@ def workdir(tmp_path_factory) -> Path:
     (root / "tiny.dgm").write_text(TINY)
     (root / "chain.dgm").write_text(CHAIN)
     (root / "joint.dgm").write_text(JOINT)
+    (root / "counts.dgm").write_text(COUNTS)
     y = rng.integers(0, 3, size=48)
     x = rng.binomial(4, 0.2 + 0.3 * (np.arange(16) % 3 == y[:, None]))
     np.savez(root / "tiny.npz", x=x, y=y)
@@ -80,6 +94,9 @@ def workdir(tmp_path_factory) -> Path:
     np.savez(root / "chain.npz", a=a, b=a + rng.normal(size=(20, 3)))
     np.savez(root / "chain_mask.npz", a=rng.random((20, 3)) > 0.5)
     np.savez(root / "joint.npz", p=rng.dirichlet(np.ones(3), size=20))
+    k = rng.poisson(2.0, size=20)
+    np.savez(root / "counts.npz", k=k, y=k + rng.normal(size=20))
+    np.savez(root / "counts_mask.npz", k=np.arange(20) % 3 != 0)
     np.savez(root / "joint_mask.npz", p=np.tile([True, True, False], (20, 1)))
     np.savez(root / "joint_rows.npz", p=np.repeat(np.arange(20) % 2 == 0, 3).reshape(20, 3))
     return root
@@ -307,12 +324,9 @@ def test_a_csv_mask_names_its_line_and_column(masked_run, workdir, tmp_path, cap
 
 
 @pytest.mark.parametrize("model, data, mask, message", [
-    ("chain.dgm", "chain.npz", "chain_mask.npz",
-     "chain.npz (with the mask {mask}): fit: data 'a' has missing entries, but 'b' depends on it"),
-    ("joint.dgm", "joint.npz", "joint_mask.npz",
-     "joint.npz (with the mask {mask}): data variable 'p' (Dirichlet): row 0 is partly missing, but a Dirichlet row is one value"),
-    ("joint.dgm", "joint.npz", "joint_rows.npz",
-     "joint.npz (with the mask {mask}): fit: data 'p' has missing entries, but its Dirichlet distribution is joint"),
+    ("counts.dgm", "counts.npz", "counts_mask.npz",
+     "counts.npz (with the mask {mask}): fit: data 'k' has missing entries, but 'y' depends on it, "
+     "so its missing entries are latents, discrete ones (Poisson)"),
 ])
 def test_a_mask_for_a_variable_that_cannot_be_marginalized(workdir, tmp_path, capsys, model, data, mask, message):
     assert dgm("fit", workdir / model, "--data", workdir / data, "--mask", workdir / mask, "--steps", 1,
@@ -322,20 +336,45 @@ def test_a_mask_for_a_variable_that_cannot_be_marginalized(workdir, tmp_path, ca
     assert not (tmp_path / "r").exists()
 
 
-def test_nan_in_a_variable_others_depend_on_is_refused_by_fit_and_score(workdir, tmp_path, capsys):
+@pytest.mark.parametrize("mask", ["joint_mask.npz", "joint_rows.npz"])
+def test_gaps_in_a_dirichlet_row_are_fitted_and_scored_by_their_marginal(workdir, tmp_path, capsys, mask):
+    assert dgm("fit", workdir / "joint.dgm", "--data", workdir / "joint.npz", "--mask", workdir / mask,
+               "--steps", 2, "--out", tmp_path / "r", "-q", "--no-score") == 0
+    assert dgm("score", tmp_path / "r", "--data", workdir / "joint.npz", "--mask", workdir / mask,
+               "-o", tmp_path / "s.csv", "-q") == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(lines) == 21 and "Traceback" not in capsys.readouterr().err
+
+
+def test_gaps_in_a_variable_others_depend_on_are_fitted_and_scored(workdir, tmp_path, capsys):
     with np.load(workdir / "chain.npz") as archive:
         a, b = archive["a"].copy(), archive["b"]
     a[2, 1] = np.nan
     np.savez(tmp_path / "nan.npz", a=a, b=b)
     assert dgm("fit", workdir / "chain.dgm", "--data", tmp_path / "nan.npz", "--steps", 2, "--out",
+               tmp_path / "r", "-q", "--no-score") == 0
+    assert dgm("fit", workdir / "chain.dgm", "--data", workdir / "chain.npz", "--mask", workdir / "chain_mask.npz",
+               "--steps", 2, "--out", tmp_path / "m", "-q", "--no-score") == 0
+    assert dgm("score", tmp_path / "r", "--data", workdir / "chain.npz", "--mask", workdir / "chain_mask.npz",
+               "-o", tmp_path / "s.csv", "-q") == 0
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 21
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_nan_in_a_discrete_variable_others_depend_on_is_refused_by_fit_and_score(workdir, tmp_path, capsys):
+    with np.load(workdir / "counts.npz") as archive:
+        k, y = archive["k"].astype(float), archive["y"]
+    k[2] = np.nan
+    np.savez(tmp_path / "nan.npz", k=k, y=y)
+    assert dgm("fit", workdir / "counts.dgm", "--data", tmp_path / "nan.npz", "--steps", 2, "--out",
                tmp_path / "r", "-q") == 1
     err = capsys.readouterr().err
-    assert "nan.npz: fit: data 'a' has missing entries, but 'b' depends on it" in err
+    assert "nan.npz: fit: data 'k' has missing entries, but 'y' depends on it" in err
     assert "hint: dgm invert fills in every missing pattern" in err
-    assert dgm("fit", workdir / "chain.dgm", "--data", workdir / "chain.npz", "--steps", 2, "--out",
+    assert dgm("fit", workdir / "counts.dgm", "--data", workdir / "counts.npz", "--steps", 2, "--out",
                tmp_path / "r", "-q", "--no-score") == 0
     assert dgm("score", tmp_path / "r", "--data", tmp_path / "nan.npz", "-o", tmp_path / "s.csv", "-q") == 1
-    assert "nan.npz: log_prob: data 'a' has missing entries, but 'b' depends on it" in capsys.readouterr().err
+    assert "nan.npz: log_prob: data 'k' has missing entries, but 'y' depends on it" in capsys.readouterr().err
 
 
 def test_nan_in_an_input_is_never_missing(masked_run, workdir, tmp_path, capsys):

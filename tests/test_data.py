@@ -225,10 +225,16 @@ def test_mask_mistakes():
                                         mask={"xx": torch.ones(2, 3, dtype=torch.bool)})
 
 
-def test_a_partly_missing_simplex_row_is_refused():
-    data = {**good_support(), "simplex": torch.tensor([[0.2, float("nan"), 0.5], [0.2, 0.3, 0.5]])}
+def test_a_partly_missing_simplex_row_is_filled_onto_the_simplex_or_refused_when_full():
+    nan = float("nan")
+    data = {**good_support(), "simplex": torch.tensor([[0.2, nan, nan], [0.2, 0.3, 0.5]])}
+    out = prepare_data(IRS["support"], data, allow_missing=True)
+    assert torch.allclose(out.values["simplex"][0], torch.tensor([0.2, 0.4, 0.4]))
+    assert out.observed["simplex"][0].tolist() == [True, False, False]
+    data["simplex"] = torch.tensor([[0.7, nan, 0.5], [0.2, 0.3, 0.5]])
     text = error("support", data, allow_missing=True)
-    assert "row 0 is partly missing" in text and "a whole row" in text
+    assert "row 0 is partly missing, but its observed entries sum to 1.2" in text
+    assert "leaving nothing for the missing ones" in text
 
 
 def test_rows_selects_values_and_masks():
@@ -488,7 +494,7 @@ def late_mistakes():
     support["pos"][4], support["unit"][0, 1] = -1.0, float("nan")  # pos is declared first
     partly = {**support, "pos": torch.ones(7), "unit": torch.full((7, 2), 0.5)}
     partly["simplex"] = partly["simplex"].clone()
-    partly["simplex"][5, 1] = float("nan")
+    partly["simplex"][5, 0], partly["simplex"][5, 1] = 0.9, float("nan")  # 0.9 + 1/3 > 1
     counts = {"t": torch.full((7,), 8), "k": torch.tensor([[3, 4]] * 7)}
     counts["k"][5, 1] = 9
     return [

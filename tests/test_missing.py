@@ -165,21 +165,26 @@ model regression {
 
 def test_missing_patterns_that_cannot_be_marginalized_are_refused_by_name():
     nan = float("nan")
-    chain = dgmlang.compile(CHAIN)
+    # a count others depend on: its gaps would be discrete latents, and it is no label
+    counts = dgmlang.compile(CHAIN.replace("y ~ Normal(z, 1)", "y ~ Poisson(exp(z))"))
     with pytest.raises(DGMDataError, match=r"data 'y' has missing entries, but 'x' depends on it") as err:
-        chain.fit({"y": torch.tensor([0.0, nan]), "x": torch.zeros(2)}, steps=1, progress=False)
+        counts.fit({"y": torch.tensor([0.0, nan]), "x": torch.zeros(2)}, steps=1, progress=False)
     assert "invert" in err.value.hint
     with pytest.raises(DGMDataError, match="log_prob: data 'y'"):
-        chain.log_prob({"y": torch.zeros(2), "x": torch.zeros(2)},
-                       mask={"y": torch.tensor([True, False])}, progress=False)
-    # x has no children: its gaps are fine
+        counts.log_prob({"y": torch.zeros(2), "x": torch.zeros(2)},
+                        mask={"y": torch.tensor([True, False])}, progress=False)
+    # x has no children: its gaps are fine; y's continuous gaps are imputed
+    chain = dgmlang.compile(CHAIN)
     chain.log_prob({"y": torch.zeros(2), "x": torch.tensor([0.0, nan])}, num_samples=5, progress=False)
+    chain.log_prob({"y": torch.tensor([0.0, nan]), "x": torch.zeros(2)}, num_samples=5, progress=False)
     simplex = dgmlang.compile(SIMPLEX)
     rows = torch.tensor([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]])
-    with pytest.raises(DGMDataError, match="data 'p' has missing entries, but its Dirichlet"):
-        simplex.log_prob(rows, mask={"p": torch.tensor([[True] * 3, [False] * 3])}, progress=False)
-    with pytest.raises(DGMDataError, match="'p'.*partly missing"):
-        simplex.fit(torch.tensor([[0.2, nan, 0.5]]), steps=1, progress=False)
+    # a Dirichlet's gaps are marginalized exactly (tests/test_missing_joint.py); a row whose
+    # observed entries leave nothing for the missing ones is off the simplex
+    scores = simplex.log_prob(rows, mask={"p": torch.tensor([[True] * 3, [False] * 3])}, progress=False)
+    assert scores[1] == 0
+    with pytest.raises(DGMDataError, match="'p'.*partly missing, but its observed entries sum to 1.2"):
+        simplex.fit(torch.tensor([[0.7, nan, 0.5]]), steps=1, progress=False)
     regression = dgmlang.compile(WITH_INPUT)
     with pytest.raises(DGMDataError, match="input 'u'.*is NaN"):
         regression.fit({"u": torch.tensor([0.0, nan]), "y": torch.zeros(2)}, steps=1, progress=False)
