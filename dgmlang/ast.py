@@ -124,19 +124,21 @@ class Decl:
 
 @dataclass(frozen=True)
 class Draw:
-    """`target ~ Dist(args)`."""
+    """`target ~ Dist(args)`, or `target[index] ~ Dist(args)`: one step of a sequence."""
 
     target: str
     dist: Call
+    index: Expr | None = None
     span: Span | None = _span()
 
 
 @dataclass(frozen=True)
 class Let:
-    """`let name = expr`."""
+    """`let name = expr`, or `let name[index] = expr` (a step of a recurrent let)."""
 
     name: str
     value: Expr
+    index: Expr | None = None
     span: Span | None = _span()
 
 
@@ -149,7 +151,19 @@ class NetDef:
     span: Span | None = _span()
 
 
-Stmt = Union[Decl, Draw, Let, NetDef]
+@dataclass(frozen=True)
+class For:
+    """`for var in start:stop { body }`: the body's statements for var = start, ..., stop - 1."""
+
+    var: str
+    start: Expr
+    stop: Expr
+    body: tuple["Stmt", ...]
+    span: Span | None = _span()
+    var_span: Span | None = _span()
+
+
+Stmt = Union[Decl, Draw, Let, NetDef, For]
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,8 @@ class DrawChecker:
 
     def check_draw(self, d: ast.Draw) -> None:
         target_span = head_span(d.span, len(d.target))
-        draws = self.draws.get(d.target, [])
-        if len(draws) > 1 and draws[0] is not d:
+        draws = [s for s in self.draws.get(d.target, []) if s.index is None]
+        if d.index is None and len(draws) > 1 and draws[0] is not d:
             raise two_distributions(d.target, target_span, draws[0].span)
         info = self.vars.get(d.target)
         if info is None:
@@ -93,6 +93,9 @@ class DrawChecker:
         if info.shape is None:
             self.check_arguments_quietly(call)
             raise Skip
+        if d.target in self.sequences:
+            self.check_step_draw(d, spec, info)
+            return
         draw = self.bind(d, spec, info.shape)
         self.check_role(d, spec, info, draw)
         self.draw_irs[id(d)] = draw.ir

@@ -76,7 +76,9 @@ class ModelFacts:
         """Every name `exprs` read, directly or through lets."""
         names: set[str] = set()
         for e in irm.walk(exprs):
-            if isinstance(e, irm.Ref):
+            if isinstance(e, irm.StepRef):
+                names.add(e.name)
+            elif isinstance(e, irm.Ref):
                 names.add(e.name)
                 if e.name in self.lets:
                     names |= self.let_reads(e.name)
@@ -106,6 +108,8 @@ class ModelFacts:
         """How many values the finite discrete site `name` takes (Categorical K, Bernoulli 2,
         Binomial with a literal count n + 1); None when that is not fixed by the model text."""
         draw = self.draws[name]
+        if draw.steps:  # a sequence: one step's classes (every run agrees, the checker says)
+            draw = draw.steps[0].draw
         if draw.dist == "Categorical":
             if draw.packed is not None:
                 return draw.packed_params[0].shape[-1]

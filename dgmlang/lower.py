@@ -41,6 +41,7 @@ from dgmlang.errors import DGMDataError, DGMUsageError, did_you_mean
 from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
 from dgmlang.nets import build_net, seeded
+from dgmlang.chains import ChainSite, chain_pairs
 from dgmlang.sites import ModelSite
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
@@ -106,7 +107,8 @@ class LoweredModel(PyroModule):
     Attributes: `ir`, `facts`, `nets` (an `nn.ModuleDict` by network name), `params` (a
     `ParamBank`), `evaluator` (`dgmlang.evaluate.Evaluator`), `sites` (one
     `dgmlang.sites.ModelSite` per random variable: globals, then the rest, each in
-    topological order), `max_plate_nesting`.
+    topological order; a data sequence and its latent chain are one
+    `dgmlang.chains.ChainSite`, also in `chains` by the chain's name), `max_plate_nesting`.
     """
 
     def __init__(self, ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None):
@@ -141,8 +143,13 @@ class LoweredModel(PyroModule):
         self.nets = nets
         self.params = params
         self.evaluator = Evaluator(ir, self, facts=facts)
-        self.sites = [ModelSite(name, facts, self.evaluator, self.net)
-                      for name in (*facts.global_order, *facts.local_order)]
+        pairs = chain_pairs(facts)
+        chains = set(pairs.values())
+        #: each data sequence's site (`dgmlang.chains.ChainSite`) by its chain's name
+        self.chains = {chain: ChainSite(data, chain, facts, self.evaluator, self.net)
+                       for data, chain in pairs.items()}
+        self.sites = [self.chains[pairs[name]] if name in pairs else ModelSite(name, facts, self.evaluator, self.net)
+                      for name in (*facts.global_order, *facts.local_order) if name not in chains]
         self._sites_by_name = {site.name: site for site in self.sites}
 
     @property
@@ -211,6 +218,11 @@ class LoweredModel(PyroModule):
                                 f"the mask of '{name}' should be shaped {list(obs.shape)}, "
                                 f"not {list(observed.shape)}"
                             )
+                if isinstance(site, ChainSite):  # a data sequence with its chain summed out
+                    drawn = site.sample(env, obs, observed, n_batch)
+                    values.update(drawn)
+                    env.update(drawn)
+                    continue
                 values[name] = env[name] = self._sample(site, env, obs, observed)
         return values
 

@@ -49,7 +49,8 @@ __all__ = ["parse", "paused_gc", "grammar_text", "KEYWORDS", "MAX_NESTING"]
 
 #: Words that cannot name a variable, a model or a keyword argument.
 KEYWORDS = frozenset(
-    ("model", "data", "input", "latent", "global", "param", "const", "let", "net", "guide")
+    ("model", "data", "input", "latent", "global", "param", "const", "let", "net", "guide",
+     "for", "in")
 )
 
 #: How deeply brackets and operators may nest. Later stages walk the tree recursively, so a
@@ -339,12 +340,17 @@ class _Builder(Transformer):
     # -------------------------------------------------------------- statements
 
     def draw(self, children):
-        target, dist = children
-        return ast.Draw(target.value, dist, span=_span(target, dist))
+        target, _lsqb, index, _rsqb, dist = children
+        return ast.Draw(target.value, dist, index, span=_span(target, dist))
 
     def let_stmt(self, children):
-        keyword, name, value = children
-        return ast.Let(name.value, value, span=_span(keyword, value))
+        keyword, name, _lsqb, index, _rsqb, value = children
+        return ast.Let(name.value, value, index, span=_span(keyword, value))
+
+    def for_stmt(self, children):
+        keyword, var, _in, start, _colon, stop, _lbrace, *body, rbrace = children
+        return ast.For(var.value, start, stop, tuple(body), span=_span(keyword, rbrace),
+                       var_span=_token_span(var))
 
     def net_stmt(self, children):
         keyword, name, call = children

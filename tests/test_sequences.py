@@ -1,0 +1,162 @@
+"""Sequences: exact discrete chains against a forward-backward written here, separately
+(float64 numpy), FFBS draws against the marginals, sampling, fitting, and the front end."""
+import numpy as np
+import pytest
+import torch
+
+import dgmlang
+from dgmlang.errors import DGMError
+
+TRANS = np.array([[0.8, 0.15, 0.05], [0.1, 0.7, 0.2], [0.25, 0.05, 0.7]])
+MU = np.array([-2.0, 0.0, 2.5])
+INIT = np.array([0.5, 0.3, 0.2])
+
+
+def hmm_text(steps: int, *, fixed: bool = True) -> str:
+    params = (f"const TRANS = {TRANS.tolist()}\n    const MU = {MU.tolist()}\n    const INIT = {INIT.tolist()}"
+              if fixed else "param TRANS[3, 3] : simplex\n    param MU[3]\n    const INIT = [0.3333, 0.3333, 0.3334]")
+    return f"""
+model hmm {{
+    const T = {steps}
+    {params}
+    data   x[T]
+    latent s[T]
+
+    s[0] ~ Categorical(probs = INIT)
+    for t in 1:T {{ s[t] ~ Categorical(probs = TRANS[s[t - 1]]) }}
+    for t in 0:T {{ x[t] ~ Normal(MU[s[t]], 1) }}
+}}
+"""
+
+
+def emissions(x: np.ndarray) -> np.ndarray:
+    """log N(x[t]; MU[k], 1), (n, T, K)."""
+    return -0.5 * (x[..., None] - MU) ** 2 - 0.5 * np.log(2 * np.pi)
+
+
+def forward_backward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log p(x) (n,) and p(s[t] = k | x) (n, T, K), scaled forward-backward in float64."""
+    like = np.exp(emissions(x))
+    n, steps, k = like.shape
+    alpha = np.zeros((n, steps, k))
+    scale = np.zeros((n, steps))
+    a = INIT * like[:, 0]
+    for t in range(steps):
+        if t:
+            a = (alpha[:, t - 1] @ TRANS) * like[:, t]
+        scale[:, t] = a.sum(-1)
+        alpha[:, t] = a / scale[:, t, None]
+    beta = np.ones((n, steps, k))
+    for t in range(steps - 2, -1, -1):
+        beta[:, t] = (TRANS @ (like[:, t + 1] * beta[:, t + 1])[..., None])[..., 0] / scale[:, t + 1, None]
+    post = alpha * beta
+    return np.log(scale).sum(-1), post / post.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def hmm():
+    return dgmlang.compile(hmm_text(40))
+
+
+@pytest.fixture(scope="module")
+def sequences(hmm):
+    return hmm.sample(6, seed=1)
+
+
+def test_sample_shapes_and_states(sequences):
+    assert sequences["x"].shape == (6, 40) and sequences["s"].shape == (6, 40)
+    assert set(sequences["s"].unique().tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-6), ("float32", 1e-4)])
+def test_log_prob_is_the_forward_algorithm(hmm, sequences, dtype, rtol):
+    x = sequences["x"].double().numpy()
+    exact, _ = forward_backward(x)
+    hmm.to(dtype=dtype)
+    try:
+        got = hmm.log_prob({"x": torch.as_tensor(x)}, progress=False)
+    finally:
+        hmm.to(dtype="float32")
+    np.testing.assert_allclose(got.double().numpy(), exact, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype, atol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_marginals_are_forward_backward(hmm, sequences, dtype, atol):
+    x = sequences["x"].double().numpy()
+    _, exact = forward_backward(x)
+    hmm.to(dtype=dtype)
+    try:
+        got = hmm.marginals({"x": torch.as_tensor(x)}, "s")
+    finally:
+        hmm.to(dtype="float32")
+    assert got.shape == (6, 40, 3)
+    np.testing.assert_allclose(got.double().numpy(), exact, atol=atol)
+
+
+def test_invert_draws_follow_the_marginals(hmm, sequences):
+    x = sequences["x"][:2]
+    draws = hmm.invert({"x": x}, num_samples=4000, seed=0, progress=False)["s"]
+    assert draws.shape == (4000, 2, 40)
+    freq = torch.nn.functional.one_hot(draws, 3).double().mean(0)
+    _, exact = forward_backward(x.double().numpy())
+    # 4000 draws: a frequency's standard error is at most 0.008
+    np.testing.assert_allclose(freq.numpy(), exact, atol=0.04)
+
+
+def test_invert_draws_pairs_from_the_joint_posterior(hmm, sequences):
+    """Consecutive states drawn together (FFBS draws paths, not independent steps)."""
+    x = sequences["x"][:1].double()
+    draws = hmm.invert({"x": x}, num_samples=4000, seed=1, progress=False)["s"][:, 0]
+    like = np.exp(emissions(x.numpy()))[0]
+    _, post = forward_backward(x.numpy())
+    # p(s[t], s[t+1] | x) from the separate forward-backward, at t = 10
+    t = 10
+    alpha = np.zeros(3)
+    a = INIT * like[0]
+    for u in range(1, t + 1):
+        a = (a / a.sum() @ TRANS) * like[u]
+    alpha = a / a.sum()
+    beta_next = post[0, t + 1] / (alpha @ TRANS * like[t + 1] / (alpha @ TRANS * like[t + 1]).sum())
+    joint = alpha[:, None] * TRANS * (like[t + 1] * beta_next)[None, :]
+    joint /= joint.sum()
+    freq = np.zeros((3, 3))
+    np.add.at(freq, (draws[:, t].numpy(), draws[:, t + 1].numpy()), 1)
+    np.testing.assert_allclose(freq / len(draws), joint, atol=0.04)
+
+
+def test_fit_recovers_the_parameters_up_to_a_permutation():
+    truth = dgmlang.compile(hmm_text(60))
+    data = truth.sample(150, seed=3)
+    m = dgmlang.compile(hmm_text(60, fixed=False))
+    m.fit({"x": data["x"]}, steps=300, lr=0.05, batch_size=150, progress=False, seed=0)
+    mu = m.model.param("MU").detach().double().numpy()
+    order = np.argsort(mu)
+    np.testing.assert_allclose(mu[order], MU, atol=0.15)
+    trans = m.model.param("TRANS").detach().double().numpy()[np.ix_(order, order)]
+    np.testing.assert_allclose(trans, TRANS, atol=0.06)
+
+
+def test_the_chain_is_summed_out_in_the_model(hmm):
+    assert hmm.guide_plan == [("s", "enumerated in model")]
+    assert [s.name for s in hmm.model.sites] == ["x"]
+
+
+def test_marginals_refuses_what_is_no_chain(hmm):
+    with pytest.raises(DGMError, match="'x' is not a latent chain"):
+        hmm.marginals({"x": torch.zeros(1, 40)}, "x")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("for t in 0:T { s[t] ~ Normal(0, 1) }\n for t in 0:T { x[t] ~ Normal(s[t], 1) }",
+     "not supported yet: a latent sequence drawn from Normal"),
+    ("s[0] ~ Categorical(logits = zeros(3))\n s[1] ~ Categorical(logits = zeros(3))\n"
+     " for t in 2:T { s[t] ~ Categorical(probs = P[s[t - 2]]) }\n for t in 0:T { x[t] ~ Normal(s[t], 1) }",
+     "not supported yet: 's' reads s[t - 2]: a chain of order 2"),
+    ("s[0] ~ Categorical(logits = zeros(3))\n for t in 1:T { s[t] ~ Categorical(probs = P[s[t - 1]]) }\n"
+     " for t in 0:T { x[t] ~ Normal(s[t], 1) }\n let h[0] = 1",
+     "not supported yet: a let inside a loop or of one step"),
+])
+def test_what_is_refused(body, message):
+    text = f"model m {{\n const T = 5\n param P[3, 3] : simplex\n data x[T]\n latent s[T]\n {body}\n}}"
+    with pytest.raises(DGMError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        dgmlang.compile(text)
