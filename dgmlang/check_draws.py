@@ -66,6 +66,8 @@ class DrawChecker:
     left undrawn or unused at the end. A part of `dgmlang.check.ModelChecker`."""
 
     def check_draw(self, d: ast.Draw) -> None:
+        if id(d) in self.misplaced:
+            raise Skip
         target_span = head_span(d.span, len(d.target))
         draws = [s for s in self.draws.get(d.target, []) if s.index is None]
         if d.index is None and len(draws) > 1 and draws[0] is not d:

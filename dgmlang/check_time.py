@@ -61,7 +61,8 @@ class TimeChecker:
         self.loop_of: dict[int, ast.For] = {}
         self.loop_ranges: dict[int, tuple[int, int] | None] = {}
         self.step_runs: dict[str, list[tuple[ir.Steps, ast.Draw]]] = {}
-        self.step_reads: list[tuple[str, str, int, ast.Draw, object]] = []
+        self.step_reads: list[tuple[str, str, int, object]] = []
+        self.misplaced: set[int] = set()
         flat = []
         for stmt in self.model.body:
             if not isinstance(stmt, ast.For):
@@ -81,8 +82,9 @@ class TimeChecker:
                             head_span(inner.span, len(inner.target)),
                             hint=f"write `{inner.target}[{stmt.var}] ~ ...`, and declare "
                                  f"'{inner.target}' with time as its first dimension"))
-                        continue
-                    self.loop_of[id(inner)] = stmt
+                        self.misplaced.add(id(inner))  # it counts as drawn, unchecked
+                    if inner.index is not None:
+                        self.loop_of[id(inner)] = stmt
                 elif isinstance(inner, ast.Let):
                     self.refuse_let(inner)
                 else:
@@ -359,7 +361,8 @@ def _never_drawn(name: str, first: int, stop: int, info: VarInfo) -> DGMError:
     return DGMModelError(
         f"{steps} of '{name}' {'is' if stop == first + 1 else 'are'} never drawn",
         info.decl.name_span or info.decl.span,
-        hint=f"draw every step exactly once, e.g. `for t in {first}:{stop} {{ {name}[t] ~ ... }}`")
+        hint="draw every step exactly once, e.g. " + (f"`{name}[{first}] ~ ...`" if stop == first + 1 else
+                                                      f"`for t in {first}:{stop} {{ {name}[t] ~ ... }}`"))
 
 
 def _source(expr: ast.Expr) -> str:
