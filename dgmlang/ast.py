@@ -128,8 +128,8 @@ class Draw:
 
     target: str
     dist: Call
-    index: Expr | None = None
     span: Span | None = _span()
+    index: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ class Let:
 
     name: str
     value: Expr
-    index: Expr | None = None
     span: Span | None = _span()
+    index: Expr | None = None
 
 
 @dataclass(frozen=True)

@@ -341,11 +341,11 @@ class _Builder(Transformer):
 
     def draw(self, children):
         target, _lsqb, index, _rsqb, dist = children
-        return ast.Draw(target.value, dist, index, span=_span(target, dist))
+        return ast.Draw(target.value, dist, span=_span(target, dist), index=index)
 
     def let_stmt(self, children):
         keyword, name, _lsqb, index, _rsqb, value = children
-        return ast.Let(name.value, value, index, span=_span(keyword, value))
+        return ast.Let(name.value, value, span=_span(keyword, value), index=index)
 
     def for_stmt(self, children):
         keyword, var, _in, start, _colon, stop, _lbrace, *body, rbrace = children
