@@ -244,28 +244,28 @@ class ChainSite:
                 self.name: pyro.deterministic(self.name, value, event_dim=len(self.shape))}
 
     def draw_prior(self, env: Env, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A chain ``(rows, T)`` and its data ``(rows, *shape)`` drawn from the model."""
-        steps = self.shape[0]
+        """A chain ``(*batch, T)`` and its data ``(*batch, *shape)`` drawn from the model
+        (`batch` is ``(rows,)``, with particle dims left of it where `env` has them)."""
+        steps, k = self.shape[0], self.classes
         placeholder = torch.zeros(rows, *self.shape, dtype=self._evaluator.dtype, device=self._evaluator.device)
         tables = self.tables(env, placeholder)
-        init = tables.init.expand(rows, self.classes)
-        state = torch.distributions.Categorical(logits=init).sample()
+        batch = torch.broadcast_shapes(tables.init.shape[:-1], tables.emit.shape[:-2], (rows,),
+                                       *(table.shape[:-2] for _, _, table in tables.runs))
+        state = torch.distributions.Categorical(logits=tables.init.expand(*batch, k)).sample()
         path = [state]
         for t in range(1, steps):
-            table = tables.trans(t).expand(rows, self.classes, self.classes)
-            state = torch.distributions.Categorical(logits=table.gather(
-                1, state[:, None, None].expand(rows, 1, self.classes))[:, 0]).sample()
+            table = tables.trans(t).expand(*batch, k, k)
+            row = table.gather(-2, state[..., None, None].expand(*batch, 1, k))[..., 0, :]
+            state = torch.distributions.Categorical(logits=row).sample()
             path.append(state)
         path = torch.stack(path, dim=-1)
         pieces = []
         for run, site in self.emissions:
-            here = path[:, run.first:run.stop].T  # (L, rows)
-            base = site.distribution({**env, irm.step_key(self.chain, 0): here})
-            value = base.sample()
-            while value.dim() > 2 + len(self.shape) - 1:
-                value = value[0]
-            pieces.append(value.expand(run.stop - run.first, rows, *self.shape[1:]).movedim(0, 1))
-        return path, torch.cat(pieces, dim=1)
+            here = path[..., run.first:run.stop].movedim(-1, 0)  # (L, *batch)
+            value = site.distribution({**env, irm.step_key(self.chain, 0): here}).sample()
+            value = value.expand(run.stop - run.first, *batch, *self.shape[1:])
+            pieces.append(value.movedim(0, len(batch)))
+        return path, torch.cat(pieces, dim=len(batch))
 
 
 def refuse_gaps(name: str, observed: torch.Tensor | None) -> None:

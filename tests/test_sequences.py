@@ -160,3 +160,63 @@ def test_what_is_refused(body, message):
     text = f"model m {{\n const T = 5\n param P[3, 3] : simplex\n data x[T]\n latent s[T]\n {body}\n}}"
     with pytest.raises(DGMError, match=message.replace("[", r"\[").replace("]", r"\]")):
         dgmlang.compile(text)
+
+
+def test_vector_steps_and_inputs_against_every_path():
+    """Steps of shape [2] reading an input, a time-varying first step: log p(x) equals the
+    sum over all 3^4 paths, computed here by brute force."""
+    text = """
+model vec {
+    const MU = [[-1.0, 0.0], [1.0, 1.0], [0.0, -2.0]]
+    const A = [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4]]
+    input  u
+    data   x[4, 2]
+    latent s[4]
+    s[0] ~ Categorical(probs = [0.2, 0.5, 0.3])
+    s[1] ~ Categorical(probs = A[s[0]])
+    for t in 2:4 { s[t] ~ Categorical(probs = A[2 - s[t - 1]]) }
+    x[0] ~ Normal(MU[s[0]] + u, 0.5)
+    for t in 1:4 { x[t] ~ Normal(MU[s[t]] * 2 + u, 0.5) }
+}
+"""
+    m = dgmlang.compile(text).to(dtype="float64")
+    rng = np.random.default_rng(0)
+    x, u = rng.normal(size=(3, 4, 2)), rng.normal(size=3)
+    mu = np.array([[-1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])
+    a = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
+    exact = np.zeros(3)
+    for path in np.ndindex(3, 3, 3, 3):
+        p = np.array([0.2, 0.5, 0.3])[path[0]] * a[path[0], path[1]]
+        p = p * a[2 - path[1], path[2]] * a[2 - path[2], path[3]]
+        loc = np.stack([mu[path[0]]] + [2 * mu[s] for s in path[1:]])[None] + u[:, None, None]
+        dens = np.exp(-0.5 * ((x - loc) / 0.5) ** 2).prod((-1, -2)) / (0.5 * np.sqrt(2 * np.pi)) ** 8
+        exact += p * dens
+    got = m.log_prob({"x": torch.as_tensor(x), "u": torch.as_tensor(u)}, progress=False)
+    # the model's numbers are float32 numbers (0.2 is not exactly 0.2 there): rtol 1e-6
+    np.testing.assert_allclose(got.numpy(), np.log(exact), rtol=1e-6)
+
+
+def test_a_chain_beside_a_global_and_another_latent_samples_fits_and_inverts():
+    text = """
+model mixed {
+    param  trans[2, 2] : simplex
+    global mu[2]
+    data   x[12]
+    data   y
+    latent z
+    latent s[12]
+    mu ~ Normal(0, 3)
+    z ~ Normal(0, 1)
+    y ~ Normal(z, 1)
+    s[0] ~ Categorical(logits = zeros(2))
+    for t in 1:12 { s[t] ~ Categorical(probs = trans[s[t - 1]]) }
+    for t in 0:12 { x[t] ~ Normal(mu[s[t]], 1) }
+}
+"""
+    m = dgmlang.compile(text)
+    data = m.sample(16, seed=0)
+    assert data["s"].shape == (16, 12) and data["x"].shape == (16, 12)
+    m.fit({"x": data["x"], "y": data["y"]}, steps=5, progress=False)
+    draws = m.invert({"x": data["x"], "y": data["y"]}, num_samples=3, progress=False)
+    assert draws["s"].shape == (3, 16, 12) and draws["mu"].shape == (3, 2)
+    assert torch.isfinite(m.log_prob({"x": data["x"], "y": data["y"]}, num_samples=20, progress=False)).all()
