@@ -67,7 +67,7 @@ class Tables:
 
     init: torch.Tensor
     runs: list[tuple[int, int, torch.Tensor]]
-    emit: torch.Tensor
+    emit: torch.Tensor | None
 
     def trans(self, t: int) -> torch.Tensor:
         return next(table for first, stop, table in self.runs if first <= t < stop)
@@ -169,9 +169,9 @@ class ChainSite:
 
     # ------------------------------------------------------------------ tables
 
-    def _rank(self, env: Env, value: torch.Tensor) -> int:
+    def _rank(self, env: Env, value: torch.Tensor | None) -> int:
         """How many batch dims the values in `env` and the data carry (at least 1)."""
-        rank = value.dim() - len(self.shape)
+        rank = 1 if value is None else value.dim() - len(self.shape)
         for key, v in env.items():
             var = self._variables.get(key)
             if var is not None and torch.is_tensor(v):
@@ -179,10 +179,13 @@ class ChainSite:
         return max(rank, 1)
 
     def _states(self, rank: int) -> torch.Tensor:
-        return torch.arange(self.classes, device=self._evaluator.device).reshape(self.classes, *(1,) * rank)
+        # in the model's dtype, as every value an expression reads (an index casts it back)
+        return torch.arange(self.classes, dtype=self._evaluator.dtype,
+                            device=self._evaluator.device).reshape(self.classes, *(1,) * rank)
 
-    def tables(self, env: Env, value: torch.Tensor) -> Tables:
-        """The chain's tables given the values in `env` and the data sequence `value`."""
+    def tables(self, env: Env, value: torch.Tensor | None) -> Tables:
+        """The chain's tables given the values in `env` and the data sequence `value` (no
+        emission table when it is None)."""
         rank = self._rank(env, value)
         states = self._states(rank)
         init, runs = None, []
@@ -196,7 +199,7 @@ class ChainSite:
                     runs.append((1, run.stop, logits.movedim(0, -2)))
             else:
                 runs.append((run.first, run.stop, logits.movedim(0, -2)))
-        return Tables(init, runs, self._emission(env, value, rank, states))
+        return Tables(init, runs, None if value is None else self._emission(env, value, rank, states))
 
     def _emission(self, env: Env, value: torch.Tensor, rank: int, states: torch.Tensor) -> torch.Tensor:
         ev = len(self.shape) - 1
@@ -212,7 +215,7 @@ class ChainSite:
             log_p = log_p.reshape((1,) * (rank + 2 - log_p.dim()) + tuple(log_p.shape))
             parts.append(log_p.movedim((0, 1), (-2, -1)))
         shape = torch.broadcast_shapes(*(p.shape[:-2] for p in parts))
-        return torch.cat([p.expand(*shape, *p.shape[-2:]) for p in parts], dim=-2)
+        return torch.cat([p.expand(*shape, p.shape[-2], self.classes) for p in parts], dim=-2)
 
     # ------------------------------------------------------------------ the model's site
 
@@ -247,9 +250,8 @@ class ChainSite:
         """A chain ``(*batch, T)`` and its data ``(*batch, *shape)`` drawn from the model
         (`batch` is ``(rows,)``, with particle dims left of it where `env` has them)."""
         steps, k = self.shape[0], self.classes
-        placeholder = torch.zeros(rows, *self.shape, dtype=self._evaluator.dtype, device=self._evaluator.device)
-        tables = self.tables(env, placeholder)
-        batch = torch.broadcast_shapes(tables.init.shape[:-1], tables.emit.shape[:-2], (rows,),
+        tables = self.tables(env, None)
+        batch = torch.broadcast_shapes(tables.init.shape[:-1], (rows,),
                                        *(table.shape[:-2] for _, _, table in tables.runs))
         state = torch.distributions.Categorical(logits=tables.init.expand(*batch, k)).sample()
         path = [state]
@@ -262,6 +264,7 @@ class ChainSite:
         pieces = []
         for run, site in self.emissions:
             here = path[..., run.first:run.stop].movedim(-1, 0)  # (L, *batch)
+            here = here.to(self._evaluator.dtype)
             value = site.distribution({**env, irm.step_key(self.chain, 0): here}).sample()
             value = value.expand(run.stop - run.first, *batch, *self.shape[1:])
             pieces.append(value.movedim(0, len(batch)))

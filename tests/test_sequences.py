@@ -220,3 +220,20 @@ model mixed {
     draws = m.invert({"x": data["x"], "y": data["y"]}, num_samples=3, progress=False)
     assert draws["s"].shape == (3, 16, 12) and draws["mu"].shape == (3, 2)
     assert torch.isfinite(m.log_prob({"x": data["x"], "y": data["y"]}, num_samples=20, progress=False)).all()
+
+
+@pytest.mark.parametrize("decl, body", [
+    ("data x[6]", "s[0] ~ Categorical(logits = zeros(3))\n for t in 1:6 { s[t] ~ Categorical(logits = [0.1, 0.2, 0.3]) }\n"
+                  " x[0] ~ Normal(0, 1)\n for t in 1:6 { x[t] ~ Normal(s[t], 1) }"),
+    ("data x[6]", "for t in 0:6 { s[t] ~ Categorical(logits = [0.1, 0.2, 0.3]) }\n"
+                  " for t in 0:6 { x[t] ~ Categorical(probs = softmax(onehot(s[t], 3) * 2)) }"),
+    ("data x[6, 3]", "for t in 0:6 { s[t] ~ Categorical(logits = zeros(3)) }\n"
+                     " for t in 0:6 { x[t] ~ Dirichlet(exp(onehot(s[t], 3))) }"),
+], ids=["a-step-reading-no-state", "categorical-data-iid-chain", "simplex-steps"])
+def test_chains_of_other_shapes_run_end_to_end(decl, body):
+    m = dgmlang.compile(f"model m {{\n latent s[6]\n {decl}\n {body}\n}}")
+    d = m.sample(5, seed=0)
+    assert torch.isfinite(m.log_prob({"x": d["x"]}, progress=False)).all()
+    assert torch.allclose(m.marginals({"x": d["x"]}, "s").sum(-1), torch.ones(5, 6))
+    assert m.invert({"x": d["x"]}, num_samples=3, progress=False)["s"].shape == (3, 5, 6)
+    m.fit({"x": d["x"]}, steps=2, progress=False)
