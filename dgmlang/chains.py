@@ -251,7 +251,9 @@ class ChainSite:
         (`batch` is ``(rows,)``, with particle dims left of it where `env` has them)."""
         steps, k = self.shape[0], self.classes
         tables = self.tables(env, None)
-        batch = torch.broadcast_shapes(tables.init.shape[:-1], (rows,),
+        given = [v.shape[:v.dim() - len(self._variables[key].shape)] for key, v in env.items()
+                 if key in self._variables and torch.is_tensor(v)]
+        batch = torch.broadcast_shapes(tables.init.shape[:-1], (rows,), *given,
                                        *(table.shape[:-2] for _, _, table in tables.runs))
         state = torch.distributions.Categorical(logits=tables.init.expand(*batch, k)).sample()
         path = [state]
