@@ -68,15 +68,20 @@ def test_sample_shapes_and_states(sequences):
     assert set(sequences["s"].unique().tolist()) <= {0, 1, 2}
 
 
+def in_dtype(model, dtype: str, query):
+    """`query()` with `model` moved to `dtype`, then back to float32."""
+    model.to(dtype=dtype)
+    try:
+        return query()
+    finally:
+        model.to(dtype="float32")
+
+
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-6), ("float32", 1e-4)])
 def test_log_prob_is_the_forward_algorithm(hmm, sequences, dtype, rtol):
     x = sequences["x"].double().numpy()
     exact, _ = forward_backward(x)
-    hmm.to(dtype=dtype)
-    try:
-        got = hmm.log_prob({"x": torch.as_tensor(x)}, progress=False)
-    finally:
-        hmm.to(dtype="float32")
+    got = in_dtype(hmm, dtype, lambda: hmm.log_prob({"x": torch.as_tensor(x)}, progress=False))
     np.testing.assert_allclose(got.double().numpy(), exact, rtol=rtol)
 
 
@@ -84,11 +89,7 @@ def test_log_prob_is_the_forward_algorithm(hmm, sequences, dtype, rtol):
 def test_marginals_are_forward_backward(hmm, sequences, dtype, atol):
     x = sequences["x"].double().numpy()
     _, exact = forward_backward(x)
-    hmm.to(dtype=dtype)
-    try:
-        got = hmm.marginals({"x": torch.as_tensor(x)}, "s")
-    finally:
-        hmm.to(dtype="float32")
+    got = in_dtype(hmm, dtype, lambda: hmm.marginals({"x": torch.as_tensor(x)}, "s"))
     assert got.shape == (6, 40, 3)
     np.testing.assert_allclose(got.double().numpy(), exact, atol=atol)
 
