@@ -213,7 +213,13 @@ class ChainSite:
             if site.event_dims:
                 log_p = log_p.sum(tuple(range(-site.event_dims, 0)))
             log_p = log_p.reshape((1,) * (rank + 2 - log_p.dim()) + tuple(log_p.shape))
-            parts.append(log_p.movedim((0, 1), (-2, -1)))
+            part = log_p.movedim((0, 1), (-2, -1))  # (*batch, L, K)
+            if run.length is not None:  # steps from each sequence's length on are padding
+                n = env[run.length]
+                n = n.reshape((1,) * (rank - n.dim()) + tuple(n.shape))
+                t = torch.arange(run.first, run.stop, dtype=n.dtype, device=n.device)
+                part = part.masked_fill(~(t < n.unsqueeze(-1)).unsqueeze(-1), 0.0)
+            parts.append(part)
         shape = torch.broadcast_shapes(*(p.shape[:-2] for p in parts))
         return torch.cat([p.expand(*shape, p.shape[-2], self.classes) for p in parts], dim=-2)
 
@@ -274,9 +280,12 @@ class ChainSite:
 
 
 def refuse_gaps(name: str, observed: torch.Tensor | None) -> None:
+    """Missing entries (NaN, or False in a mask) in a data sequence are refused, padding
+    past a sequence's length included: padding is not missing data."""
     if observed is not None and not bool(observed.all()):
         raise DGMDataError(f"'{name}' has missing entries: missing steps of a sequence are not supported yet",
-                           hint="give every step of every sequence")
+                           hint="give every step of every sequence; pad a sequence shorter than its "
+                                "length input with any valid value (such as 0): steps past the length are ignored")
 
 
 #: Rows `marginals` computes at once.

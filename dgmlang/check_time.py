@@ -100,8 +100,9 @@ class TimeChecker:
         self.report(not_supported("a let inside a loop or of one step (a recurrent let)", let.span,
                                   "compute it outside the loop from whole variables"))
 
-    def loop_range(self, loop: ast.For) -> tuple[int, int]:
-        """The loop's first and stop step (checked once; Skip after its error)."""
+    def loop_range(self, loop: ast.For) -> tuple[int, int | str]:
+        """The loop's first step and its stop: a constant, or the name of the int input
+        holding each sequence's length (checked once; Skip after its error)."""
         if id(loop) not in self.loop_ranges:
             self.loop_ranges[id(loop)] = None
             if loop.var in self.declared:
@@ -109,10 +110,12 @@ class TimeChecker:
                     f"the loop index '{loop.var}' is already declared", loop.var_span,
                     hint="give the loop index a name of its own, such as t")
             first = self.const_int(loop.start, "a loop bound", positive=False)
-            stop = self.const_int(loop.stop, "a loop bound", positive=False)
-            if not 0 <= first < stop:
+            stop = self.length_input(loop.stop)
+            if stop is None:
+                stop = self.const_int(loop.stop, "a loop bound", positive=False)
+            if not 0 <= first < (stop if isinstance(stop, int) else first + 1):
                 raise DGMShapeError(
-                    f"the loop {first}:{stop} has no steps" if first >= stop else
+                    f"the loop {first}:{stop} has no steps" if first >= 0 else
                     f"the loop starts at {first}, before step 0",
                     loop.start.span if first < 0 else loop.stop.span,
                     hint="`for t in a:b` runs t = a, ..., b - 1 with 0 <= a < b")
@@ -120,6 +123,19 @@ class TimeChecker:
         if self.loop_ranges[id(loop)] is None:
             raise Skip
         return self.loop_ranges[id(loop)]
+
+    def length_input(self, stop: ast.Expr) -> str | None:
+        """The name of the `input n : int` a loop ends at (per-sequence lengths), or None."""
+        info = self.vars.get(stop.name) if isinstance(stop, ast.Name) else None
+        if info is None or info.decl.role != "input":
+            return None
+        if info.type != "int" or info.shape != ():
+            raise DGMShapeError(
+                f"a loop ending at input '{stop.name}' runs to each sequence's length, which is "
+                f"one whole number per data point, but '{stop.name}' is "
+                + ("not declared int" if info.type != "int" else f"shaped {list(info.shape or ())}"),
+                stop.span, hint=f"declare it `input {stop.name} : int`")
+        return stop.name
 
     # -------------------------------------------------------------- step draws
 
@@ -137,8 +153,11 @@ class TimeChecker:
                                 hint=f"declare it with time first, e.g. `{info.decl.role} {d.target}[T]`")
         steps = info.shape[0]
         loop = self.loop_of.get(id(d))
+        length = None
         if loop is not None:
             first, stop = self.loop_range(loop)
+            if isinstance(stop, str):  # up to each sequence's length, padding after it
+                length, stop = stop, steps
             if not (isinstance(d.index, ast.Name) and d.index.name == loop.var):
                 raise DGMModelError(
                     f"a draw inside `for {loop.var}` draws step {loop.var}", d.index.span,
@@ -161,7 +180,7 @@ class TimeChecker:
             self.time = None
         step_info = VarInfo(info.decl, step_shape, info.type, info.value, info.guide, info.family_span)
         self.check_role(d, spec, step_info, draw)
-        self.step_runs.setdefault(d.target, []).append((ir.Steps(first, stop, draw.ir), d))
+        self.step_runs.setdefault(d.target, []).append((ir.Steps(first, stop, draw.ir, length), d))
         if spec.name == "Categorical":
             self.bounds[d.target] = draw.classes
 

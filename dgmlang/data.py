@@ -151,6 +151,8 @@ def _rules(facts: ModelFacts) -> _Rules:
         for use in uses:
             if use.kind == "onehot":
                 says = f"onehot({used}, {use.limit}) takes 0..{use.limit - 1}"
+            elif use.kind == "length":
+                says = f"it is the length of a sequence of {use.limit - 1} steps (0..{use.limit - 1})"
             else:
                 says = f"it indexes a dimension of size {use.limit} (0..{use.limit - 1})"
             bounds.setdefault(name, []).append(_Bound(use.limit - 1, says, use.span))

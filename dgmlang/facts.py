@@ -32,7 +32,8 @@ __all__ = ["IntegerUse", "ModelFacts"]
 @dataclass(frozen=True)
 class IntegerUse:
     """A place that reads an integer value and bounds it to ``0..limit-1``: ``onehot(y, K)``
-    (`kind` "onehot") or an index into a dimension of size `limit` (`kind` "index")."""
+    (`kind` "onehot"), an index into a dimension of size `limit` (`kind` "index"), or the
+    length of a sequence of ``limit - 1`` steps (`kind` "length")."""
 
     kind: str
     limit: int
@@ -128,6 +129,11 @@ class ModelFacts:
     # ------------------------------------------------------------------ integer uses
 
     def _collect_integer_uses(self) -> None:
+        for draw in self.ir.draws:
+            for run in draw.steps:
+                if run.length is not None:  # a sequence's length: 0..T steps
+                    steps = self.variables[draw.target].shape[0]
+                    self.integer_uses.setdefault(run.length, []).append(IntegerUse("length", steps + 1, draw.span))
         exprs = [e for d in self.ir.draws for e in d.expressions] + list(self.lets.values())
         for e in irm.walk(exprs):
             if (isinstance(e, irm.BuiltinCall) and e.func == "onehot"

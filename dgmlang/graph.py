@@ -87,6 +87,7 @@ def _build_graph(ir: irm.ModelIR) -> nx.DiGraph:
         parents: set[str] = set()
         if draw.steps:
             graph.add_node(draw.target, steps=graph.nodes[draw.target]["shape"][0])
+            parents |= {run.length for run in draw.steps if run.length is not None}
         for ref in _refs(draw.expressions):
             if isinstance(ref, irm.StepRef) and ref.name == draw.target:  # its own earlier steps
                 continue

@@ -243,11 +243,13 @@ class Draw:
 @dataclass(frozen=True)
 class Steps:
     """Steps `first`, ..., `stop - 1` of a sequence, each drawn as `draw` says (its
-    expressions read other steps through `StepRef`)."""
+    expressions read other steps through `StepRef`). With `length` (the name of an int
+    input), the steps from each data point's length on are padding: not part of the model."""
 
     first: int
     stop: int
     draw: Draw
+    length: str | None = None
 
 
 @dataclass(frozen=True)
