@@ -351,6 +351,12 @@ class TimeChecker:
                     f"data sequence '{name}' reading {'no latent chain' if not latents else 'two latent chains'}",
                     where, "each step of data is emitted by the same step of one latent chain, `x[t] ~ ...(s[t])`")
             (chain,) = latents
+            bounded = {run.length for run, _ in runs[chain] if run.length is not None}
+            if bounded and runs[name][-1][0].length not in bounded:
+                raise not_supported(
+                    f"data sequence '{name}' reading steps of '{chain}' past its length "
+                    f"'{sorted(bounded)[0]}'", where,
+                    f"end the loop of '{name}' at the same length: `for t in 0:{sorted(bounded)[0]}`")
             if self.vars[chain].shape[0] != self.vars[name].shape[0]:
                 raise not_supported(f"data sequence '{name}' and its chain '{chain}' of different lengths",
                                     where, "declare both with the same number of steps")

@@ -156,9 +156,12 @@ def test_marginals_refuses_what_is_no_chain(hmm):
     ("s[0] ~ Categorical(logits = zeros(3))\n for t in 1:T { s[t] ~ Categorical(probs = P[s[t - 1]]) }\n"
      " for t in 0:T { x[t] ~ Normal(s[t], 1) }\n let h[0] = 1",
      "not supported yet: a let inside a loop or of one step"),
+    ("s[0] ~ Categorical(logits = zeros(3))\n for t in 1:n { s[t] ~ Categorical(probs = P[s[t - 1]]) }\n"
+     " for t in 0:T { x[t] ~ Normal(s[t], 1) }",
+     "not supported yet: data sequence 'x' reading steps of 's' past its length 'n'"),
 ])
 def test_what_is_refused(body, message):
-    text = f"model m {{\n const T = 5\n param P[3, 3] : simplex\n data x[T]\n latent s[T]\n {body}\n}}"
+    text = f"model m {{\n const T = 5\n input n : int\n param P[3, 3] : simplex\n data x[T]\n latent s[T]\n {body}\n}}"
     with pytest.raises(DGMError, match=message.replace("[", r"\[").replace("]", r"\]")):
         dgmlang.compile(text)
 
