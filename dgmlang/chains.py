@@ -45,7 +45,8 @@ from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
 from dgmlang.sites import ModelSite, plate_batch_shape
 
-__all__ = ["ChainLikelihood", "ChainSite", "Tables", "chain_pairs", "forward", "sample_path", "smoothing"]
+__all__ = ["ChainLikelihood", "ChainSite", "Tables", "chain_pairs", "forward", "marginals",
+           "posterior_paths", "sample_path", "smoothing"]
 
 
 def chain_pairs(facts: ModelFacts) -> dict[str, str]:
@@ -118,6 +119,15 @@ def sample_path(tables: Tables, draws: int) -> torch.Tensor:
         state = torch.distributions.Categorical(logits=alphas[..., t - 1, :] + column).sample()
         path.append(state)
     return torch.stack(path[::-1], dim=-1)
+
+
+def posterior_paths(site: "ChainSite", batch: Env, globals_: dict[str, torch.Tensor], draws: int) -> torch.Tensor:
+    """`draws` paths of the chain of `site` from p(chain | data, globals), ``(draws, rows,
+    T)`` (`sample_path`); with globals (each ``(draws, *shape)``), each draw under its own."""
+    if not globals_:
+        return sample_path(site.tables(dict(batch), batch[site.name]), draws)
+    return torch.stack([sample_path(site.tables({**batch, **{g: v[i] for g, v in globals_.items()}},
+                                                batch[site.name]), 1)[0] for i in range(draws)])
 
 
 class ChainLikelihood(pdist.TorchDistribution):

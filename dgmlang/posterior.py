@@ -626,7 +626,7 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int, *,
     data (its entries True in `mask`, where given) and the other latents
     (`infer_discrete`), ``(draws, rows)``; at most `CHUNK_VALUES` values at a time."""
     chains = {name: site for name, site in model.model.chains.items() if name in model.roles.model_enumerated}
-    drawn = {name: _sample_chain(model, site, batch, globals_, draws) for name, site in chains.items()}
+    drawn = {name: chains_module.posterior_paths(site, batch, globals_, draws) for name, site in chains.items()}
     if not [name for name in model.roles.model_enumerated if name not in chains]:
         return drawn
     rows = next(iter(batch.values())).shape[0]
@@ -642,17 +642,6 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int, *,
         parts.append({name: trace.nodes[name]["value"].expand(n, rows)
                       for name in model.roles.model_enumerated if name not in chains})
     return {**drawn, **{name: torch.cat([part[name] for part in parts]) for name in parts[0]}}
-
-
-def _sample_chain(model: Any, site: Any, batch, globals_, draws: int) -> torch.Tensor:
-    """`draws` paths of a latent chain from p(chain | data, globals), ``(draws, rows, T)``:
-    forward filtering, backward sampling (`dgmlang.chains.sample_path`); with globals, each
-    draw under its own."""
-    if not globals_:
-        return chains_module.sample_path(site.tables(dict(batch), batch[site.name]), draws)
-    paths = [chains_module.sample_path(site.tables({**batch, **{g: v[i] for g, v in globals_.items()}},
-                                                   batch[site.name]), 1)[0] for i in range(draws)]
-    return torch.stack(paths)
 
 
 def _bad_rows(message: str, rows: list[int]) -> DGMDataError:
