@@ -303,10 +303,12 @@ def lower(ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None) ->
     return LoweredModel(ir, seed=seed, facts=facts)
 
 
-def has_enumeration(plan) -> bool:
+def has_enumeration(plan, chains: frozenset[str] = frozenset()) -> bool:
     """Whether fitting needs `TraceEnum_ELBO`: some latent is summed out (in the model or in
-    the guide)."""
-    return any(step.kind in ("enumerated_in_guide", "enumerated_in_model") for step in plan.steps)
+    the guide) by Pyro's enumeration; latent `chains` are summed out by their data's site
+    (`dgmlang.chains`) and need none."""
+    return any(step.kind in ("enumerated_in_guide", "enumerated_in_model") and step.latent not in chains
+               for step in plan.steps)
 
 
 class GuideEnumerationELBO(pyro.infer.TraceEnum_ELBO):
@@ -358,7 +360,7 @@ def elbo_for(ir: irm.ModelIR, plan, *, num_particles: int = 1,
     `GuideEnumerationELBO` when the guide enumerates some."""
     if any(step.kind == "enumerated_in_guide" for step in plan.steps):
         cls = GuideEnumerationELBO
-    elif has_enumeration(plan):
+    elif has_enumeration(plan, frozenset(d.target for d in ir.draws if d.steps)):
         cls = pyro.infer.TraceEnum_ELBO
     else:
         cls = pyro.infer.Trace_ELBO

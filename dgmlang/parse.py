@@ -10,7 +10,7 @@ tree, no recursion over the depth of the input. Spans come from lark's tokens.
 ...     z ~ Normal(0, 1)
 ... }''', "m.dgm")
 >>> program.models[0].body[1]
-Draw(target='z', dist=Call(func='Normal', args=(Num(value=0), Num(value=1)), kwargs=()))
+Draw(target='z', dist=Call(func='Normal', args=(Num(value=0), Num(value=1)), kwargs=()), index=None)
 >>> print(program.models[0].body[1].span)
 m.dgm:4:5
 >>> try:

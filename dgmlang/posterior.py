@@ -624,7 +624,9 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int, *,
                       mask: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Latents the model sums out, drawn from their exact conditional posterior given the
     data (its entries True in `mask`, where given) and the other latents
-    (`infer_discrete`), ``(draws, rows)``; at most `CHUNK_VALUES` values at a time."""
+    (`infer_discrete`), ``(draws, rows)``; at most `CHUNK_VALUES` values at a time. Latent
+    chains are drawn whole, ``(draws, rows, T)``, by forward filtering, backward sampling
+    (`dgmlang.chains.posterior_paths`)."""
     chains = {name: site for name, site in model.model.chains.items() if name in model.roles.model_enumerated}
     drawn = {name: chains_module.posterior_paths(site, batch, globals_, draws) for name, site in chains.items()}
     if not [name for name in model.roles.model_enumerated if name not in chains]:
