@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dgmlang import ast
+from dgmlang import check_limits
 from dgmlang import ir
 from dgmlang.check_spans import head_span, line_of, walk_ast
 from dgmlang.check_values import Dep, Skip, Value, VarInfo
@@ -183,6 +184,10 @@ class TimeChecker:
         self.step_runs.setdefault(d.target, []).append((ir.Steps(first, stop, draw.ir, length), d))
         if spec.name == "Categorical":
             self.bounds[d.target] = draw.classes
+            if info.decl.role == "latent":  # summed out: one value per class
+                check_limits.check_classes(draw.classes, f"'{d.target}[...]' ~ Categorical(...)", d.span)
+                check_limits.check_elements((draw.classes, draw.classes), f"the transition table of '{d.target}'",
+                                            d.span)
 
     # -------------------------------------------------------------- reading steps
 
