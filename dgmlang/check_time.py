@@ -303,6 +303,14 @@ class TimeChecker:
             covered = max(covered, run.stop)
         if covered < steps:
             self.report(_never_drawn(name, covered, steps, info))
+        classes = [(_classes(run.draw), stmt) for run, stmt in runs if run.draw.dist == "Categorical"]
+        for count, stmt in classes[1:]:
+            if count != classes[0][0]:
+                self.report(DGMShapeError(
+                    f"'{name}' takes {count} classes in these steps but {classes[0][0]} in the steps at "
+                    f"line {line_of(classes[0][1].span)}", head_span(stmt.dist.span, len(stmt.dist.func)),
+                    hint="every step of a sequence takes the same values: give each step's probs or logits one length"))
+                break
         dists = {run.draw.dist for run, _ in runs}
         if len(dists) > 1:
             self.report(not_supported(f"steps of '{name}' from different distributions ({', '.join(sorted(dists))})",
@@ -379,6 +387,13 @@ class TimeChecker:
         first = min((stmt for _, stmt in self.step_runs[name]), key=lambda s: (s.span.line, s.span.col)
                     if s.span is not None else (0, 0))
         return ir.Draw(name, runs[0].draw.dist, span=first.span, steps=tuple(runs))
+
+
+def _classes(draw: ir.Draw) -> int:
+    """The number of classes of a Categorical draw (its probs or logits' last dimension)."""
+    if draw.packed is not None:
+        return draw.packed_params[0].shape[-1]
+    return (draw.param("logits") or draw.param("probs")).shape[-1]
 
 
 def not_supported(what: str, span, hint: str | None = None) -> DGMError:
