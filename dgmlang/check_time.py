@@ -194,6 +194,10 @@ class TimeChecker:
     def index(self, e: ast.Index) -> Value:
         if isinstance(e.value, ast.Name) and e.value.name in self.sequences:
             return self.step_read(e)
+        if self.time is not None and self.time.var is not None and isinstance(e.value, ast.Name) and any(
+                isinstance(n, ast.Name) and n.name == self.time.var for i in e.indices for n in walk_ast(i)):
+            raise not_supported(f"indexing '{e.value.name}' by the loop index: only sequences drawn step by "
+                                "step have steps", e.span, "an input or param that varies over time is not served yet")
         return super().index(e)
 
     def name(self, e: ast.Name, want) -> Value:
