@@ -195,7 +195,7 @@ class TimeChecker:
         if isinstance(e.value, ast.Name) and e.value.name in self.sequences:
             return self.step_read(e)
         if self.time is not None and self.time.var is not None and isinstance(e.value, ast.Name) and any(
-                isinstance(n, ast.Name) and n.name == self.time.var for i in e.indices for n in walk_ast(i)):
+                _steps_by(item, self.time.var) for item in e.indices):
             raise not_supported(f"indexing '{e.value.name}' by the loop index: only sequences drawn step by "
                                 "step have steps", e.span, "an input or param that varies over time is not served yet")
         return super().index(e)
@@ -391,6 +391,15 @@ class TimeChecker:
         first = min((stmt for _, stmt in self.step_runs[name]), key=lambda s: (s.span.line, s.span.col)
                     if s.span is not None else (0, 0))
         return ir.Draw(name, runs[0].draw.dist, span=first.span, steps=tuple(runs))
+
+
+def _steps_by(item, var: str) -> bool:
+    """Whether an index is written as a step: `t`, or `t` plus or minus something."""
+    def is_var(node) -> bool:
+        return isinstance(node, ast.Name) and node.name == var
+
+    return is_var(item) or (isinstance(item, ast.BinOp) and item.op in ("+", "-")
+                            and (is_var(item.left) or is_var(item.right)))
 
 
 def _classes(draw: ir.Draw) -> int:
