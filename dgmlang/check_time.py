@@ -193,6 +193,8 @@ class TimeChecker:
 
     def index(self, e: ast.Index) -> Value:
         if isinstance(e.value, ast.Name) and e.value.name in self.sequences:
+            if e.value.name not in self.vars:
+                raise Skip  # drawn but never declared: reported at its draws
             return self.step_read(e)
         if self.time is not None and self.time.var is not None and isinstance(e.value, ast.Name) and any(
                 _steps_by(item, self.time.var) for item in e.indices):
