@@ -124,20 +124,22 @@ class Decl:
 
 @dataclass(frozen=True)
 class Draw:
-    """`target ~ Dist(args)`."""
+    """`target ~ Dist(args)`, or `target[index] ~ Dist(args)`: one step of a sequence."""
 
     target: str
     dist: Call
     span: Span | None = _span()
+    index: Expr | None = None
 
 
 @dataclass(frozen=True)
 class Let:
-    """`let name = expr`."""
+    """`let name = expr`, or `let name[index] = expr` (a step of a recurrent let)."""
 
     name: str
     value: Expr
     span: Span | None = _span()
+    index: Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,19 @@ class NetDef:
     span: Span | None = _span()
 
 
-Stmt = Union[Decl, Draw, Let, NetDef]
+@dataclass(frozen=True)
+class For:
+    """`for var in start:stop { body }`: the body's statements for var = start, ..., stop - 1."""
+
+    var: str
+    start: Expr
+    stop: Expr
+    body: tuple["Stmt", ...]
+    span: Span | None = _span()
+    var_span: Span | None = _span()
+
+
+Stmt = Union[Decl, Draw, Let, NetDef, For]
 
 
 @dataclass(frozen=True)

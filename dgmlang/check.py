@@ -51,6 +51,7 @@ from dgmlang.check_errors import (
 )
 from dgmlang.check_exprs import ExpressionChecker
 from dgmlang.check_nets import NetChecker
+from dgmlang.check_time import TimeChecker
 from dgmlang import check_limits
 from dgmlang import limits
 from dgmlang.check_ranges import leaves, value_fits
@@ -105,10 +106,11 @@ def _combine(errors: list[DGMError]) -> DGMError:
     return unique[0] if len(unique) == 1 else DGMErrors(unique)
 
 
-class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker):
+class ModelChecker(TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker):
     """Checks one model; `run()` returns its IR, or None with `errors` filled. Names,
     declarations and consts are checked here; lets and expressions by `ExpressionChecker`,
-    ranges by `ConstraintChecker`, draws by `DrawChecker`, networks by `NetChecker`."""
+    ranges by `ConstraintChecker`, draws by `DrawChecker`, networks by `NetChecker`, loops
+    and sequences by `TimeChecker`."""
 
     def __init__(self, model: ast.ModelDef):
         self.model = model
@@ -153,8 +155,8 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker
     # -------------------------------------------------------------- driver
 
     def run(self) -> ir.ModelIR | None:
-        body = self.model.body
         self.current = self.model.span
+        body = self.body = self.flatten_body()
         for stmt in body:
             self.current = stmt.span
             self.attempt(self.declare, stmt)
@@ -174,6 +176,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker
                 self.current = stmt.span
                 self.attempt(self.check_draw, stmt)
         self.check_lets(ordered_lets, waiting=True)
+        self.check_sequences()
         self.check_completeness()
         if not self.errors:
             self.current = self.model.span
@@ -213,7 +216,7 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker
 
     def build(self) -> ir.ModelIR:
         variables = []
-        for stmt in self.model.body:
+        for stmt in self.body:
             if isinstance(stmt, ast.Decl):
                 info = self.vars[stmt.name]
                 variables.append(
@@ -222,10 +225,15 @@ class ModelChecker(ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker
                         span=stmt.name_span or stmt.span,
                     )
                 )
-        draws = [self.draw_irs[id(s)] for s in self.model.body if isinstance(s, ast.Draw)]
+        draws = []
+        for s in self.body:
+            if isinstance(s, ast.Draw) and s.index is None:
+                draws.append(self.draw_irs[id(s)])
+            elif isinstance(s, ast.Draw) and s is self.draws[s.target][0]:
+                draws.append(self.sequence_draw(s.target))
         lets = [
             ir.LetDef(s.name, self.let_values[s.name].expr, span=s.span)
-            for s in self.model.body
+            for s in self.body
             if isinstance(s, ast.Let)
         ]
         nets = sorted(self.nets, key=lambda n: position_of(n.span))

@@ -66,9 +66,11 @@ class DrawChecker:
     left undrawn or unused at the end. A part of `dgmlang.check.ModelChecker`."""
 
     def check_draw(self, d: ast.Draw) -> None:
+        if id(d) in self.misplaced:
+            raise Skip
         target_span = head_span(d.span, len(d.target))
-        draws = self.draws.get(d.target, [])
-        if len(draws) > 1 and draws[0] is not d:
+        draws = [s for s in self.draws.get(d.target, []) if s.index is None]
+        if d.index is None and len(draws) > 1 and draws[0] is not d:
             raise two_distributions(d.target, target_span, draws[0].span)
         info = self.vars.get(d.target)
         if info is None:
@@ -93,6 +95,9 @@ class DrawChecker:
         if info.shape is None:
             self.check_arguments_quietly(call)
             raise Skip
+        if d.target in self.sequences:
+            self.check_step_draw(d, spec, info)
+            return
         draw = self.bind(d, spec, info.shape)
         self.check_role(d, spec, info, draw)
         self.draw_irs[id(d)] = draw.ir

@@ -42,6 +42,7 @@ from dgmlang.check_shapes import Shape, broadcast_shapes, fmt_shape, to_float
 from dgmlang.check_spans import head_span, name_span_in, op_span, source_text, walk_ast
 from dgmlang.check_values import Dep, NO_WANT, Skip, Value, Want, merge_deps
 from dgmlang.distributions import BUILTINS, DISTRIBUTIONS, NETWORKS
+from dgmlang.printer import format_expr
 
 
 class ExpressionChecker:
@@ -296,9 +297,13 @@ class ExpressionChecker:
                     raise index_out_of_range(fixed, size, item.span)
             elif index.bound is not None:
                 if index.bound > size:
-                    raise bound_out_of_range(source_text(item), index.bound, size, "the indexed dimension", item.span)
+                    # a step read in canonical text: the same from a .dgm file and from Python
+                    written = format_expr(item) if isinstance(index.expr, ir.StepRef) else source_text(item)
+                    raise bound_out_of_range(written, index.bound, size, "the indexed dimension", item.span)
             elif isinstance(item, ast.Name) and item.name in self.vars:
                 self.pending_bounds.append((item.name, size, "the indexed dimension", item.span))
+            elif isinstance(index.expr, ir.StepRef):  # a step of a chain: its classes come later
+                self.pending_bounds.append((index.expr.name, size, "the indexed dimension", item.span))
             items.append(index.expr)
             local, random = merge_deps(local, index.local), merge_deps(random, index.random)
         out.extend(shape[len(e.indices):])

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dgmlang import checkpoint, devices, posterior, training, weights
+from dgmlang import chains, checkpoint, devices, posterior, training, weights
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.facts import ModelFacts
 from dgmlang.guide import build_guide
@@ -279,6 +279,27 @@ class CompiledModel:
         `fit` where the label is partly missing; ``argmax(1)`` classifies. Anything else
         is a `DGMUsageError`. See docs/inference.md, "Semi-supervised learning"."""
         return posterior.class_posterior(self, data, name, mask=mask)
+
+    def marginals(self, data: Any, name: str) -> torch.Tensor:
+        """Exact smoothing marginals of the latent chain `name`: p(name[t] = k | x) for every
+        row of `data` and step t, ``(n, T, K)`` probabilities, by forward-backward (the chain
+        is summed out exactly: nothing is estimated). See docs/inference.md, "Sequences".
+
+        >>> import dgmlang, torch
+        >>> m = dgmlang.compile('''
+        ... model hmm {
+        ...     param  trans[2, 2] : simplex
+        ...     data   x[5]
+        ...     latent s[5]
+        ...     s[0] ~ Categorical(logits = zeros(2))
+        ...     for t in 1:5 { s[t] ~ Categorical(probs = trans[s[t - 1]]) }
+        ...     for t in 0:5 { x[t] ~ Normal(4 * s[t], 1) }
+        ... }''')
+        >>> p = m.marginals({"x": torch.tensor([[0.0, 0.1, 4.2, 3.9, -0.3]])}, "s")
+        >>> p.shape, p[0].argmax(-1).tolist()
+        (torch.Size([1, 5, 2]), [0, 0, 1, 1, 0])
+        """
+        return chains.marginals(self, data, name)
 
     def invert(self, data: Any, *, mask: Mapping[str, Any] | None = None,
                num_samples: int = 100, seed: int | None = None,

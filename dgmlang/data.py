@@ -153,6 +153,8 @@ def _rules(facts: ModelFacts) -> _Rules:
         for use in uses:
             if use.kind == "onehot":
                 says = f"onehot({used}, {use.limit}) takes 0..{use.limit - 1}"
+            elif use.kind == "length":
+                says = f"it is the length of a sequence of {use.limit - 1} steps (0..{use.limit - 1})"
             else:
                 says = f"it indexes a dimension of size {use.limit} (0..{use.limit - 1})"
             bounds.setdefault(name, []).append(_Bound(use.limit - 1, says, use.span))
@@ -866,6 +868,13 @@ def prepare_data(ir: ModelIR, data: Any, *, purpose: str = "fit", allow_missing:
             support = support_of(ir, var, facts=facts)
             columns[name] = _Prepared(None, var.shape, support.integer_dtype, torch.get_default_dtype(),
                                       support.placeholder, has_missing=True)
+    for name, column in columns.items():
+        if column.has_missing and name in facts.draws and facts.draws[name].steps:
+            raise DGMDataError(
+                f"{purpose}: the sequence '{name}' has missing entries (NaN, False in the mask, "
+                "or not given): missing steps of a sequence are not supported yet",
+                hint="give every step of every sequence; pad one shorter than its length input with "
+                     "any valid value (such as 0): steps past the length are ignored")
     return Dataset(columns, n)
 
 

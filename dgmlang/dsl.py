@@ -48,6 +48,7 @@ dgmlang.errors.DGMTypeError: <doctest dgmlang.dsl[12]>:1:1: input 'y' cannot hav
 from __future__ import annotations
 
 import numbers
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 # `import dgmlang.ast as ast`, not `from dgmlang import ast`: the package's lazy __getattr__
@@ -95,10 +96,16 @@ class Model:
         self.name = check_name(name, "model", span)
         self._span = span
         self._body: list[ast.Stmt] = []
+        self._open: list[list[ast.Stmt]] = [self._body]  # the bodies being written: loops nest
+        self._count = 0  # statements recorded, loops' included
         self._checked: tuple[int, ModelIR] | None = None
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {len(self._body)} statements)"
+
+    def _append(self, stmt: ast.Stmt) -> None:
+        self._open[-1].append(stmt)
+        self._count += 1
 
     # -- declarations
 
@@ -132,7 +139,7 @@ class Model:
         name = check_name(name, "variable", span)
         dims = _dims(shape, span)
         node = to_node(value, span)
-        self._body.append(ast.Decl("const", name, dims, value=node, span=span, name_span=span))
+        self._append(ast.Decl("const", name, dims, value=node, span=span, name_span=span))
         return Expr(ast.Name(name, span))
 
     def _declare(self, role: str, name: str, shape: Any, type_: str | None,
@@ -149,7 +156,7 @@ class Model:
                     span, hint="e.g. guide=dict(hidden=[512], family=\"mvn\")",
                 )
             options = keyword_nodes(guide, span)
-        self._body.append(ast.Decl(role, name, dims, type_, options, span=span, name_span=span))
+        self._append(ast.Decl(role, name, dims, type_, options, span=span, name_span=span))
         return Expr(ast.Name(name, span))
 
     # -- statements
@@ -158,7 +165,7 @@ class Model:
         """`let name = value` -- a named deterministic value."""
         span = caller_span()
         name = check_name(name, "let", span)
-        self._body.append(ast.Let(name, to_node(value, span), span))
+        self._append(ast.Let(name, to_node(value, span), span))
         return Expr(ast.Name(name, span))
 
     def net(self, name: str, network: Expr) -> Network:
@@ -174,7 +181,7 @@ class Model:
                 f"{_describe(network)}", span,
                 hint=f"e.g. m.net(\"{name}\", dg.mlp(hidden=[256, 256]))",
             )
-        self._body.append(ast.NetDef(name, node, span))
+        self._append(ast.NetDef(name, node, span))
         return Network(name)
 
     def draw(self, variable: Expr | str, distribution: Distribution) -> None:
@@ -183,9 +190,12 @@ class Model:
         target = variable.node if isinstance(variable, Expr) else variable
         if isinstance(target, ast.Name):
             target = target.name
+        index = None
+        if isinstance(target, ast.Index) and isinstance(target.value, ast.Name) and len(target.indices) == 1:
+            target, index = target.value.name, target.indices[0]  # one step: `s[t]`, `s[0]`
         if not isinstance(target, str):
-            raise DGMTypeError("only a declared variable can be drawn", span,
-                               hint="pass the handle m.latent(...) returned, or its name")
+            raise DGMTypeError("only a declared variable, or one step of it, can be drawn", span,
+                               hint="pass the handle m.latent(...) returned, its name, or s[t] inside m.loop")
         check_identifier(target, "variable name", span)
         if isinstance(distribution, Distribution):
             call = distribution.call
@@ -196,7 +206,26 @@ class Model:
                 f"'{target}' must be drawn from a distribution, not "
                 f"{_describe(distribution)}", span, hint="e.g. m.draw(z, dg.Normal(0, 1))",
             )
-        self._body.append(ast.Draw(target, call, span))
+        self._append(ast.Draw(target, call, span, index))
+
+    def loop(self, index: str, start: Any, stop: Any) -> "_Loop":
+        """`for index in start:stop { ... }`: the draws made inside the ``with`` block are the
+        loop's body, repeated for each step (see docs/language.md, "Time"); yields the index.
+
+        >>> m = Model("chain")
+        >>> s = m.latent("s", [10])
+        >>> x = m.data("x", [10])
+        >>> m.draw(s[0], Categorical(logits=zeros(2)))
+        >>> with m.loop("t", 1, 10) as t:
+        ...     m.draw(s[t], Categorical(logits=onehot(s[t - 1], 2) * 3))
+        >>> with m.loop("t", 0, 10) as t:
+        ...     m.draw(x[t], Normal(s[t], 1))
+        >>> print(m.to_dgm().splitlines()[5])
+            for t in 1:10 {
+        """
+        span = caller_span()
+        name = check_name(index, "loop index", span)
+        return _Loop(self, ast.For(name, to_node(start, span), to_node(stop, span), (), span, span))
 
     # -- results
 
@@ -207,7 +236,7 @@ class Model:
 
     def ir(self) -> "ModelIR":
         """The checked model; every mistake is a `DGMError` pointing at its Python line."""
-        if self._checked is None or self._checked[0] != len(self._body):
+        if self._checked is None or self._checked[0] != self._count:
             from dgmlang.check import check
 
             try:
@@ -215,7 +244,7 @@ class Model:
             except DGMError as err:
                 # The checker's own frames say nothing to the user; the message says where.
                 raise err.with_traceback(None) from None
-            self._checked = (len(self._body), checked)
+            self._checked = (self._count, checked)
         return self._checked[1]
 
     def to_dgm(self) -> str:
@@ -236,6 +265,23 @@ class Model:
         checked = check_irs((self.ir(),), guide_order=guide_order)[0]
         return compile_checked(checked, source=self.to_dgm(), filename=f"<model {self.name}>",
                                device=device, dtype=dtype)
+
+
+class _Loop:
+    """The ``with`` block of `Model.loop`: statements made inside it form the loop's body."""
+
+    def __init__(self, model: Model, node: ast.For):
+        self._model = model
+        self._node = node
+        self._body: list[ast.Stmt] = []
+
+    def __enter__(self) -> Expr:
+        self._model._open.append(self._body)
+        return Expr(ast.Name(self._node.var, self._node.var_span))
+
+    def __exit__(self, *exc) -> None:
+        self._model._open.pop()
+        self._model._append(replace(self._node, body=tuple(self._body)))
 
 
 def _describe(value: Any) -> str:

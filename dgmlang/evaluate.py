@@ -236,6 +236,12 @@ class Evaluator:
             env[name] = value
         return value
 
+    def _step_ref(self, expr: irm.StepRef, env: Env) -> torch.Tensor:
+        key = irm.step_key(expr.name, expr.lag)
+        if key not in env:
+            raise DGMDataError(f"no value for '{key}' here", expr.span)
+        return env[key]
+
     def _unary(self, expr: irm.Unary, env: Env) -> torch.Tensor:
         return -self.evaluate(expr.operand, env)
 
@@ -363,4 +369,5 @@ _EVALUATORS: dict[type, Callable[[Evaluator, Any, Env], torch.Tensor]] = {
     irm.IndexExpr: Evaluator._index,
     irm.BuiltinCall: Evaluator._builtin,
     irm.NetCall: Evaluator._net_call,
+    irm.StepRef: Evaluator._step_ref,
 }

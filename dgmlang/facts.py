@@ -32,7 +32,8 @@ __all__ = ["IntegerUse", "ModelFacts"]
 @dataclass(frozen=True)
 class IntegerUse:
     """A place that reads an integer value and bounds it to ``0..limit-1``: ``onehot(y, K)``
-    (`kind` "onehot") or an index into a dimension of size `limit` (`kind` "index")."""
+    (`kind` "onehot"), an index into a dimension of size `limit` (`kind` "index"), or the
+    length of a sequence of ``limit - 1`` steps (`kind` "length")."""
 
     kind: str
     limit: int
@@ -76,7 +77,9 @@ class ModelFacts:
         """Every name `exprs` read, directly or through lets."""
         names: set[str] = set()
         for e in irm.walk(exprs):
-            if isinstance(e, irm.Ref):
+            if isinstance(e, irm.StepRef):
+                names.add(e.name)
+            elif isinstance(e, irm.Ref):
                 names.add(e.name)
                 if e.name in self.lets:
                     names |= self.let_reads(e.name)
@@ -106,6 +109,8 @@ class ModelFacts:
         """How many values the finite discrete site `name` takes (Categorical K, Bernoulli 2,
         Binomial with a literal count n + 1); None when that is not fixed by the model text."""
         draw = self.draws[name]
+        if draw.steps:  # a sequence: one step's classes (every run agrees, the checker says)
+            draw = draw.steps[0].draw
         if draw.dist == "Categorical":
             if draw.packed is not None:
                 return draw.packed_params[0].shape[-1]
@@ -124,6 +129,11 @@ class ModelFacts:
     # ------------------------------------------------------------------ integer uses
 
     def _collect_integer_uses(self) -> None:
+        for draw in self.ir.draws:
+            for run in draw.steps:
+                if run.length is not None:  # a sequence's length: 0..T steps
+                    steps = self.variables[draw.target].shape[0]
+                    self.integer_uses.setdefault(run.length, []).append(IntegerUse("length", steps + 1, draw.span))
         exprs = [e for d in self.ir.draws for e in d.expressions] + list(self.lets.values())
         for e in irm.walk(exprs):
             if (isinstance(e, irm.BuiltinCall) and e.func == "onehot"

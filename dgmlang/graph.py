@@ -7,7 +7,13 @@ order (params and consts are fixed or learned points, not nodes). Each node carr
 * `shape` -- the event shape, a tuple of ints;
 * `dist` -- the distribution's name, None for an input;
 * `discrete`, `finite` -- from the distribution registry (False for an input);
-* `span` -- where the variable is declared.
+* `span` -- where the variable is declared;
+* `steps` -- for a sequence (a variable drawn step by step, `s[t] ~ ...`), its number of
+  steps T (its leading dimension); absent otherwise.
+
+A sequence is one node, all its steps together: its edges are the union of what its steps
+read (`s[t - 1]` of another sequence is an edge from it; a sequence reading its own earlier
+steps adds no edge), so the graph stays a DAG of whole variables.
 
 There is an edge parent -> child whenever the child's distribution arguments (a network
 that feeds all of them included) refer to the parent, directly or through `let`s. The
@@ -79,7 +85,12 @@ def _build_graph(ir: irm.ModelIR) -> nx.DiGraph:
             finite=bool(spec and spec.finite),
         )
         parents: set[str] = set()
+        if draw.steps:
+            graph.add_node(draw.target, steps=graph.nodes[draw.target]["shape"][0])
+            parents |= {run.length for run in draw.steps if run.length is not None}
         for ref in _refs(draw.expressions):
+            if isinstance(ref, irm.StepRef) and ref.name == draw.target:  # its own earlier steps
+                continue
             if ref.name in refs_of_let:
                 parents |= refs_of_let[ref.name]
             elif ref.name in graph:
@@ -129,9 +140,9 @@ def _cycle_error(cycle: list[str], span) -> DGMModelError:
     )
 
 
-def _refs(exprs: list[irm.IRExpr]) -> Iterator[irm.Ref]:
-    """Every `Ref` inside `exprs`."""
-    return (e for e in irm.walk(exprs) if isinstance(e, irm.Ref))
+def _refs(exprs: list[irm.IRExpr]) -> Iterator[irm.Ref | irm.StepRef]:
+    """Every `Ref` and `StepRef` inside `exprs`."""
+    return (e for e in irm.walk(exprs) if isinstance(e, (irm.Ref, irm.StepRef)))
 
 
 def _let_references(ir: irm.ModelIR, roles: dict[str, str]) -> dict[str, frozenset[str]]:

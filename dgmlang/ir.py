@@ -127,7 +127,29 @@ class NetCall:
     span: Span | None = _span()
 
 
-IRExpr = Union[Lit, Ref, Unary, Binary, Stack, IndexExpr, BuiltinCall, NetCall]
+@dataclass(frozen=True)
+class StepRef:
+    """`name[t - lag]` inside the steps of a sequence: the value of the time-indexed variable
+    `name` `lag` steps before the step being drawn (`lag` 0: the same step). `shape` is one
+    step's shape (the variable's shape less its leading time dimension). Its value is
+    ``env[step_key(name, lag)]``.
+
+    >>> step_key("s", 1)
+    's[t-1]'
+    """
+
+    name: str
+    lag: int
+    shape: Shape
+    span: Span | None = _span()
+
+
+def step_key(name: str, lag: int) -> str:
+    """The key under which a step's value stands in an environment of values."""
+    return f"{name}[t-{lag}]" if lag else f"{name}[t]"
+
+
+IRExpr = Union[Lit, Ref, Unary, Binary, Stack, IndexExpr, BuiltinCall, NetCall, StepRef]
 
 
 # ---------------------------------------------------------------- model parts
@@ -190,6 +212,10 @@ class Draw:
     Either `params` holds the arguments the user gave (defaults are not filled in here: the
     Pyro class supplies them), or `packed` is one network call whose flat output is split, in
     order, into `packed_params`, each mapped onto its constraint.
+
+    A sequence (a variable drawn step by step, `s[t] ~ ...`) has no arguments of its own:
+    `steps` holds one `Draw` per run of steps (`first`, `stop`), each over one step's shape,
+    in time order, together covering every step once; `dist` is theirs.
     """
 
     target: str
@@ -198,14 +224,32 @@ class Draw:
     packed: NetCall | None = None
     packed_params: tuple[PackedParam, ...] = ()
     span: Span | None = _span()
+    steps: tuple["Steps", ...] = ()
 
     def param(self, name: str) -> IRExpr | None:
+        if self.steps:
+            return self.steps[0].draw.param(name)
         return dict(self.params).get(name)
 
     @property
     def expressions(self) -> list[IRExpr]:
-        """The argument expressions of the draw (the packed network call included)."""
+        """The argument expressions of the draw (the packed network call included; of every
+        run of steps of a sequence)."""
+        if self.steps:
+            return [e for run in self.steps for e in run.draw.expressions]
         return [value for _, value in self.params] + ([self.packed] if self.packed else [])
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Steps `first`, ..., `stop - 1` of a sequence, each drawn as `draw` says (its
+    expressions read other steps through `StepRef`). With `length` (the name of an int
+    input), the steps from each data point's length on are padding: not part of the model."""
+
+    first: int
+    stop: int
+    draw: Draw
+    length: str | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
 from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
+from dgmlang.chains import ChainSite, chain_pairs
 from dgmlang.sites import ModelSite, missing_site
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
@@ -107,7 +108,8 @@ class LoweredModel(PyroModule):
     Attributes: `ir`, `facts`, `nets` (an `nn.ModuleDict` by network name), `params` (a
     `ParamBank`), `evaluator` (`dgmlang.evaluate.Evaluator`), `sites` (one
     `dgmlang.sites.ModelSite` per random variable: globals, then the rest, each in
-    topological order), `max_plate_nesting`.
+    topological order; a data sequence and its latent chain are one
+    `dgmlang.chains.ChainSite`, also in `chains` by the chain's name), `max_plate_nesting`.
     """
 
     def __init__(self, ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None):
@@ -142,8 +144,13 @@ class LoweredModel(PyroModule):
         self.nets = nets
         self.params = params
         self.evaluator = Evaluator(ir, self, facts=facts)
-        self.sites = [ModelSite(name, facts, self.evaluator, self.net)
-                      for name in (*facts.global_order, *facts.local_order)]
+        pairs = chain_pairs(facts)
+        chains = set(pairs.values())
+        #: each data sequence's site (`dgmlang.chains.ChainSite`) by its chain's name
+        self.chains = {chain: ChainSite(data, chain, facts, self.evaluator, self.net)
+                       for data, chain in pairs.items()}
+        self.sites = [self.chains[pairs[name]] if name in pairs else ModelSite(name, facts, self.evaluator, self.net)
+                      for name in (*facts.global_order, *facts.local_order) if name not in chains]
         self._sites_by_name = {site.name: site for site in self.sites}
 
     @property
@@ -212,6 +219,11 @@ class LoweredModel(PyroModule):
                                 f"the mask of '{name}' should be shaped {list(obs.shape)}, "
                                 f"not {list(observed.shape)}"
                             )
+                if isinstance(site, ChainSite):  # a data sequence with its chain summed out
+                    drawn = site.sample(env, obs, observed, n_batch)
+                    values.update(drawn)
+                    env.update(drawn)
+                    continue
                 if observed is not None and site.imputed:
                     values[name] = env[name] = self._impute(site, env, obs, observed)
                 else:
@@ -308,10 +320,12 @@ def lower(ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None) ->
     return LoweredModel(ir, seed=seed, facts=facts)
 
 
-def has_enumeration(plan) -> bool:
+def has_enumeration(plan, chains: frozenset[str] = frozenset()) -> bool:
     """Whether fitting needs `TraceEnum_ELBO`: some latent is summed out (in the model or in
-    the guide)."""
-    return any(step.kind in ("enumerated_in_guide", "enumerated_in_model") for step in plan.steps)
+    the guide) by Pyro's enumeration; latent `chains` are summed out by their data's site
+    (`dgmlang.chains`) and need none."""
+    return any(step.kind in ("enumerated_in_guide", "enumerated_in_model") and step.latent not in chains
+               for step in plan.steps)
 
 
 class GuideEnumerationELBO(pyro.infer.TraceEnum_ELBO):
@@ -363,7 +377,7 @@ def elbo_for(ir: irm.ModelIR, plan, *, num_particles: int = 1,
     `GuideEnumerationELBO` when the guide enumerates some."""
     if any(step.kind == "enumerated_in_guide" for step in plan.steps):
         cls = GuideEnumerationELBO
-    elif has_enumeration(plan):
+    elif has_enumeration(plan, frozenset(d.target for d in ir.draws if d.steps)):
         cls = pyro.infer.TraceEnum_ELBO
     else:
         cls = pyro.infer.Trace_ELBO

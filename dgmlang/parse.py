@@ -10,7 +10,7 @@ tree, no recursion over the depth of the input. Spans come from lark's tokens.
 ...     z ~ Normal(0, 1)
 ... }''', "m.dgm")
 >>> program.models[0].body[1]
-Draw(target='z', dist=Call(func='Normal', args=(Num(value=0), Num(value=1)), kwargs=()))
+Draw(target='z', dist=Call(func='Normal', args=(Num(value=0), Num(value=1)), kwargs=()), index=None)
 >>> print(program.models[0].body[1].span)
 m.dgm:4:5
 >>> try:
@@ -49,7 +49,8 @@ __all__ = ["parse", "paused_gc", "grammar_text", "KEYWORDS", "MAX_NESTING"]
 
 #: Words that cannot name a variable, a model or a keyword argument.
 KEYWORDS = frozenset(
-    ("model", "data", "input", "latent", "global", "param", "const", "let", "net", "guide")
+    ("model", "data", "input", "latent", "global", "param", "const", "let", "net", "guide",
+     "for", "in")
 )
 
 #: How deeply brackets and operators may nest. Later stages walk the tree recursively, so a
@@ -339,12 +340,17 @@ class _Builder(Transformer):
     # -------------------------------------------------------------- statements
 
     def draw(self, children):
-        target, dist = children
-        return ast.Draw(target.value, dist, span=_span(target, dist))
+        target, _lsqb, index, _rsqb, dist = children
+        return ast.Draw(target.value, dist, span=_span(target, dist), index=index)
 
     def let_stmt(self, children):
-        keyword, name, value = children
-        return ast.Let(name.value, value, span=_span(keyword, value))
+        keyword, name, _lsqb, index, _rsqb, value = children
+        return ast.Let(name.value, value, span=_span(keyword, value), index=index)
+
+    def for_stmt(self, children):
+        keyword, var, _in, start, _colon, stop, _lbrace, *body, rbrace = children
+        return ast.For(var.value, start, stop, tuple(body), span=_span(keyword, rbrace),
+                       var_span=_token_span(var))
 
     def net_stmt(self, children):
         keyword, name, call = children

@@ -30,6 +30,7 @@ from pyro.infer import infer_discrete
 from dgmlang.data import Dataset, check_marginalizable, positive_int, prepare_data, prepare_inputs
 from dgmlang.devices import to_device
 from dgmlang.supports import support_of
+from dgmlang import chains as chains_module
 from dgmlang.errors import DGMDataError, DGMModelError, DGMUsageError, rows_phrase
 from dgmlang.gibbs import gibbs
 from dgmlang.imputation import draw_missing, mixture_weights, prior_fills, supports_mixture
@@ -173,6 +174,8 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         raise DGMUsageError(f"log_prob: labels {', '.join(map(repr, gaps))} all have missing "
                             "entries; log_prob sums out one label at a time",
                             hint="give all but one of them in full")
+    if not model.roles.guide_locals and not model.roles.globals:
+        num_samples = 1  # nothing left to sample: the model's sums are exact in one pass
     points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
     result, unreliable = [], []
     guide_draws_latents = bool(model.roles.guide_locals)
@@ -636,9 +639,13 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int, *,
                       mask: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Latents the model sums out, drawn from their exact conditional posterior given the
     data (its entries True in `mask`, where given) and the other latents
-    (`infer_discrete`), ``(draws, rows)``; at most `CHUNK_VALUES` values at a time."""
-    if not model.roles.model_enumerated:
-        return {}
+    (`infer_discrete`), ``(draws, rows)``; at most `CHUNK_VALUES` values at a time. Latent
+    chains are drawn whole, ``(draws, rows, T)``, by forward filtering, backward sampling
+    (`dgmlang.chains.posterior_paths`)."""
+    chains = {name: site for name, site in model.model.chains.items() if name in model.roles.model_enumerated}
+    drawn = {name: chains_module.posterior_paths(site, batch, globals_, draws) for name, site in chains.items()}
+    if not [name for name in model.roles.model_enumerated if name not in chains]:
+        return drawn
     rows = next(iter(batch.values())).shape[0]
     step = max(1, importance.CHUNK_VALUES // (rows * importance.values_per_row(model)))
     parts = []
@@ -650,8 +657,8 @@ def sample_enumerated(model: Any, batch, latents, globals_, draws: int, *,
         pyro_model = infer_discrete(pyro_model, first_available_dim=-3, temperature=1)
         trace = poutine.trace(pyro_model).get_trace(batch, mask=mask)
         parts.append({name: trace.nodes[name]["value"].expand(n, rows)
-                      for name in model.roles.model_enumerated})
-    return {name: torch.cat([part[name] for part in parts]) for name in model.roles.model_enumerated}
+                      for name in model.roles.model_enumerated if name not in chains})
+    return {**drawn, **{name: torch.cat([part[name] for part in parts]) for name in parts[0]}}
 
 
 def _bad_rows(message: str, rows: list[int]) -> DGMDataError:

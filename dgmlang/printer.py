@@ -45,10 +45,18 @@ def format_model(model: ast.ModelDef) -> str:
     for stmt in model.body:
         if isinstance(previous, ast.Decl) and not isinstance(stmt, ast.Decl):
             lines.append("")
-        lines.append(INDENT + format_statement(stmt))
+        lines.extend(INDENT + line for line in _statement_lines(stmt))
         previous = stmt
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _statement_lines(stmt: ast.Stmt) -> list[str]:
+    """A statement's lines: one, or a `for` loop's header, body (indented) and brace."""
+    if not isinstance(stmt, ast.For):
+        return [format_statement(stmt)]
+    head = f"for {stmt.var} in {_format(stmt.start, 0)}:{_format(stmt.stop, 0)} {{"
+    return [head, *(INDENT + line for s in stmt.body for line in _statement_lines(s)), "}"]
 
 
 def format_statement(stmt: ast.Stmt) -> str:
@@ -61,12 +69,18 @@ def format_statement(stmt: ast.Stmt) -> str:
     if isinstance(stmt, ast.Decl):
         return _format_decl(stmt)
     if isinstance(stmt, ast.Draw):
-        return f"{stmt.target} ~ {format_expr(stmt.dist)}"
+        return f"{stmt.target}{_step(stmt.index)} ~ {format_expr(stmt.dist)}"
     if isinstance(stmt, ast.Let):
-        return f"let {stmt.name} = {format_expr(stmt.value)}"
+        return f"let {stmt.name}{_step(stmt.index)} = {format_expr(stmt.value)}"
+    if isinstance(stmt, ast.For):
+        return "\n".join(_statement_lines(stmt))
     if isinstance(stmt, ast.NetDef):
         return f"net {stmt.name} = {format_expr(stmt.call)}"
     raise TypeError(f"not a dgm statement: {stmt!r}")
+
+
+def _step(index: ast.Expr | None) -> str:
+    return "" if index is None else f"[{_format(index, 0)}]"
 
 
 def format_expr(expr: ast.Expr) -> str:

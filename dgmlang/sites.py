@@ -95,9 +95,13 @@ class ModelSite:
     once. `distribution(env)` is the distribution before ``.to_event(event_dims)``, its
     rightmost batch dims the variable's shape less the distribution's own event dims."""
 
-    def __init__(self, name: str, facts: ModelFacts, evaluator: Evaluator, net: Callable[[str], nn.Module]):
-        draw = facts.draws[name]
+    def __init__(self, name: str, facts: ModelFacts, evaluator: Evaluator, net: Callable[[str], nn.Module],
+                 *, steps: irm.Steps | None = None):
+        # `steps`: one run of steps of a sequence, described over one step's shape
+        draw = facts.draws[name] if steps is None else steps.draw
         var = facts.variables[name]
+        shape = var.shape if steps is None else var.shape[1:]
+        self._key = ("site", name) if steps is None else ("site", name, steps.first)
         spec = DISTRIBUTIONS[draw.dist]
         self.name = name
         self.role = var.role
@@ -109,7 +113,7 @@ class ModelSite:
         self.dist = draw.dist
         self.event_rank = spec.event_rank  # the distribution's own event dims
         self.cls = pyro_class(draw.dist)
-        self.outer = tuple(var.shape[: len(var.shape) - spec.event_rank])
+        self.outer = tuple(shape[: len(shape) - spec.event_rank])
         self.event_dims = len(self.outer)
         self.outer_size = math.prod(self.outer)
         self._evaluator = evaluator
@@ -134,7 +138,7 @@ class ModelSite:
     def distribution(self, env: Env) -> pdist.TorchDistribution:
         """The site's distribution given the values in `env` (before `.to_event`)."""
         if self.constant:
-            return self._evaluator.cached(("site", self.name), lambda: self._build({}))
+            return self._evaluator.cached(self._key, lambda: self._build({}))
         return self._build(env)
 
     def _build(self, env: Env) -> pdist.TorchDistribution:

@@ -543,8 +543,18 @@ def replay(model: ast.ModelDef) -> dg.Model:
             return slice(*(None if part is None else value(part) for part in parts))
         return value(node)
 
-    for stmt in model.body:
-        if isinstance(stmt, ast.Decl) and stmt.role == "const":
+    def statement(stmt):
+        if isinstance(stmt, ast.For):
+            with m.loop(stmt.var, value(stmt.start), value(stmt.stop)) as step:
+                outer = handles.get(stmt.var)
+                handles[stmt.var] = step
+                for inner in stmt.body:
+                    statement(inner)
+                if outer is None:
+                    handles.pop(stmt.var)
+                else:
+                    handles[stmt.var] = outer
+        elif isinstance(stmt, ast.Decl) and stmt.role == "const":
             handles[stmt.name] = m.const(stmt.name, value(stmt.value), [value(d) for d in stmt.dims])
         elif isinstance(stmt, ast.Decl):
             options: dict[str, object] = {} if stmt.type is None else {"type": stmt.type}
@@ -554,12 +564,19 @@ def replay(model: ast.ModelDef) -> dg.Model:
                 options["guide"] = {kw.name: value(kw.value) for kw in stmt.guide}
             declare = m.global_ if stmt.role == "global" else getattr(m, stmt.role)
             handles[stmt.name] = declare(stmt.name, [value(d) for d in stmt.dims], **options)
+        elif isinstance(stmt, ast.Draw) and stmt.index is not None:  # one step: s[t] ~ ...
+            m.draw(handles[stmt.target][index(stmt.index)], value(stmt.dist))
         elif isinstance(stmt, ast.Draw):
             m.draw(handles.get(stmt.target, stmt.target), value(stmt.dist))
+        elif isinstance(stmt, ast.Let) and stmt.index is not None:
+            raise NotExpressible("a let of one step")
         elif isinstance(stmt, ast.Let):
             handles[stmt.name] = m.let(stmt.name, value(stmt.value))
         else:
             nets[stmt.name] = m.net(stmt.name, value(stmt.call))
+
+    for stmt in model.body:
+        statement(stmt)
     return m
 
 

@@ -20,6 +20,7 @@ PROMISES = {
     "digits_hvae": (["guide plan (sampling order, inputs): [('z1', ['x']), ('z2', ['z1'])]",
                      "test log-likelihood"], ["hvae_samples.png"]),
     "gmm": (["learned (matched)", "most probable cluster"], ["gmm.png"]),
+    "hmm": (["learned (relabeled)", "most probable state is the true state"], ["hmm.png"]),
     "inpainting": (["bottom half:", "random 50%:", "of mean imputation"],
                    ["inpainting_bottom.png", "inpainting_random.png"]),
     "inverse_graphics": (["|error| of posterior mean", "brightness"], ["inverse_graphics.png"]),

@@ -429,7 +429,7 @@ def test_syntax_error_names_the_token_and_what_was_expected():
         ("model m {\n    data x[]\n}", "unexpected ']'", "expected one of: a name, a number"),
         ("model m {\n    data x[-1]\n}", "unexpected '-'", "expected one of: a name, a number"),
         ("modle m {}", "unexpected name 'modle'", "expected 'model'; did you mean 'model'?"),
-        ("model m {\n    laten z\n}", "unexpected name 'z'", "expected '~'"),
+        ("model m {\n    laten z\n}", "unexpected name 'z'", "expected one of: '[', '~'"),
         ("model m { data x }}", "unexpected '}'", "expected one of: 'model', end of file"),
         ("model m {\n    let = 3\n}", "unexpected '='", "expected a name"),
         ("model m {\n    x ~ Normal(0, 1) ;\n    ;let v = 1 2\n}", "unexpected number 2", None),
