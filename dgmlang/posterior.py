@@ -174,18 +174,19 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         raise DGMUsageError(f"log_prob: labels {', '.join(map(repr, gaps))} all have missing "
                             "entries; log_prob sums out one label at a time",
                             hint="give all but one of them in full")
-    if not model.roles.guide_locals and not model.roles.globals:
+    # (where a variable others depend on has gaps, the guide's imputation step proposes them)
+    imputing = any(dataset.columns[step.latent].has_missing for step in model.plan.imputations
+                   if step.latent in dataset.columns)
+    if not model.roles.guide_locals and not model.roles.globals and not imputing:
         num_samples = 1  # nothing left to sample: the model's sums are exact in one pass
     points, particles = importance.chunk_plan(dataset.n, num_samples, importance.values_per_row(model))
     result, unreliable = [], []
-    guide_draws_latents = bool(model.roles.guide_locals)
+    guide_draws_latents = bool(model.roles.guide_locals) or imputing
 
     # Rows with gaps get the guide's mixture over fillings of them as proposal, as in
     # `invert` (`mixture_rounds`): the guide reading one filling proposes too narrowly.
     per_fill = -(-num_samples // (MIXTURE_FILLS + 1))
     # (not where a variable others depend on has gaps: the guide's imputation step proposes those)
-    imputing = any(dataset.columns[step.latent].has_missing for step in model.plan.imputations
-                   if step.latent in dataset.columns)
     mixture = supports_mixture(model) and particles >= num_samples and not imputing
 
     def estimate_given(batch: Mapping[str, torch.Tensor],
