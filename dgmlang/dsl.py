@@ -258,10 +258,9 @@ class Model:
         `device` ("cpu" by default, "cuda", "cuda:N", "mps") in `dtype` ("float32" by
         default, "float64"), its guide derived in `guide_order` ("nami" or "minfill"); see
         `dgmlang.compile`."""
-        from dgmlang.frontend import check_guide_order, check_irs, check_placement, compile_checked
+        from dgmlang.frontend import check_irs, check_placement, compile_checked
 
         check_placement(device, dtype)
-        check_guide_order(guide_order)
         checked = check_irs((self.ir(),), guide_order=guide_order)[0]
         return compile_checked(checked, source=self.to_dgm(), filename=f"<model {self.name}>",
                                device=device, dtype=dtype)

@@ -51,19 +51,11 @@ def check_source(text: str, filename: str = "<string>", *,
     """Parse and check `text`; every model's graph and guide plan, derived in `guide_order`
     (`dgmlang.inverse.ORDERS`). Raises a DGMError."""
     from dgmlang.check import check
+    from dgmlang.inverse import check_order
     from dgmlang.parse import parse
 
-    check_guide_order(guide_order)
+    check_order(guide_order)  # before a long parse
     return check_irs(check(parse(text, filename)), guide_order=guide_order)
-
-
-def check_guide_order(guide_order) -> None:
-    """Refuse an elimination order `dgmlang.inverse.invert` does not offer, before any work."""
-    from dgmlang.inverse import ORDERS
-
-    if guide_order not in ORDERS:
-        raise DGMUsageError(f"unknown guide order {guide_order!r}",
-                            hint="guide_order is one of " + ", ".join(repr(o) for o in ORDERS))
 
 
 def check_irs(irs, *, guide_order: str = "nami") -> tuple[CheckedModel, ...]:
@@ -154,7 +146,6 @@ def load(path: str | Path, model: str | None = None, *, device=None, dtype=None,
     """Compile a model from a `.dgm` file: ``dgmlang.load("vae.dgm", device="cuda").fit(data)``
     (`device`, `dtype` and `guide_order` as in `compile`)."""
     check_placement(device, dtype)
-    check_guide_order(guide_order)
     return compile_source(read_source(path), model=model, filename=str(path), device=device,
                           dtype=dtype, guide_order=guide_order)
 

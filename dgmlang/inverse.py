@@ -159,9 +159,7 @@ def invert(graph: nx.DiGraph, order: str = "nami") -> GuidePlan:
     >>> invert(g).as_list()
     [('y', ['x']), ('z', ['x', 'y'])]
     """
-    if order not in ORDERS:
-        raise DGMUsageError(f"unknown guide order {order!r}",
-                            hint=f"one of {', '.join(repr(o) for o in ORDERS)}")
+    check_order(order)
     with paused_gc():
         nodes = _Nodes(graph)
         if not nx.is_directed_acyclic_graph(graph):
@@ -173,6 +171,16 @@ def invert(graph: nx.DiGraph, order: str = "nami") -> GuidePlan:
         labels = label_steps(graph, nodes)
         imputations = imputation_steps(graph, nodes)
         return GuidePlan(plan.steps, labels, imputations, order)
+
+
+def check_order(order) -> None:
+    """Refuse an elimination order `invert` does not offer (a `DGMUsageError`).
+
+    >>> check_order("minfill")
+    """
+    if order not in ORDERS:
+        raise DGMUsageError(f"unknown guide order {order!r}",
+                            hint="guide_order is one of " + ", ".join(repr(o) for o in ORDERS))
 
 
 #: Distributions a label (a data variable whose missing entries become latents) may have.
@@ -416,9 +424,7 @@ def _eliminate(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
             seen = adj[s] & clique
             if seen & (seen - 1):
                 drops[s] = missing_within(seen)
-        for u in members:
-            new = clique & ~(1 << u)
-            adj[u] |= new if latent[u] else new & latent_mask
+        _join(adj, members, clique, latent, latent_mask)
         elimination.append((names[v], [names[u] for u in members]))
 
         for s in _bits(clique & frontier_mask):
@@ -464,6 +470,14 @@ def _moral_bitsets(graph: nx.DiGraph, nodes: _Nodes) -> tuple[list[str], list[bo
     return names, latent, latent_mask, adj
 
 
+def _join(adj: list[int], members: list[int], clique: int, latent: list[bool], latent_mask: int) -> None:
+    """Connect the eliminated latent's neighbours pairwise (its clique), leaving out edges
+    between two given nodes, as `_moral_bitsets` does."""
+    for u in members:
+        new = clique & ~(1 << u)
+        adj[u] |= new if latent[u] else new & latent_mask
+
+
 def _eliminate_min_fill(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, list[str]]]:
     """Min-fill elimination over the latents: `(latent, its inverse parents)` in the order
     eliminated. Every latent is eligible from the start; the next one eliminated adds the
@@ -507,9 +521,7 @@ def _eliminate_min_fill(graph: nx.DiGraph, nodes: _Nodes) -> list[tuple[str, lis
             adj[u] &= ~v_bit
         adj[v] = 0
         latent_mask &= ~v_bit
-        for u in members:
-            new = clique & ~(1 << u)
-            adj[u] |= new if latent[u] else new & latent_mask
+        _join(adj, members, clique, latent, latent_mask)
         elimination.append((names[v], [names[u] for u in members]))
         for s in _bits(reach & latent_mask):
             value = fill_of(s)
