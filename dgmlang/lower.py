@@ -69,6 +69,20 @@ def safe_attribute(container: nn.Module, name: str) -> str:
     return key
 
 
+def announce_parameters(module: PyroModule, store_name: str) -> None:
+    """Under Pyro's global param store (the default), name the weights of `module`'s plain
+    torch submodules (networks, references) in ``pyro.param`` statements, as
+    ``pyro.module(store_name.child, ...)`` does, so a user's own `pyro.infer.SVI` loop, which
+    optimizes what its traces' param statements name, trains them too. `PyroParam`s announce
+    themselves. Under ``module_local_params`` (how `fit` runs) nothing is announced:
+    ``elbo(model, guide).parameters()`` and `module.parameters()` already hold everything."""
+    if pyro.settings.get("module_local_params"):
+        return
+    for name, child in module.named_children():
+        if not isinstance(child, PyroModule) and any(True for _ in child.parameters()):
+            pyro.module(f"{store_name}${name}", child)
+
+
 class ParamBank(PyroModule):
     """The model's `param`s as `PyroParam`s, looked up by variable name with `value(name)`."""
 
@@ -186,6 +200,7 @@ class LoweredModel(PyroModule):
         anything, NaN included.
         """
         self.evaluator.refresh()
+        announce_parameters(self, self.unique_name)
         batch = dict(batch or {})
         mask = dict(mask or {})
         n_batch = self.batch_size_of(batch, batch_size)
