@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dgmlang import chains, checkpoint, devices, posterior, training, weights
+from dgmlang import chains, checkpoint, devices, export, posterior, training, weights
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.facts import ModelFacts
 from dgmlang.guide import build_guide
@@ -318,6 +318,15 @@ class CompiledModel:
         """
         return posterior.invert(self, data, mask=mask, num_samples=num_samples, seed=seed,
                                 progress=progress, method=method)
+
+    def to_arviz(self, data: Any, *, draws: Mapping[str, torch.Tensor] | None = None,
+                 mask: Mapping[str, Any] | None = None, num_samples: int = 100,
+                 seed: int | None = None) -> Any:
+        """The posterior given `data` as an `arviz.InferenceData` (posterior, observed_data and
+        log_likelihood groups; one chain); `draws` are `invert`'s for the same data, or
+        `invert` is called. Needs ``pip install 'dgmlang[arviz]'``; see `dgmlang.export`."""
+        return export.to_inference_data(self, data, draws=draws, mask=mask,
+                                        num_samples=num_samples, seed=seed)
 
     # ------------------------------------------------------------------ checkpoints
 
