@@ -1011,7 +1011,7 @@ def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
             continue
         hint = ("invert(data, mask=...) handles every missing pattern; here fill or drop the "
                 "rows with missing entries")
-        if column.raw is None:
+        if column.raw is None and purpose != "invert":  # invert fills a variable left out
             raise DGMDataError(f"{purpose}: no values for '{name}'",
                                hint="give every data and input variable, each shaped (n, *shape)")
         children = sorted(facts.graph.successors(name)) if name in facts.graph else []
