@@ -30,6 +30,7 @@ PROMISES = {
     "ppca": (["posterior mean of z", "x[2] filled in"], []),
     "semi_supervised": (["test accuracy", "labels: mean test accuracy", "baseline on the labelled rows alone"], []),
     "superres": (["bilinear upsampling"], ["superres.png"]),
+    "colourise": (["grey copied into R, G, B", "china.jpg, held out"], ["colourise.png"]),
 }
 
 
