@@ -151,6 +151,7 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         return should_stop is not None and should_stop()
 
     between_steps, failed = True, None
+    resident, device = dataset.resident(), model.model.device  # in-memory columns: batches by indexing
     show = progress and writes  # [distributed] rank 0's bar only
     with random_state, distributed.own_random_stream(group) as restart, distributed.shared_failures(group), \
             tqdm(total=count, disable=not show, desc=f"fit {model.name}", unit="step") as bar:
@@ -172,9 +173,13 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                     sync = functools.partial(group.reduce, rows=counted, stop=should_stop)
                 restart(first + len(losses))  # [distributed] a process other than rank 0: its draws
                 before = torch.random.get_rng_state()
-                picked = dataset.rows(rows)
-                batch = to_device(picked.values, model.model.device)
-                observed = to_device(picked.observed, model.model.device) if dataset.has_missing else None
+                if resident is not None:
+                    batch, observed = {name: v[rows] for name, v in resident.items()}, None
+                else:
+                    picked = dataset.rows(rows)
+                    observed = to_device(picked.observed, device) if dataset.has_missing else None
+                    batch = picked.values
+                batch = to_device(batch, device)
                 between_steps = False
                 try:
                     loss = step(loss_fn, batch, n, optimizer, named, first + len(losses),
@@ -188,8 +193,9 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                 model.fitted = True
                 position += taken
                 between_steps = True
-                bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
-                bar.update()
+                if show:  # formatting the postfix costs a small model's step a few percent
+                    bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
+                    bar.update()
                 if position >= n:
                     order, position, epochs_done = None, 0, epochs_done + 1
                 if held_out is not None and (position == 0 or len(losses) == count):
@@ -476,4 +482,6 @@ def _gradients_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
     a gradient holding NaN or an infinity has a non-finite sum. A finite gradient whose sum
     overflows fails it too, so the caller confirms entry by entry before stopping."""
     sums = [param.grad.sum() for _, param in named if param.grad is not None]
+    if len(sums) == 1:
+        return bool(sums[0].isfinite())
     return not sums or bool(torch.stack(sums).isfinite().all())
