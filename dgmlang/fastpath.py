@@ -95,6 +95,10 @@ class FastLoss:
         self._model_sites = [(site, site.enumerable and site.name not in sampled)
                              for site in lowered.sites]
         self._enumerates = any(enumerated for _, enumerated in self._model_sites)
+        #: keep every local term per data point and sum them last (the same bound, summed
+        #: in another order): a compiled step then never reduces the batch and event dims
+        #: in one kernel, so inductor's code serves every batch size (`dgmlang.compiling`)
+        self.per_point_terms = False
 
     def loss(self, batch: Mapping[str, torch.Tensor], size: int,
              mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -120,13 +124,13 @@ class FastLoss:
         particles = self.num_particles
         global_plates = ((-2, particles),) if particles > 1 and not iwae else ()
         local_plates = ((-2, particles), (-1, n)) if particles > 1 else ((-1, n),)
-        label = next((name for name in self._labels if mask and name in mask), None)
+        label = next((name for name in self._labels if name in mask), None) if mask else None
         if label is not None:
             return self._semi_supervised(env, model_values, mask, label, size, n,
                                          global_plates, local_plates)
         # With latents summed out, or per-point weights to combine, the local terms are kept
         # per particle and data point; otherwise each is summed at once.
-        per_point = iwae or self._enumerates
+        per_point = iwae or self._enumerates or self.per_point_terms
         # Sums start from None, not 0.0: adding a Python zero would cost an op and an
         # autograd node per term for nothing (a small model's step is mostly such overhead).
         log_p_global = log_p_local = None
@@ -148,7 +152,8 @@ class FastLoss:
                     enumerated += 1
                 term = model_site.log_prob(env, local_plates, per_point,
                                            mask.get(model_site.name) if mask else None)
-            if per_point and any(extent > 1 for extent in term.shape[: term.dim() - len(local_plates)]):
+            if per_point and term.dim() > len(local_plates) and any(
+                    extent > 1 for extent in term.shape[: term.dim() - len(local_plates)]):
                 summed_out = _plus(summed_out, term)
             elif per_point:
                 log_p_local = _plus(log_p_local, term.reshape(term.shape[term.dim() - len(local_plates):]))
@@ -174,16 +179,20 @@ class FastLoss:
         zeros(3))``): its support goes into `env` and its per-point log-prob term is
         returned, both computed once (per dtype, device, plates and position among the
         enumerated latents; `Evaluator.cached` drops them when those change)."""
-        key = ("fastpath-enumerated", site.name, local_plates, enumerated)
+        # made over a data plate of one point and expanded to the batch's: the cache does
+        # not depend on the batch size (a compiled step serves every size with one graph)
+        one_point = tuple((dim, 1 if dim == -1 else size) for dim, size in local_plates)
+        key = ("fastpath-enumerated", site.name, one_point, enumerated)
 
         def make():
             scratch = dict(env)
             site.enumerate(scratch, len(local_plates) + enumerated)
-            return scratch[site.name], site.log_prob(scratch, local_plates, True)
+            return scratch[site.name], site.log_prob(scratch, one_point, True)
 
         support, term = self.lowered.evaluator.cached(key, make)
         env[site.name] = support
-        return term
+        left = term.shape[: term.dim() - len(local_plates)]
+        return term.expand(*left, *plate_batch_shape((), local_plates))
 
 
     def _draw_guide(self, env, global_plates, local_plates, per_point: bool,
