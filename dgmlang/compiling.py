@@ -79,9 +79,10 @@ class CompiledLoss:
                  prepare: Callable[[], None] | None = None):
         self.eager = eager
         self.backend = backend
-        #: run eagerly before each compiled call (the evaluator's `refresh`): caches rebuilt
-        #: by an eager, validated step are replaced before the graph's guards read them, so
-        #: they never fail on a distribution made under another validation setting
+        #: run eagerly before each compiled call (the evaluator's `refresh`, True when it
+        #: dropped its cached constants): the caches are then refilled by one eager loss
+        #: without gradients, so the graph's guards always find the same cached values and
+        #: an eager, validated step between compiled ones never causes a recompile
         self.prepare = prepare
         self.compiled = torch.compile(eager, backend=backend)
         #: seconds the warm-up took (None before it ran); `failure`: why it fell back
@@ -96,9 +97,14 @@ class CompiledLoss:
     def __call__(self, batch: Mapping[str, torch.Tensor], size: int, mask=None) -> torch.Tensor:
         if mask or not self.active:
             return self.eager(batch, size, mask) if mask else self.eager(batch, size)
-        if self.prepare is not None:
-            self.prepare()
+        self._prime(batch, size)
         return self.compiled(_dynamic_batch(batch), size)
+
+    def _prime(self, batch: Mapping[str, torch.Tensor], size: int) -> None:
+        """Refill the caches `prepare` dropped (an eager loss: no gradients, random state kept)."""
+        if self.prepare is not None and self.prepare():
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                self.eager(batch, size)
 
     def or_else(self, loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """Itself when active, else `loss` (`fit`'s eager loss, which sums its terms as
@@ -120,8 +126,7 @@ class CompiledLoss:
                 # tracing's own notes (lru_cache wrappers, .grad reads inside torch) are not
                 # the user's business; the model's warnings came from the eager first step
                 warnings.simplefilter("ignore")
-                if self.prepare is not None:
-                    self.prepare()
+                self._prime(batch, size)
                 loss = self.compiled(_dynamic_batch(batch), size)
                 if loss.requires_grad:
                     loss.backward()

@@ -50,6 +50,18 @@ class CountingBackend:
         return graph_module.forward
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test starts from an empty TorchDynamo cache: the graphs counted are its own
+    (the compiled loss's code is shared by every model, so earlier tests' entries would be
+    tried, and recompiled around, first)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _model(text: str) -> dgmlang.CompiledModel:
     torch.manual_seed(0)  # the same initial parameters for every model made here
     return dgmlang.compile(text)
