@@ -19,7 +19,7 @@ function and the eager one it falls back to:
   models the fast path does not serve, and batches with missing entries, run eagerly too
   (`fit` warns before training).
 
-The compiled step draws its random numbers with the backend's generator (inductor's differ
+The compiled step may draw its random numbers with the backend's generator (which may differ
 from eager torch's), so a compiled run is not bit-identical to an eager one, and resuming
 one is exact only up to those draws; its estimator is the same.
 
