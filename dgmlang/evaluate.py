@@ -338,8 +338,8 @@ class Evaluator:
 def _take(value: torch.Tensor, n_batch: int, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``value`` indexed along event dim `dim` by a per-point integer tensor (batch dims only):
     the result has the broadcast batch dims on the left and `dim` removed."""
-    if n_batch == 0:
-        return value.movedim(dim, 0)[index]
+    if n_batch == 0:  # (dim 0 needs no move: a move would cost an op and its backward)
+        return (value if dim == 0 else value.movedim(dim, 0))[index]
     moved = value.movedim(dim, -1)  # (*vb, *rest, n)
     rest = moved.shape[n_batch:-1]
     batch = torch.broadcast_shapes(moved.shape[:n_batch], index.shape)
