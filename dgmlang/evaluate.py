@@ -136,15 +136,18 @@ class Evaluator:
 
     # ------------------------------------------------------------------ cached constants
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         """Read the host's dtype and device, and Pyro's validation setting, once per call of
         a consumer (the model, the guide, the fast loss); cached values made under another
-        setting are dropped (a distribution keeps the setting it was built under)."""
+        setting are dropped (a distribution keeps the setting it was built under). Returns
+        whether they were."""
         self.dtype, self.device = self.host.dtype, self.host.device
         state = (self.dtype, self.device, torch.distributions.Distribution._validate_args)
-        if state != self._cache_key:
-            self._cache.clear()
-            self._cache_key = state
+        if state == self._cache_key:
+            return False
+        self._cache.clear()
+        self._cache_key = state
+        return True
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """A value that never changes for this model (a constant expression, a distribution
@@ -335,8 +338,8 @@ class Evaluator:
 def _take(value: torch.Tensor, n_batch: int, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``value`` indexed along event dim `dim` by a per-point integer tensor (batch dims only):
     the result has the broadcast batch dims on the left and `dim` removed."""
-    if n_batch == 0:
-        return value.movedim(dim, 0)[index]
+    if n_batch == 0:  # (dim 0 needs no move: a move would cost an op and its backward)
+        return (value if dim == 0 else value.movedim(dim, 0))[index]
     moved = value.movedim(dim, -1)  # (*vb, *rest, n)
     rest = moved.shape[n_batch:-1]
     batch = torch.broadcast_shapes(moved.shape[:n_batch], index.shape)
