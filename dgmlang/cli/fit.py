@@ -15,7 +15,6 @@ starts as many processes as the run was trained by (run.json's "processes").
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -459,12 +458,7 @@ def _fit_and_write(model, data: dict, masks: dict | None, validation, out: Path,
     elif not info["no_score"]:
         info["score"] = write_reference_scores(model, data, out, "training data", seed=info["seed"],
                                                quiet=args.quiet, masks=masks)
-    warmup = model.history.get("compile_seconds", [math.nan])[-1] if args.compile else math.nan
-    if not math.isnan(warmup):  # NaN: it fell back (the warning said why)
-        info["compile_seconds"] = warmup
     write_info(out, info)
-    if not math.isnan(warmup):
-        say(f"compiled the training step with torch.compile: {warmup:.1f} s of warm-up", file=sys.stderr)
     say(f"final loss {info['final_loss']:.4g} nats per row after {steps_done} steps", file=sys.stderr)
     left_out = info.get("score", {}).get("incomplete_rows")
     if left_out:
