@@ -204,8 +204,31 @@ class Deconv(nn.Module):
         return self.layers(maps).reshape(*batch, self.output_size)
 
 
+class GRUStep(nn.Module):
+    """One step of a gru: its flat input is the state (`hidden` values) followed by the
+    step's input; its output the new state. `cell` is torch's `nn.GRUCell`, so the same
+    weights run as an `nn.GRU` (`weight_ih_l0 = cell.weight_ih`, and so on).
+
+    >>> step = GRUStep(3, 4)
+    >>> step(torch.zeros(2, 5, 4 + 3)).shape
+    torch.Size([2, 5, 4])
+    """
+
+    def __init__(self, input_size: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.cell = nn.GRUCell(input_size, hidden)
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        batch = flat.shape[:-1]
+        flat = flat.reshape(-1, flat.shape[-1])
+        state, given = flat[:, :self.hidden], flat[:, self.hidden:]
+        return self.cell(given, state).reshape(*batch, self.hidden)
+
+
 def build_net(net: irm.Net, *, seed: int | None = None) -> nn.Module:
-    """The torch module for `net` (see `FlatMLP` and `Deconv`), built under `seed` when given.
+    """The torch module for `net` (see `FlatMLP`, `Deconv` and `GRUStep`), built under `seed`
+    when given.
 
     Its input is every argument of a call flattened and concatenated
     (``sum(net.input_sizes)`` features); its output has ``net.output_size`` features.
@@ -215,6 +238,8 @@ def build_net(net: irm.Net, *, seed: int | None = None) -> nn.Module:
         if net.kind == "mlp":
             return FlatMLP(in_features, tuple(net.hidden), net.output_size, net.activation,
                            span=net.span)
+        if net.kind == "gru":
+            return GRUStep(in_features - net.output_size, net.output_size)
         if net.kind == "deconv":
             module = Deconv(in_features, net.output_shape, channels=tuple(net.channels),
                             hidden=tuple(net.hidden), act=net.activation, span=net.span)
