@@ -67,11 +67,14 @@ def _step_refs(exprs) -> list[tuple[str, int]]:
 
 @dataclass
 class _LetRuns:
-    """A recurrent let: its number of steps, and per run (first, stop, compiled value, the
-    steps its value reads)."""
+    """A recurrent let: its number of steps, per run (first, stop, compiled value, the
+    steps its value reads), and per run whose value is `cell(h[t - 1], input)` with a gru
+    `cell` and an input reading no let (a plain recurrence), (the cell's module, the
+    compiled input, the steps it reads), else None."""
 
     steps: int
     runs: list[tuple[int, int, Callable[[Env], torch.Tensor], list[tuple[str, int]]]]
+    plain: list[tuple[nn.Module, Callable[[Env], torch.Tensor], list[tuple[str, int]]] | None]
 
     def run_at(self, t: int):
         return next(run for run in self.runs if run[0] <= t < run[1])
@@ -129,7 +132,8 @@ class SequenceSite:
             if let is None or let.name in self.lets:
                 continue
             runs = [(r.first, r.stop, evaluator.compile(r.value), _step_refs([r.value])) for r in let.steps]
-            self.lets[let.name] = _LetRuns(let.steps[-1].stop, runs)
+            plain = [_plain_recurrence(let.name, r.value, facts, evaluator, net) for r in let.steps]
+            self.lets[let.name] = _LetRuns(let.steps[-1].stop, runs, plain)
             todo += [ref for *_, refs in runs for ref, _ in refs]
         same_step = nx.DiGraph()
         same_step.add_nodes_from([*self.lets, name])
@@ -140,7 +144,7 @@ class SequenceSite:
 
     # ------------------------------------------------------------------ values of steps
 
-    def _series(self, env: Env, value, rank: int) -> dict[str, Callable[[int], torch.Tensor]]:
+    def series(self, env: Env, value, rank: int) -> dict[str, Callable[[int], torch.Tensor]]:
         """Step s of every sequence a step may read, by name: inputs from `env`, the data
         from `value` (a tensor ``(*batch, T, *step)``, or the list of steps drawn so far)."""
         def steps_of(tensor):
@@ -158,22 +162,50 @@ class SequenceSite:
             local[irm.step_key(ref, lag)] = lets[ref][t - lag] if ref in lets else series[ref](t - lag)
         return local
 
-    def _let_step(self, let: str, t: int, env: Env, series, lets: dict[str, list]) -> None:
+    def let_step(self, let: str, t: int, env: Env, series, lets: dict[str, list]) -> None:
+        """Append step t of `let` to ``lets[let]`` (nothing past its last step), reading the
+        steps before it in `lets` and `series`."""
         info = self.lets[let]
         if t < info.steps:
             _, _, fn, refs = info.run_at(t)
             lets[let].append(fn(self._local(env, refs, t, series, lets)))
 
     def recur(self, env: Env, value: torch.Tensor, rank: int) -> dict[str, list[torch.Tensor]]:
-        """Every step of every let, given the data `value`: ``{let: [step 0, step 1, ...]}``."""
-        series = self._series(env, value, rank)
+        """Every step of every let, given the data `value`: ``{let: [step 0, step 1, ...]}``.
+        A plain gru recurrence (see `_LetRuns`) runs all its steps at once (`GRUStep.sequence`)."""
+        series = self.series(env, value, rank)
         lets: dict[str, list] = {let: [] for let in self.lets}
         horizon = max((info.steps for info in self.lets.values()), default=0)
         for t in range(horizon):
             for let in self.order:
-                if let in lets:
-                    self._let_step(let, t, env, series, lets)
+                if let not in lets or len(lets[let]) > t:
+                    continue  # computed already, by a plain recurrence
+                info = self.lets[let]
+                index = next((i for i, (first, stop, _, _) in enumerate(info.runs) if first == t), None)
+                if index is not None and info.plain[index] is not None and t > 0:
+                    first, stop, _, _ = info.runs[index]
+                    lets[let] += self._plain_steps(info.plain[index], first, stop - first, env, value, rank,
+                                                   lets[let][-1])
+                else:
+                    self.let_step(let, t, env, series, lets)
         return lets
+
+    def _plain_steps(self, plain, first: int, count: int, env: Env, value: torch.Tensor, rank: int,
+                     state: torch.Tensor) -> list[torch.Tensor]:
+        module, given, refs = plain
+        local = dict(env)
+        for ref, lag in refs:
+            source = value if ref == self.name else env[ref]
+            local[irm.step_key(ref, lag)] = source.narrow(rank, first - lag, count).movedim(rank, 0)
+        inputs = given(local)
+        if not refs:  # the same input at every step
+            inputs = inputs.expand(count, *inputs.shape)
+        batch = torch.broadcast_shapes(inputs.shape[1:-1], state.shape[:-1])
+        flat = inputs.expand(count, *batch, inputs.shape[-1]).reshape(count, -1, inputs.shape[-1])
+        start = state.expand(*batch, state.shape[-1]).reshape(-1, state.shape[-1])
+        dtype = module.cell.weight_ih.dtype
+        out = module.sequence(flat.to(dtype), start.to(dtype))
+        return list(out.reshape(count, *batch, state.shape[-1]).unbind(0))
 
     def _stacked(self, steps: list[torch.Tensor]) -> torch.Tensor:
         """Steps of a let along a new leading dim (their batch dims broadcast)."""
@@ -187,7 +219,7 @@ class SequenceSite:
         the lets step by step, then every step of the data at once."""
         rank = value.dim() - len(self.shape)
         lets = self.recur(env, value, rank)
-        series = self._series(env, value, rank)
+        series = self.series(env, value, rank)
         total = None
         for run, site, refs in self.runs:
             count = run.stop - run.first
@@ -220,12 +252,12 @@ class SequenceSite:
         lengths = [env[run.length] for run, _, _ in self.runs if run.length is not None]
         horizon = min(steps, int(lengths[0].max()) if lengths else steps)
         drawn: list[torch.Tensor] = []
-        series = self._series(env, drawn, 1)
+        series = self.series(env, drawn, 1)
         lets: dict[str, list] = {let: [] for let in self.lets}
         for t in range(horizon):
             for node in self.order:
                 if node in lets:
-                    self._let_step(node, t, env, series, lets)
+                    self.let_step(node, t, env, series, lets)
                     continue
                 run, site, refs = next(r for r in self.runs if r[0].first <= t < r[0].stop)
                 base = site.distribution(self._local(env, refs, t, series, lets))
@@ -266,3 +298,17 @@ class SequenceSite:
             return {self.name: pyro.sample(self.name, self.distribution({**env, self.name: obs}), obs=obs)}
         value = self.draw(env, rows)
         return {self.name: pyro.deterministic(self.name, value, event_dim=len(self.shape))}
+
+
+def _plain_recurrence(name: str, value: irm.IRExpr, facts: ModelFacts, evaluator, net):
+    """For a let's run `cell(name[t - 1], input)` (a gru, its input reading no let), the
+    cell's module, the compiled input and the steps it reads; else None."""
+    if not (isinstance(value, irm.NetCall) and len(value.args) == 2 and value.constraint == "real"
+            and facts.ir.net(value.net).kind == "gru"):
+        return None
+    state, given = value.args
+    refs = _step_refs([given])
+    if not (isinstance(state, irm.StepRef) and state.name == name and state.lag == 1) or any(
+            ref in facts.recurrent_lets for ref, _ in refs):
+        return None
+    return net(value.net), evaluator.compile(given), refs

@@ -179,3 +179,19 @@ def test_dsl_builds_the_same_model():
     from dgmlang.parse import parse
     (text_ir,) = check(parse(LM, "lm.dgm"))
     assert m.ir() == text_ir
+
+
+def test_a_plain_gru_recurrence_runs_fused_and_step_by_step_alike():
+    """`score` runs cell(h[t - 1], input) as one nn.GRU call; `draw`, which cannot, steps the
+    cell: both must give the same states (here through log_prob against a forced step loop)."""
+    m = dgmlang.compile(LM).to(dtype="float64")
+    site = m.model.site("x")
+    m.model.evaluator.refresh()
+    x = torch.randint(0, 5, (3, 10), generator=torch.Generator().manual_seed(2)).double()
+    fused = site.recur({}, x, 1)["h"]
+    series = site.series({}, x, 1)
+    stepped = {"h": []}
+    for t in range(10):
+        site.let_step("h", t, {}, series, stepped)
+    for a, b in zip(fused, stepped["h"]):
+        assert torch.allclose(a.expand_as(b), b, atol=1e-12)
