@@ -44,6 +44,7 @@ from dgmlang.chains import refuse_gaps
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
 from dgmlang.sites import ModelSite, plate_batch_shape
+from dgmlang.supports import support_of
 
 __all__ = ["SequenceLikelihood", "SequenceSite", "autoregressive_data"]
 
@@ -121,6 +122,8 @@ class SequenceSite:
         self.role = "data"
         self.dist = facts.draws[name].dist
         self.shape = facts.variables[name].shape
+        #: class labels are drawn as int64, as the data they stand for is given
+        self._integer = support_of(facts.ir, facts.variables[name], facts=facts).integer_dtype
         self._evaluator = evaluator
         self._variables = facts.variables
         self.runs = [(run, ModelSite(name, facts, evaluator, net, steps=run), _step_refs(run.draw.expressions))
@@ -248,7 +251,8 @@ class SequenceSite:
     def draw(self, env: Env, rows: int) -> torch.Tensor:
         """Sequences drawn from the model, ``(rows, T, *step)``: at each step the lets, then
         the data's step, which later steps read. Steps past a row's length are zeros."""
-        steps, dtype = self.shape[0], self._evaluator.dtype
+        steps = self.shape[0]
+        dtype = torch.long if self._integer else self._evaluator.dtype
         lengths = [env[run.length] for run, _, _ in self.runs if run.length is not None]
         horizon = min(steps, int(lengths[0].max()) if lengths else steps)
         drawn: list[torch.Tensor] = []
