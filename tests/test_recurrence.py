@@ -63,7 +63,7 @@ def test_sampling_shapes_lengths_and_fit():
     m = dgmlang.compile(LM)
     n = torch.tensor([10, 3, 1, 6])
     draws = m.sample(4, {"n": n}, seed=0)["x"]
-    assert draws.shape == (4, 10)
+    assert draws.shape == (4, 10) and draws.dtype == torch.long  # class labels, as data is given
     assert bool(((draws >= 0) & (draws < 5)).all())
     assert bool((draws[1, 3:] == 0).all()) and bool((draws[2, 1:] == 0).all())
     # ancestral: a model that copies its last symbol samples a constant sequence
