@@ -108,10 +108,10 @@ class ExpressionChecker:
         output size is not known yet)."""
         if isinstance(expr, ast.Call):
             if expr.func in NETWORKS:
-                return True
+                return expr.func != "gru"  # a gru's output is shaped like its state
             named = self.netinfo.get(expr.func)
             if named is not None:
-                return named.output_shape is None
+                return named.output_shape is None and named.kind != "gru"
             spec = BUILTINS.get(expr.func)
             if spec is not None and spec.shape_rule in ("elementwise", "last_dim") and expr.args:
                 return self.is_free(expr.args[0])

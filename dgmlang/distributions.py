@@ -223,6 +223,9 @@ BUILTINS: dict[str, BuiltinSpec] = {
 NETWORKS: dict[str, dict[str, object]] = {
     "mlp": {"hidden": (256,), "activation": "relu"},
     "deconv": {"channels": (64, 32), "activation": "relu"},
+    # a recurrent cell: `cell(state, input)` is the new state (torch's GRUCell); hidden, the
+    # state's size, is read from the state when not given
+    "gru": {"hidden": ()},
 }
 
 #: Activation names a network may use (`activation = tanh`); torch.nn has a module for each.

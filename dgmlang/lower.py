@@ -43,6 +43,7 @@ from dgmlang.facts import ModelFacts
 from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
 from dgmlang.chains import ChainSite, chain_pairs
+from dgmlang.recurrence import SequenceSite, autoregressive_data
 from dgmlang.sites import ModelSite, missing_site
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
@@ -123,7 +124,8 @@ class LoweredModel(PyroModule):
     `ParamBank`), `evaluator` (`dgmlang.evaluate.Evaluator`), `sites` (one
     `dgmlang.sites.ModelSite` per random variable: globals, then the rest, each in
     topological order; a data sequence and its latent chain are one
-    `dgmlang.chains.ChainSite`, also in `chains` by the chain's name), `max_plate_nesting`.
+    `dgmlang.chains.ChainSite`, also in `chains` by the chain's name; an autoregressive data
+    sequence is a `dgmlang.recurrence.SequenceSite`), `max_plate_nesting`.
     """
 
     def __init__(self, ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None):
@@ -158,12 +160,15 @@ class LoweredModel(PyroModule):
         self.nets = nets
         self.params = params
         self.evaluator = Evaluator(ir, self, facts=facts)
-        pairs = chain_pairs(facts)
+        recurrent = autoregressive_data(facts)
+        pairs = {data: chain for data, chain in chain_pairs(facts).items() if data not in recurrent}
         chains = set(pairs.values())
         #: each data sequence's site (`dgmlang.chains.ChainSite`) by its chain's name
         self.chains = {chain: ChainSite(data, chain, facts, self.evaluator, self.net)
                        for data, chain in pairs.items()}
-        self.sites = [self.chains[pairs[name]] if name in pairs else ModelSite(name, facts, self.evaluator, self.net)
+        self.sites = [self.chains[pairs[name]] if name in pairs else
+                      SequenceSite(name, facts, self.evaluator, self.net) if name in recurrent else
+                      ModelSite(name, facts, self.evaluator, self.net)
                       for name in (*facts.global_order, *facts.local_order) if name not in chains]
         self._sites_by_name = {site.name: site for site in self.sites}
 
@@ -234,7 +239,7 @@ class LoweredModel(PyroModule):
                                 f"the mask of '{name}' should be shaped {list(obs.shape)}, "
                                 f"not {list(observed.shape)}"
                             )
-                if isinstance(site, ChainSite):  # a data sequence with its chain summed out
+                if isinstance(site, (ChainSite, SequenceSite)):  # a data sequence, scored exactly
                     drawn = site.sample(env, obs, observed, n_batch)
                     values.update(drawn)
                     env.update(drawn)

@@ -141,7 +141,7 @@ def test_activations_exist_in_torch():
 
 
 def test_reserved_names_cover_distributions_builtins_and_networks():
-    assert set(DISTRIBUTIONS) | set(BUILTINS) | {"mlp", "deconv"} == RESERVED
+    assert set(DISTRIBUTIONS) | set(BUILTINS) | {"mlp", "deconv", "gru"} == RESERVED
 
 
 def test_signature_for_hints():

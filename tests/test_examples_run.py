@@ -16,6 +16,9 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 #: What each script must print and the pictures it must write.
 PROMISES = {
+    "char_lm": (["bits per character", "sample:"], []),
+    "digits_rows": (["test log-likelihood, nats per image: digits_rows", "digits_vae -87.20"], ["digits_rows.png"]),
+    "imitation": (["demonstrations:", "success over 20 fresh starts: learned policy"], []),
     "digits_cvae": (["of the generated digits as the class they were drawn for"], ["cvae_classes.png"]),
     "digits_hvae": (["guide plan (sampling order, inputs): [('z1', ['x']), ('z2', ['z1'])]",
                      "test log-likelihood"], ["hvae_samples.png"]),
