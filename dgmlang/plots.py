@@ -163,8 +163,9 @@ def _pyplot():
 
 def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | None = None,
                titles: list[str] | None = None, vmax: float | None = None, vmin: float | None = 0,
-               row_labels: list[str] | None = None, title: str | None = None) -> Path:
-    """Write a grid of grey images (an array (n, H*W) or (n, H, W)) to a PNG, dark = high.
+               row_labels: list[str] | None = None, title: str | None = None, rgb: bool = False) -> Path:
+    """Write a grid of grey images (an array (n, H*W) or (n, H, W)) to a PNG, dark = high;
+    with `rgb`, colour images (n, 3, H, W), channels first, shown as colours (bright = high).
 
     `vmin`/`vmax` fix the grey scale (default 0 and the largest value; `vmin=None` uses the
     smallest); `row_labels` name the rows (e.g. the class each row was drawn for).
@@ -172,7 +173,7 @@ def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | 
     import numpy as np
 
     plt = _pyplot()
-    images = np.asarray(images, dtype=float).reshape(-1, *shape)
+    images = np.asarray(images, dtype=float).reshape(-1, *((3,) if rgb else ()), *shape)
     n = len(images)
     ncols = ncols or min(n, 10)
     nrows = math.ceil(n / ncols)
@@ -187,7 +188,10 @@ def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | 
         for spine in ax.spines.values():
             spine.set_visible(False)
         if i < n:
-            ax.imshow(images[i], cmap="gray_r", vmin=low, vmax=high)
+            if rgb:  # channels last, scaled onto [0, 1]
+                ax.imshow(np.clip((images[i].transpose(1, 2, 0) - low) / (high - low), 0, 1))
+            else:
+                ax.imshow(images[i], cmap="gray_r", vmin=low, vmax=high)
             if titles:
                 ax.set_title(titles[i], fontsize=7)
     for r, label in enumerate(row_labels or ()):

@@ -16,6 +16,8 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 #: What each script must print and the pictures it must write.
 PROMISES = {
+    "cube": (["shape accuracy", "position error (px)", "colour RMSE", "size error (relative)",
+              "cube rotation error (rad)", "nearest neighbour"], ["cube.png"]),
     "digits_cvae": (["of the generated digits as the class they were drawn for"], ["cvae_classes.png"]),
     "digits_hvae": (["guide plan (sampling order, inputs): [('z1', ['x']), ('z2', ['z1'])]",
                      "test log-likelihood"], ["hvae_samples.png"]),
