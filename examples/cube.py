@@ -80,7 +80,8 @@ def render(model, scene):
 
 
 args = options(__doc__.splitlines()[0], epochs=40, quick_epochs=1)
-torch.set_num_threads(1)  # batches of 64: one thread is faster than two on shared cores
+if not args.quick:  # (the test suite runs --quick in its own process state: left alone)
+    torch.set_num_threads(1)  # batches of 64: one thread is faster than two on shared cores
 renderer = dgmlang.load(HERE / "cube.dgm")  # scenes drawn from the prior, rendered
 train = renderer.sample(128 if args.quick else 5000, seed=args.seed)
 start = time.perf_counter()
