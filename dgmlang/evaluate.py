@@ -37,6 +37,8 @@ _ELEMENTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": nn.functional.softplus,
     "tanh": torch.tanh,
     "relu": torch.relu,
+    "sin": torch.sin,
+    "cos": torch.cos,
 }
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -300,6 +302,12 @@ class Evaluator:
         ranks = [len(a.shape) for a in expr.args]
         if func in _ELEMENTWISE:
             return _ELEMENTWISE[func](args[0].to(dtype))
+        if func in ("min", "max", "clamp"):
+            rank = len(expr.shape)
+            x, *bounds = (pad_event(v, r, rank).to(dtype) for v, r in zip(args, ranks))
+            if func == "clamp":  # min(max(x, lo), hi), as torch.clamp: hi wins where lo > hi
+                return torch.minimum(torch.maximum(x, bounds[0]), bounds[1])
+            return (torch.minimum if func == "min" else torch.maximum)(x, bounds[0])
         if func == "softmax":
             return torch.softmax(args[0], dim=-1)
         if func == "log_softmax":

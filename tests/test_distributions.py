@@ -130,7 +130,11 @@ def test_builtins_are_the_languages():
         match = re.search(r"Built-in functions: `([^`]*)`", text.replace("\n", " "))
         assert match is not None
         listed = re.sub(r"\([^)]*\)", "", match.group(1))
-    assert sorted(BUILTINS) == sorted(listed.split())
+    # the seed's spec lists the first built-ins; the language may add more (issue 16: sin cos
+    # min max clamp), each listed in docs/language.md's table of built-in functions
+    assert set(listed.split()) <= set(BUILTINS)
+    table = (Path(__file__).parents[1] / "docs" / "language.md").read_text()
+    assert all(f"`{name}" in table or f" {name}" in table for name in BUILTINS)
 
 
 def test_activations_exist_in_torch():

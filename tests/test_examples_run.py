@@ -19,6 +19,8 @@ PROMISES = {
     "char_lm": (["bits per character", "sample:"], []),
     "digits_rows": (["test log-likelihood, nats per image: digits_rows", "digits_vae -87.20"], ["digits_rows.png"]),
     "imitation": (["demonstrations:", "success over 20 fresh starts: learned policy"], []),
+    "cube": (["shape accuracy", "position error (px)", "colour RMSE", "size error (relative)",
+              "cube rotation error (rad)", "nearest neighbour"], ["cube.png"]),
     "digits_cvae": (["of the generated digits as the class they were drawn for"], ["cvae_classes.png"]),
     "digits_hvae": (["guide plan (sampling order, inputs): [('z1', ['x']), ('z2', ['z1'])]",
                      "test log-likelihood"], ["hvae_samples.png"]),
