@@ -1,6 +1,6 @@
 """Issue 15 item 1: the digits log-likelihood with epochs chosen on a validation split.
 
-Fits ``examples/digits_best.dgm`` with IWAE on the first 1,237 training digits, in chunks of
+Fits ``benchmarks/digits_best.dgm`` with IWAE on the first 1,237 training digits, in chunks of
 ``--chunk`` epochs; after each chunk it scores the last 200 training digits (the fixed
 validation split, never the test split) with ``log_prob`` (K = ``--val-samples``) and keeps
 the parameters of the best chunk. Only the kept parameters are scored on the test split
@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODEL_FILE = ROOT / "examples" / "digits_best.dgm"
+MODEL_FILE = Path(__file__).with_name("digits_best.dgm")
 VALIDATION_ROWS = 200
 BAR = -85.3
 
