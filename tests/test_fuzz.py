@@ -231,7 +231,8 @@ WELL_FORMED_EDITS = st.lists(
 
 def mutate_keeping_syntax(text: str, edits: list[tuple[str, float, float, int]]) -> str:
     """Edits that mostly keep a program well formed, so that the checker sees it: a name or
-    a number replaced by another, a line deleted, duplicated or moved."""
+    a number replaced by another, a line deleted, duplicated or moved (a line without braces:
+    moving a brace breaks the syntax, which the other fuzzers cover)."""
     for kind, where, other, choice in edits:
         if kind in ("name", "number"):
             pattern, words = (NAME_PATTERN, NAMES) if kind == "name" else (NUMBER_PATTERN, NUMBERS)
@@ -241,7 +242,8 @@ def mutate_keeping_syntax(text: str, edits: list[tuple[str, float, float, int]])
                 text = text[: m.start()] + words[choice % len(words)] + text[m.end() :]
             continue
         lines = text.split("\n")
-        at, to = int(where * len(lines)), int(other * len(lines))
+        movable = [i for i, line in enumerate(lines) if "{" not in line and "}" not in line] or [0]
+        at, to = movable[int(where * len(movable))], movable[int(other * len(movable))]
         if kind == "delete line":
             del lines[at]
         elif kind == "duplicate line":
