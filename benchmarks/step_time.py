@@ -23,7 +23,14 @@ compiled with ``device="cuda"`` and given the data on the CPU, as a user would, 
 steps includes copying the minibatch over (`dgmlang.devices.to_device`). Times on a GPU are
 taken after ``torch.cuda.synchronize()``.
 
-Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae]
+``compile`` (issue 15): ``digits_vae_bench`` trained by ``m.fit(..., compile=True)`` (the fast
+path's step through ``torch.compile``, inductor) against the same eager plain-PyTorch step and
+dgmlang's eager ``fit``, per step after the warm-up (whose seconds are printed). Before the
+timing, one model is trained 200 steps eagerly and, from the same initial parameters and seed,
+200 steps compiled: the mean loss per point over those steps must agree within 0.5%
+(compiled random draws differ, so they are not equal).
+
+Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae,compile]
 [--device cpu|cuda|cuda:N]``
 """
 from __future__ import annotations
@@ -128,6 +135,9 @@ def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Be
             Implementation("Pyro TraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0_on, gmm_on))),
             Implementation("Pyro JitTraceEnum_ELBO", _repeat(hand.pyro_gmm_step(mu0_on, gmm_on, jit=True))),
         )),
+        "compile": lambda: Benchmark("compile", VAE_TEXT, train_x, "plain PyTorch", (
+            Implementation("plain PyTorch", _repeat(hand.plain_vae_step(vae(), x_on))),
+        )),
         "hvae": lambda: Benchmark("hvae", HVAE_TEXT, train_x, "Pyro Trace_ELBO", (
             Implementation("plain PyTorch", _repeat(hand.plain_hvae_step(hvae(), x_on))),
             Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_hvae_step(hvae(), x_on))),
@@ -138,8 +148,10 @@ def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Be
     return [builders[name]() for name in selected]
 
 
-def _dgmlang_runner(text: str, data: torch.Tensor, device: torch.device) -> tuple[Runner | None, str]:
-    """A runner calling dgmlang's `fit`, or None and the reason dgmlang cannot run yet."""
+def _dgmlang_runner(text: str, data: torch.Tensor, device: torch.device, *,
+                    compiled: bool = False) -> tuple[Runner | None, str]:
+    """A runner calling dgmlang's `fit` (with ``compile=True`` when `compiled`), or None and
+    the reason dgmlang cannot run yet."""
     try:
         from dgmlang import compile as dgm_compile
     except Exception as error:  # the package is being built; the baselines still print
@@ -148,13 +160,36 @@ def _dgmlang_runner(text: str, data: torch.Tensor, device: torch.device) -> tupl
         model = dgm_compile(text, device=device)
     except Exception as error:
         return None, f"not available (compile failed: {type(error).__name__}: {error})"
+    if compiled:
+        _compile_agreement(model, data)
 
     def run(steps: int) -> list:
         # a fresh Adam each round, as before fit kept the optimizer's state across calls
         return model.fit({"x": data}, steps=steps, batch_size=hand.BATCH_SIZE, progress=False,
-                         fresh_optimizer=True)
+                         fresh_optimizer=True, compile=compiled)
 
     return run, ""
+
+
+def _compile_agreement(model, data: torch.Tensor, steps: int = 200, seed: int = 0) -> None:
+    """Train `model` `steps` steps eagerly, then from the same initial parameters and seed
+    `steps` steps compiled (the warm-up included); print both mean losses per point, their
+    relative difference, and the warm-up's seconds. The model is left compiled and warm."""
+    start = {"model": {k: v.clone() for k, v in model.model.state_dict().items()},
+             "guide": {k: v.clone() for k, v in model.guide.state_dict().items()}}
+    means = {}
+    for compiled in (False, True):
+        model.model.load_state_dict(start["model"])
+        model.guide.load_state_dict(start["guide"])
+        model.fitted, model.training_state = False, None
+        losses = model.fit({"x": data}, steps=steps, batch_size=hand.BATCH_SIZE, progress=False,
+                           fresh_optimizer=True, seed=seed, compile=compiled)
+        means[compiled] = sum(losses) / len(losses)
+    warmup = model.history.get("compile_seconds", [float("nan")])[-1]
+    apart = abs(means[True] - means[False]) / abs(means[False])
+    print(f"  compile warm-up {warmup:.1f} s; mean loss per point over {steps} steps from the same "
+          f"start: eager {means[False]:.3f}, compiled {means[True]:.3f} ({100 * apart:.2f}% apart; "
+          f"bar 0.5%: {'met' if apart <= 0.005 else 'NOT met'})")
 
 
 def _warm_up(implementations: list[Implementation], steps: int) -> list[Implementation]:
@@ -164,7 +199,7 @@ def _warm_up(implementations: list[Implementation], steps: int) -> list[Implemen
         try:
             impl.run(steps)
         except Exception as error:
-            if impl.name != "dgmlang fit":
+            if not impl.name.startswith("dgmlang fit"):
                 raise
             print(f"  dgmlang: not available (fit failed: {type(error).__name__}: {error})")
             continue
@@ -207,14 +242,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (JIT, lazy building)")
-    parser.add_argument("--models", default="vae,gmm,hvae", help="comma-separated: vae, gmm, hvae")
+    parser.add_argument("--models", default="vae,gmm,hvae,compile",
+                        help="comma-separated: vae, gmm, hvae, compile")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every implementation computes")
     args = parser.parse_args(argv)
     selected = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = sorted(set(selected) - {"vae", "gmm", "hvae"})
+    unknown = sorted(set(selected) - {"vae", "gmm", "hvae", "compile"})
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from vae, gmm, hvae")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from vae, gmm, hvae, compile")
 
     from dgmlang.devices import device_of
     from dgmlang.errors import DGMError
@@ -237,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  dgmlang: {why_not}")
         else:
             implementations.append(Implementation("dgmlang fit", dgm_run))
+        if bench.model == "compile" and dgm_run is not None:
+            compiled_run, why_not = _dgmlang_runner(bench.text, bench.data, device, compiled=True)
+            if compiled_run is not None:
+                implementations.append(Implementation("dgmlang fit compile", compiled_run))
         implementations = _warm_up(implementations, args.warmup)
         per_step, last_loss = _time_rounds(implementations, args.steps, args.repeats)
         median = {name: statistics.median(times) for name, times in per_step.items()}

@@ -51,6 +51,7 @@ from dgmlang.check_errors import (
 )
 from dgmlang.check_exprs import ExpressionChecker
 from dgmlang.check_nets import NetChecker
+from dgmlang.check_recur import RecurrenceChecker
 from dgmlang.check_time import TimeChecker
 from dgmlang import check_limits
 from dgmlang import limits
@@ -106,11 +107,12 @@ def _combine(errors: list[DGMError]) -> DGMError:
     return unique[0] if len(unique) == 1 else DGMErrors(unique)
 
 
-class ModelChecker(TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker):
+class ModelChecker(RecurrenceChecker, TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecker, NetChecker):
     """Checks one model; `run()` returns its IR, or None with `errors` filled. Names,
     declarations and consts are checked here; lets and expressions by `ExpressionChecker`,
     ranges by `ConstraintChecker`, draws by `DrawChecker`, networks by `NetChecker`, loops
-    and sequences by `TimeChecker`."""
+    and sequences by `TimeChecker`, recurrent lets and inputs read by step by
+    `RecurrenceChecker`."""
 
     def __init__(self, model: ast.ModelDef):
         self.model = model
@@ -135,6 +137,14 @@ class ModelChecker(TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecke
         self.draw_irs: dict[int, ir.Draw] = {}
         self.unknown_targets = False
         self.net_weights: dict[str, int] = {}  # network -> its weights (dgmlang.limits)
+        # recurrent lets (dgmlang.check_recur): their names, step statements, step shapes,
+        # checked values, what they read, and those whose steps failed
+        self.recurrent: set[str] = set()
+        self.let_step_stmts: list[ast.Let] = []
+        self.let_shapes: dict[str, tuple] = {}
+        self.let_values_by_step: dict[int, Value] = {}
+        self.let_deps: dict[str, tuple] = {}
+        self.failed_lets: set[str] = set()
 
     def report(self, err: DGMError) -> None:
         self.errors.append(err)
@@ -171,6 +181,7 @@ class ModelChecker(TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecke
                 self.attempt(self.check_net_definition, stmt)
         ordered_lets = self.order_lets()
         self.check_lets(ordered_lets, waiting=False)
+        self.check_recurrent_lets()
         for stmt in body:
             if isinstance(stmt, ast.Draw):
                 self.current = stmt.span
@@ -231,10 +242,12 @@ class ModelChecker(TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecke
                 draws.append(self.draw_irs[id(s)])
             elif isinstance(s, ast.Draw) and s is self.draws[s.target][0]:
                 draws.append(self.sequence_draw(s.target))
+        recurrent = self.recurrent_let_defs()
         lets = [
-            ir.LetDef(s.name, self.let_values[s.name].expr, span=s.span)
+            ir.LetDef(s.name, self.let_values[s.name].expr, span=s.span) if s.index is None
+            else recurrent[s.name]
             for s in self.body
-            if isinstance(s, ast.Let)
+            if isinstance(s, ast.Let) and (s.index is None or s is self.let_runs[s.name][0][2])
         ]
         nets = sorted(self.nets, key=lambda n: position_of(n.span))
         return ir.ModelIR(
@@ -247,6 +260,9 @@ class ModelChecker(TimeChecker, ExpressionChecker, ConstraintChecker, DrawChecke
     def declare(self, stmt) -> None:
         if isinstance(stmt, ast.Draw):
             self.draws.setdefault(stmt.target, []).append(stmt)
+            return
+        if isinstance(stmt, ast.Let) and stmt.index is not None:
+            self.declare_let_step(stmt)
             return
         if stmt.name in self.declared:
             raise declared_twice(stmt.name, declared_span(stmt), declared_span(self.declared[stmt.name]))

@@ -51,6 +51,11 @@ def builtin_range(func: str, rule: str, values: list[Value]) -> Range:
     if rule == "reduce":
         shape = first.shape
         return ranges.reduce(func, first.range, flat_size(shape), shape[-1] if shape else 1)
+    if rule == "broadcast":
+        parts = [v.range.entries() for v in values]
+        if func == "clamp":
+            return ranges.clamp(*parts)
+        return (ranges.minimum if func == "min" else ranges.maximum)(*parts)
     if rule in ("dot", "matmul"):
         inner = first.shape[-1]
         product = ranges.mul(first.range.entries(), values[1].range.entries())

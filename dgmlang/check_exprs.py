@@ -26,6 +26,7 @@ from dgmlang.check_shape_errors import (
     builtin_keyword,
     builtin_shapes,
     cannot_broadcast,
+    clamp_bounds_not_ordered,
     empty_list,
     empty_slice,
     index_not_int,
@@ -108,13 +109,17 @@ class ExpressionChecker:
         output size is not known yet)."""
         if isinstance(expr, ast.Call):
             if expr.func in NETWORKS:
-                return True
+                return expr.func != "gru"  # a gru's output is shaped like its state
             named = self.netinfo.get(expr.func)
             if named is not None:
-                return named.output_shape is None
+                return named.output_shape is None and named.kind != "gru"
             spec = BUILTINS.get(expr.func)
             if spec is not None and spec.shape_rule in ("elementwise", "last_dim") and expr.args:
                 return self.is_free(expr.args[0])
+            if spec is not None and spec.shape_rule == "broadcast":
+                # like arithmetic: free when the known arguments are scalars
+                free = [self.is_free(a) for a in expr.args]
+                return any(free) and all(f or self.is_scalar(a) for f, a in zip(free, expr.args))
             return False
         if isinstance(expr, ast.BinOp):
             # A scalar on the other side broadcasts to anything, so it tells no size.
@@ -367,6 +372,8 @@ class ExpressionChecker:
             self.check_domain(e.func, e.args[0], arg)
             shape = arg.shape
             values = [arg]
+        elif rule == "broadcast":
+            values, shape = self.broadcast_args(e, want)
         else:
             why = f"it is an argument of {e.func}, which does not tell its size"
             values = [self.expr(a, Want(None, why=why)) for a in e.args]
@@ -374,7 +381,7 @@ class ExpressionChecker:
         local = random = None
         for v in values:
             local, random = merge_deps(local, v.local), merge_deps(random, v.random)
-        is_int = rule in ("reduce", "concat") and e.func != "mean" and all(v.is_int for v in values)
+        is_int = rule in ("reduce", "concat", "broadcast") and e.func != "mean" and all(v.is_int for v in values)
         return Value(
             ir.BuiltinCall(e.func, tuple(v.expr for v in values), shape, span=e.span),
             is_int,
@@ -383,6 +390,42 @@ class ExpressionChecker:
             random,
             builtin_range(e.func, rule, values),
         )
+
+    def broadcast_args(self, e: ast.Call, want: Want) -> tuple[list[Value], Shape]:
+        """The arguments of min, max or clamp and the shape they broadcast to; a network among
+        them takes the shape of the others (as in arithmetic) or of what the consumer wants.
+        clamp's bounds must not be known to be out of order."""
+        free = [self.is_free(a) for a in e.args]
+        checked: dict[int, Value] = {}
+        known: Shape = ()
+        for i in sorted(range(len(e.args)), key=lambda i: free[i]):  # known shapes first
+            arg_want = Want(known) if want.shape is None and free[i] and known else want.inner()
+            checked[i] = self.expr(e.args[i], arg_want)
+            known = broadcast_shapes(known, checked[i].shape) or known
+        values = [checked[i] for i in range(len(e.args))]
+        shape: Shape = ()
+        for arg, value in zip(e.args, values):
+            joined = broadcast_shapes(shape, value.shape)
+            if joined is None:
+                raise cannot_broadcast(e.func, shape, value.shape, arg.span)
+            shape = joined
+        if e.func == "clamp":
+            low, high = values[1], values[2]
+            constants = self.constant_value(low), self.constant_value(high)
+            if None not in constants and ranges.any_above(*constants):
+                raise clamp_bounds_not_ordered(format_expr(e.args[1]), format_expr(e.args[2]), True, e.args[1].span)
+            if low.range.low > high.range.high:
+                raise clamp_bounds_not_ordered(format_expr(e.args[1]), format_expr(e.args[2]), False, e.args[1].span)
+        return values, shape
+
+    def constant_value(self, value: Value):
+        """The number or nested tuple a literal or a const stands for, else None."""
+        expr = value.expr
+        if isinstance(expr, ir.Lit):
+            return expr.value
+        if isinstance(expr, ir.Ref) and expr.name in self.vars and self.vars[expr.name].decl.role == "const":
+            return self.vars[expr.name].value
+        return None
 
     def builtin_shape(self, e: ast.Call, shapes: list[Shape]) -> Shape:
         rule, name = BUILTINS[e.func].shape_rule, e.func

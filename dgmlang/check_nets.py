@@ -18,7 +18,7 @@ from dgmlang.check_shapes import flat_size, fmt_shape
 from dgmlang.check_spans import head_span, source_text
 from dgmlang.check_values import Skip, Value, Want, merge_deps
 from dgmlang.distributions import ACTIVATIONS, NETWORKS
-from dgmlang.errors import DGMError
+from dgmlang.errors import DGMError, DGMShapeError
 
 
 class NetChecker:
@@ -33,7 +33,11 @@ class NetChecker:
             try:
                 if kw.name not in options:
                     raise unknown_net_option(kind, kw.name, name_span)
-                if kw.name in ("hidden", "channels"):
+                if kind == "gru" and kw.name == "hidden":  # one size: the state's
+                    size = self.const_int(kw.value, "a gru's hidden size", positive=True)
+                    check_limits.check_width(size, "hidden", kw.value.span)
+                    options["hidden"] = (size,)
+                elif kw.name in ("hidden", "channels"):
                     options[kw.name] = self.size_list(kw.value, kw.name, kw.name == "hidden")
                 elif kw.name == "activation":
                     if not isinstance(kw.value, ast.Name):
@@ -77,6 +81,8 @@ class NetChecker:
         args = [self.expr(arg, Want(None, why="it is a network's input")) for arg in call.args]
         sizes = tuple(flat_size(a.shape) for a in args)
         shape = want.shape
+        if kind == "gru":
+            shape = self.gru_shape(name, options, call, args, want)
         if named is not None and named.output_shape is not None:
             if shape is None:
                 shape = named.output_shape
@@ -120,7 +126,10 @@ class NetChecker:
         """A network's weights within `limits.MAX_PARAMETERS`, and a deconv's layer
         outputs within `limits.MAX_ELEMENTS` (values it computes per data point)."""
         hidden = tuple(options.get("hidden", ()))
-        if kind == "deconv":
+        if kind == "gru":  # torch's GRUCell: three gates, input and hidden weights and biases
+            state = flat_size(shape)
+            count = 3 * state * (sum(sizes) + 2)
+        elif kind == "deconv":
             channels = tuple(options.get("channels", ()))
             count, widest = check_limits.deconv_parameters(sum(sizes), hidden, channels, shape)
             check_limits.check_elements((widest,), f"a layer of network '{name}'", span)
@@ -137,9 +146,34 @@ class NetChecker:
             sizes,
             flat_size(shape),
             shape,
-            hidden=tuple(options.get("hidden", ())),
-            activation=options["activation"],
+            hidden=tuple(options.get("hidden", ())) or ((flat_size(shape),) if kind == "gru" else ()),
+            activation=options.get("activation", "tanh"),
             channels=tuple(options.get("channels", ())),
             anonymous=anonymous,
             span=span,
         )
+
+    def gru_shape(self, name: str, options: dict, call: ast.Call, args: list[Value], want: Want) -> tuple:
+        """A gru's call `cell(state, input)` gives the new state: shaped like `state`, whose
+        size is the gru's hidden size."""
+        if len(args) != 2:
+            raise DGMShapeError(
+                f"gru '{name}' takes 2 arguments, the state and the input, but {len(args)} "
+                f"{'is' if len(args) == 1 else 'are'} given", call.span,
+                hint=f"call it as `{call.func}(h[t - 1], input)`: it returns the new state, "
+                     "shaped like the old one")
+        state = args[0]
+        size = flat_size(state.shape)
+        hidden = options.get("hidden") or ()
+        if hidden and hidden[0] != size:
+            raise DGMShapeError(
+                f"gru '{name}' has hidden = {hidden[0]}, but its state "
+                f"'{source_text(call.args[0])}' has {size} values", call.args[0].span,
+                hint=f"the state is the gru's hidden vector: give it {hidden[0]} values, "
+                     f"e.g. `let h[0] = zeros({hidden[0]})`")
+        if want.shape is not None and want.shape != state.shape:
+            raise DGMShapeError(
+                f"gru '{name}' returns its new state, shaped {fmt_shape(state.shape)}, but "
+                f"{fmt_shape(want.shape)} is needed here", call.span,
+                hint="read the state with a network of its own, e.g. `out(h[t])`")
+        return state.shape

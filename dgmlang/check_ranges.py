@@ -16,6 +16,10 @@ argument directly is mapped onto its constraint, so it fits by construction.
 (True, False)
 >>> literal((0.2, 0.8)).fits("simplex"), function("softmax", REAL).fits("simplex")
 (True, True)
+>>> function("sin", REAL), function("cos", Range(0, 1.5)).fits("positive")
+(Range(low=-1.0, high=1.0, low_open=False, high_open=False, simplex=False), True)
+>>> clamp(REAL, literal(0.01), literal(1)).fits("positive"), maximum(REAL, literal(0)).low
+(True, 0.0)
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Callable, Iterable
 __all__ = [
     "Range", "REAL", "POSITIVE", "NONNEGATIVE", "UNIT", "UNIT_CLOSED", "SIMPLEX", "ONEHOT",
     "add", "sub", "neg", "mul", "div", "power", "function", "reduce", "hull", "literal",
+    "minimum", "maximum", "clamp", "any_above",
     "leaves", "value_fits", "problem", "RANGE_CONSTRAINTS",
 ]
 
@@ -110,6 +115,29 @@ def value_fits(value, constraint: str) -> bool:
             return all(value_fits(v, "simplex") for v in value)
         return all(v >= 0 for v in value) and abs(sum(value) - 1) < 1e-6
     return True
+
+
+def _rank(value) -> int:
+    return 1 + _rank(value[0]) if isinstance(value, tuple) else 0
+
+
+def any_above(low, high) -> bool:
+    """Whether an entry of the literal `low` lies above the entry of `high` it meets under
+    numpy's broadcasting (both numbers or nested tuples whose shapes broadcast).
+
+    >>> any_above((0, 2), ((1, 3), (1, 1))), any_above(0, (1, 2))
+    (True, False)
+    """
+    rank_low, rank_high = _rank(low), _rank(high)
+    if rank_low == rank_high == 0:
+        return low > high
+    if rank_low > rank_high:
+        return any(any_above(part, high) for part in low)
+    if rank_high > rank_low:
+        return any(any_above(low, part) for part in high)
+    count = max(len(low), len(high))
+    return any(any_above(low[i if len(low) > 1 else 0], high[i if len(high) > 1 else 0])
+               for i in range(count))
 
 
 def literal(value) -> Range:
@@ -231,11 +259,55 @@ def function(name: str, a: Range) -> Range:
             return neg(a)
         high, high_open = (-a.low, a.low_open) if -a.low > a.high else (a.high, a.high_open)
         return _range(0, high, False, high_open)
+    if name in ("sin", "cos"):
+        return _periodic(math.sin if name == "sin" else math.cos, a, 0.5 if name == "sin" else 0.0)
     if name == "softmax":
         return SIMPLEX
     if name == "log_softmax":
         return _range(-INF, 0, True, False)
     return REAL
+
+
+def _periodic(f: Callable[[float], float], a: Range, peak: float) -> Range:
+    """sin or cos over `a`: its values at the ends (open where the end is) and at the peaks
+    and troughs inside, which lie at (`peak` + k/2) * pi; [-1, 1] over an unbounded range."""
+    width = a.high - a.low
+    if math.isinf(width) or width >= 2 * math.pi:
+        return _range(-1, 1, False, False)
+    candidates = [(f(a.low), a.low_open), (f(a.high), a.high_open)]
+    k = math.ceil(a.low / math.pi - peak)
+    while (k + peak) * math.pi <= a.high:
+        x = (k + peak) * math.pi
+        if a.low < x < a.high:
+            candidates.append((f(x), False))
+        k += 1
+    low = min(v for v, _ in candidates)
+    high = max(v for v, _ in candidates)
+    return _range(max(low, -1.0), min(high, 1.0), all(o for v, o in candidates if v == low),
+                  all(o for v, o in candidates if v == high))
+
+
+def maximum(a: Range, b: Range) -> Range:
+    """The element-wise larger of a value in `a` and one in `b`."""
+    if a.low != b.low:
+        low, low_open = (a.low, a.low_open) if a.low > b.low else (b.low, b.low_open)
+    else:
+        low, low_open = a.low, a.low_open or b.low_open
+    if a.high != b.high:
+        high, high_open = (a.high, a.high_open) if a.high > b.high else (b.high, b.high_open)
+    else:
+        high, high_open = a.high, a.high_open and b.high_open
+    return _range(low, high, low_open, high_open)
+
+
+def minimum(a: Range, b: Range) -> Range:
+    """The element-wise smaller of a value in `a` and one in `b`."""
+    return neg(maximum(neg(a), neg(b)))
+
+
+def clamp(x: Range, low: Range, high: Range) -> Range:
+    """``clamp(x, lo, hi)``, which is ``min(max(x, lo), hi)`` (hi wins where lo > hi)."""
+    return minimum(maximum(x, low), high)
 
 
 def reduce(name: str, a: Range, size: int, last: int) -> Range:

@@ -61,6 +61,15 @@ def cannot_broadcast(op: str, left: Shape, right: Shape, span) -> DGMError:
     )
 
 
+def clamp_bounds_not_ordered(low: str, high: str, constant: bool, span) -> DGMError:
+    how = "is above" if constant else "is always above"
+    return DGMTypeError(
+        f"clamp's lower bound '{low}' {how} its upper bound '{high}'",
+        span,
+        hint="write clamp(x, lo, hi) with lo <= hi, e.g. clamp(x, 0.01, 1)",
+    )
+
+
 def list_items_differ(first: Shape, other: Shape, span) -> DGMError:
     return DGMShapeError(
         f"list items have different shapes: {fmt_shape(first)} and {fmt_shape(other)}",
@@ -277,6 +286,9 @@ BUILTIN_USAGE = {
     "matmul": "write matmul(A, b)",
     "concat": "write concat(a, b, ...)",
     "onehot": "write onehot(y, K) for an int y and K classes",
+    "min": "write min(a, b): the smaller of a and b, entry by entry",
+    "max": "write max(a, b): the larger of a and b, entry by entry",
+    "clamp": "write clamp(x, lo, hi): x kept between lo and hi",
     "zeros": "write zeros(n) or zeros(n, m)",
     "ones": "write ones(n) or ones(n, m)",
 }

@@ -59,7 +59,7 @@ class TimeChecker:
 
     def flatten_body(self) -> list:
         """The model's statements with every loop's body in its place; each step draw of a
-        loop remembers its loop (`loop_of`). Loop bodies hold draws of one step only."""
+        loop remembers its loop (`loop_of`). Loop bodies hold draws and lets of one step only."""
         self.loop_of: dict[int, ast.For] = {}
         self.loop_ranges: dict[int, tuple[int, int] | None] = {}
         self.step_runs: dict[str, list[tuple[ir.Steps, ast.Draw]]] = {}
@@ -69,7 +69,7 @@ class TimeChecker:
         for stmt in self.model.body:
             if not isinstance(stmt, ast.For):
                 if isinstance(stmt, ast.Let) and stmt.index is not None:
-                    self.refuse_let(stmt)
+                    self.let_step(stmt, None)  # a step of a recurrent let (dgmlang.check_recur)
                 flat.append(stmt)
                 continue
             for inner in stmt.body:
@@ -88,7 +88,7 @@ class TimeChecker:
                     if inner.index is not None:
                         self.loop_of[id(inner)] = stmt
                 elif isinstance(inner, ast.Let):
-                    self.refuse_let(inner)
+                    self.let_step(inner, stmt)
                 else:
                     self.report(DGMModelError(
                         "a loop holds draws; declarations and networks go outside it",
@@ -96,11 +96,6 @@ class TimeChecker:
                 flat.append(inner)
         self.sequences = {s.target for s in flat if isinstance(s, ast.Draw) and s.index is not None}
         return flat
-
-    def refuse_let(self, let: ast.Let) -> None:
-        self.bad_lets.add(let.name)
-        self.report(not_supported("a let inside a loop or of one step (a recurrent let)", let.span,
-                                  "compute it outside the loop from whole variables"))
 
     def loop_range(self, loop: ast.For) -> tuple[int, int | str]:
         """The loop's first step and its stop: a constant, or the name of the int input
@@ -325,7 +320,7 @@ class TimeChecker:
 
     def check_summable(self, names: list[str]) -> None:
         """What the compiled layer serves: first-order Categorical chains, each emitting one
-        data sequence step by step."""
+        data sequence step by step, and autoregressive data sequences."""
         runs = {n: self.step_runs[n] for n in names}
         reads: dict[str, set[tuple[str, int]]] = {n: set() for n in names}
         for target, name, lag, span in self.step_reads:
@@ -358,6 +353,8 @@ class TimeChecker:
                         raise not_supported(f"'{name}' reads {name}[t - {lag}]: a chain of order {lag}",
                                             where, f"a chain's steps read only its previous step, {name}[t - 1]")
                 continue
+            if self.check_autoregressive(name, reads[name], where):
+                continue  # it reads no chain: dgmlang.recurrence scores it (dgmlang.check_recur)
             latents = {other for other, _ in reads[name] if self.vars[other].decl.role == "latent"}
             lagged = sorted((o, lag) for o, lag in reads[name] if lag != 0 or o not in latents)
             if lagged:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from dgmlang import chains, checkpoint, devices, posterior, training, weights
+from dgmlang import chains, checkpoint, devices, export, posterior, training, weights
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.facts import ModelFacts
 from dgmlang.guide import build_guide
@@ -180,7 +180,7 @@ class CompiledModel:
             checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
             checkpoint_seconds: float | None = training.DEFAULT_CHECKPOINT_SECONDS,
             should_stop: Callable[[], bool] | None = None,
-            aux_weight: float = training.AUX_WEIGHT) -> list[float]:
+            aux_weight: float = training.AUX_WEIGHT, compile: Any = False) -> list[float]:
         """Fit the model and guide to `data`; returns the loss per step, per data point.
 
         `data` holds every data and input variable shaped ``(n, *shape)``. With neither
@@ -223,6 +223,14 @@ class CompiledModel:
         `should_stop` on any process stops all after the same step, and a run resumes in
         as many processes as it was trained by. See `dgmlang.training.fit` and
         docs/inference.md.
+
+        `compile=True` runs the training step through `torch.compile` (inductor; or give a
+        backend name such as "aot_eager", or a backend function) from the run's second step
+        on: one graph serves every batch size, the warm-up's seconds are appended to
+        ``history["compile_seconds"]``, and where it cannot compile (no C++ compiler, a
+        model the fast path does not serve, missing entries) a `DGMWarning` says so and the
+        step runs eagerly. Compiled random draws differ from eager ones, so a compiled run is
+        not bit-identical to an eager one. See `dgmlang.compiling`.
         """
         return training.fit(self, data, mask=mask, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                             num_particles=num_particles, objective=objective,
@@ -230,7 +238,7 @@ class CompiledModel:
                             fresh_optimizer=fresh_optimizer, checkpoint=checkpoint,
                             checkpoint_every=checkpoint_every,
                             checkpoint_seconds=checkpoint_seconds, should_stop=should_stop,
-                            aux_weight=aux_weight)
+                            aux_weight=aux_weight, compile=compile)
 
     def objective(self, objective: str, num_particles: int, *,
                   aux_weight: float = 0.0) -> Callable[..., torch.Tensor]:
@@ -318,6 +326,15 @@ class CompiledModel:
         """
         return posterior.invert(self, data, mask=mask, num_samples=num_samples, seed=seed,
                                 progress=progress, method=method)
+
+    def to_arviz(self, data: Any, *, draws: Mapping[str, torch.Tensor] | None = None,
+                 mask: Mapping[str, Any] | None = None, num_samples: int = 100,
+                 seed: int | None = None) -> Any:
+        """The posterior given `data` as an `arviz.InferenceData` (posterior, observed_data and
+        log_likelihood groups; one chain); `draws` are `invert`'s for the same data, or
+        `invert` is called. Needs ``pip install 'dgmlang[arviz]'``; see `dgmlang.export`."""
+        return export.to_inference_data(self, data, draws=draws, mask=mask,
+                                        num_samples=num_samples, seed=seed)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -740,6 +740,27 @@ class Dataset:
         picked = _compose(self.selected, _normal_rows(index, self.n))
         return Dataset(self.columns, self.n, picked)
 
+    def resident(self) -> dict[str, torch.Tensor] | None:
+        """Every column as the in-memory tensor it is read from, when each already is one in
+        its batch dtype with nothing missing (then ``tensor[rows]`` is ``rows(rows).values``,
+        without the selection's bookkeeping, which a small model's training step notices);
+        None otherwise (memmaps, torch Datasets, conversions, missing entries, a selection).
+
+        >>> d = Dataset.of({"x": torch.arange(6.0).reshape(3, 2)})
+        >>> d.resident()["x"][torch.tensor([2, 0])].tolist()
+        [[4.0, 5.0], [0.0, 1.0]]
+        """
+        if self.selected != slice(0, self.n, 1):
+            return None
+        tensors = {}
+        for name, column in self.columns.items():
+            dtype = torch.long if column.integer else column.float_dtype
+            if (column.has_missing or not isinstance(column.raw, _TensorColumn)
+                    or column.raw.tensor.dtype != dtype or column.raw.tensor.device.type != "cpu"):
+                return None
+            tensors[name] = column.raw.tensor
+        return tensors
+
     def _read(self, read: Callable[[_Prepared, Any], torch.Tensor], column: _Prepared) -> torch.Tensor:
         """`read(column, rows)` for the selected rows, a `CHUNK_CELLS` piece at a time into one
         tensor when the selection is large (no second full-size copy on the way)."""
@@ -1011,7 +1032,7 @@ def check_marginalizable(ir: ModelIR, dataset: Dataset, *, purpose: str,
             continue
         hint = ("invert(data, mask=...) handles every missing pattern; here fill or drop the "
                 "rows with missing entries")
-        if column.raw is None:
+        if column.raw is None and purpose != "invert":  # invert fills a variable left out
             raise DGMDataError(f"{purpose}: no values for '{name}'",
                                hint="give every data and input variable, each shaped (n, *shape)")
         children = sorted(facts.graph.successors(name)) if name in facts.graph else []

@@ -122,3 +122,49 @@ def _load_arrays():
     images.setflags(write=False)
     labels.setflags(write=False)
     return images, labels
+
+
+#: The characters `pydoc_text` keeps as themselves: tab, newline and printable ASCII (97);
+#: every other character is code 97, "other" (so 98 codes in all).
+CHARS = "\t\n" + "".join(chr(c) for c in range(32, 127))
+#: The fraction of the text, at its end, that `pydoc_text` holds out.
+HELD_OUT = 0.05
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text cut into sequences of character codes (int64, 0..97; see `CHARS`): `train`
+    and `test` ``(n, steps)``, and `decode` to read codes back."""
+
+    train: "torch.Tensor"
+    test: "torch.Tensor"
+
+    @staticmethod
+    def decode(codes) -> str:
+        return "".join(CHARS[int(c)] if int(c) < len(CHARS) else "\N{REPLACEMENT CHARACTER}" for c in codes)
+
+
+def pydoc_text(steps: int) -> Text:
+    """The text of `pydoc_data.topics` (shipped with CPython: the topics of `help()`, about
+    465,000 characters), its values joined in sorted key order, as character codes cut into
+    sequences of `steps`: the first 95% for training, the last 5% held out (each part's
+    last partial sequence dropped).
+
+    >>> text = pydoc_text(64)
+    >>> tuple(text.train.shape), tuple(text.test.shape)
+    ((6901, 64), (363, 64))
+    >>> Text.decode(text.train[0, :12])
+    'The "assert"'
+    """
+    import torch
+    from pydoc_data.topics import topics
+
+    whole = "".join(topics[key] for key in sorted(topics))
+    index = {c: i for i, c in enumerate(CHARS)}
+    codes = torch.tensor([index.get(c, len(CHARS)) for c in whole], dtype=torch.int64)
+    cut = int(len(codes) * (1 - HELD_OUT))
+
+    def sequences(part: "torch.Tensor") -> "torch.Tensor":
+        return part[: len(part) // steps * steps].reshape(-1, steps)
+
+    return Text(sequences(codes[:cut]), sequences(codes[cut:]))

@@ -17,8 +17,8 @@ one must be given (``probs`` / ``logits``); a parameter with a `default` may be 
 ['loc', 'scale']
 >>> DISTRIBUTIONS["Categorical"].param("logits").event_rank
 1
->>> BUILTINS["exp"].shape_rule, BUILTINS["onehot"].arity
-('elementwise', (2, 2))
+>>> BUILTINS["exp"].shape_rule, BUILTINS["onehot"].arity, BUILTINS["clamp"].shape_rule
+('elementwise', (2, 2), 'broadcast')
 """
 from __future__ import annotations
 
@@ -184,7 +184,9 @@ class BuiltinSpec:
     """A built-in function: how many positional arguments it takes (min, max; None = any)
     and its shape rule, one of:
 
-    * "elementwise" — one argument, same shape (exp, log, ...);
+    * "elementwise" — one argument, same shape (exp, log, sin, ...);
+    * "broadcast" — element-wise on several arguments, numpy-broadcast to one shape (min,
+      max, clamp);
     * "last_dim" — one argument of at least one dimension, same shape, acts on the last
       dimension (softmax, log_softmax);
     * "reduce" — one argument, reduced over all its event dimensions to a scalar (sum, mean);
@@ -204,7 +206,10 @@ BUILTINS: dict[str, BuiltinSpec] = {
     b.name: b
     for b in (
         *(BuiltinSpec(n, (1, 1), "elementwise")
-          for n in ("exp", "log", "sqrt", "abs", "sigmoid", "softplus", "tanh", "relu")),
+          for n in ("exp", "log", "sqrt", "abs", "sigmoid", "softplus", "tanh", "relu", "sin", "cos")),
+        BuiltinSpec("min", (2, 2), "broadcast"),
+        BuiltinSpec("max", (2, 2), "broadcast"),
+        BuiltinSpec("clamp", (3, 3), "broadcast"),
         BuiltinSpec("softmax", (1, 1), "last_dim"),
         BuiltinSpec("log_softmax", (1, 1), "last_dim"),
         BuiltinSpec("sum", (1, 1), "reduce"),
@@ -223,6 +228,9 @@ BUILTINS: dict[str, BuiltinSpec] = {
 NETWORKS: dict[str, dict[str, object]] = {
     "mlp": {"hidden": (256,), "activation": "relu"},
     "deconv": {"channels": (64, 32), "activation": "relu"},
+    # a recurrent cell: `cell(state, input)` is the new state (torch's GRUCell); hidden, the
+    # state's size, is read from the state when not given
+    "gru": {"hidden": ()},
 }
 
 #: Activation names a network may use (`activation = tanh`); torch.nn has a module for each.

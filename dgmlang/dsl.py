@@ -161,11 +161,38 @@ class Model:
 
     # -- statements
 
-    def let(self, name: str, value: Any) -> Expr:
-        """`let name = value` -- a named deterministic value."""
+    def let(self, name: str | Expr, value: Any, *, step: Any = None) -> Expr:
+        """`let name = value` -- a named deterministic value; with `step` (or a handle
+        indexed by one, `h[t]`), one step of a recurrent let, `let name[step] = value` (see
+        docs/language.md, "Time").
+
+        >>> m = Model("lm")
+        >>> x = m.data("x", [8], type="int")
+        >>> cell = m.net("cell", gru(hidden=4))
+        >>> h = m.let("h", zeros(4), step=0)
+        >>> with m.loop("t", 1, 8) as t:
+        ...     _ = m.let(h[t], cell(h[t - 1], onehot(x[t - 1], 3)))
+        ...     m.draw(x[t], Categorical(logits=mlp(h[t], hidden=[]) + zeros(3)))
+        >>> m.draw(x[0], Categorical(logits=zeros(3)))
+        >>> m.ir().lets[0].steps[1].first
+        1
+        >>> print(m.to_dgm().splitlines()[6])
+                let h[t] = cell(h[t - 1], onehot(x[t - 1], 3))
+        """
         span = caller_span()
-        name = check_name(name, "let", span)
-        self._append(ast.Let(name, to_node(value, span), span))
+        node = name.node if isinstance(name, Expr) else name
+        if isinstance(node, ast.Index) and isinstance(node.value, ast.Name) and len(node.indices) == 1 \
+                and step is None:
+            node, index = node.value.name, node.indices[0]
+        else:
+            index = None if step is None else to_node(step, span)
+        if isinstance(node, ast.Name):
+            node = node.name
+        if not isinstance(node, str):
+            raise DGMTypeError("a let is named by a string, or is one step of a recurrent let (h[t])", span,
+                               hint='e.g. m.let("h", zeros(8), step=0), then m.let(h[t], ...) inside m.loop')
+        name = check_name(node, "let", span)
+        self._append(ast.Let(name, to_node(value, span), span, index))
         return Expr(ast.Name(name, span))
 
     def net(self, name: str, network: Expr) -> Network:

@@ -37,6 +37,8 @@ _ELEMENTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": nn.functional.softplus,
     "tanh": torch.tanh,
     "relu": torch.relu,
+    "sin": torch.sin,
+    "cos": torch.cos,
 }
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -136,15 +138,18 @@ class Evaluator:
 
     # ------------------------------------------------------------------ cached constants
 
-    def refresh(self) -> None:
+    def refresh(self) -> bool:
         """Read the host's dtype and device, and Pyro's validation setting, once per call of
         a consumer (the model, the guide, the fast loss); cached values made under another
-        setting are dropped (a distribution keeps the setting it was built under)."""
+        setting are dropped (a distribution keeps the setting it was built under). Returns
+        whether they were."""
         self.dtype, self.device = self.host.dtype, self.host.device
         state = (self.dtype, self.device, torch.distributions.Distribution._validate_args)
-        if state != self._cache_key:
-            self._cache.clear()
-            self._cache_key = state
+        if state == self._cache_key:
+            return False
+        self._cache.clear()
+        self._cache_key = state
+        return True
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """A value that never changes for this model (a constant expression, a distribution
@@ -297,6 +302,12 @@ class Evaluator:
         ranks = [len(a.shape) for a in expr.args]
         if func in _ELEMENTWISE:
             return _ELEMENTWISE[func](args[0].to(dtype))
+        if func in ("min", "max", "clamp"):
+            rank = len(expr.shape)
+            x, *bounds = (pad_event(v, r, rank).to(dtype) for v, r in zip(args, ranks))
+            if func == "clamp":  # min(max(x, lo), hi), as torch.clamp: hi wins where lo > hi
+                return torch.minimum(torch.maximum(x, bounds[0]), bounds[1])
+            return (torch.minimum if func == "min" else torch.maximum)(x, bounds[0])
         if func == "softmax":
             return torch.softmax(args[0], dim=-1)
         if func == "log_softmax":
@@ -335,8 +346,8 @@ class Evaluator:
 def _take(value: torch.Tensor, n_batch: int, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``value`` indexed along event dim `dim` by a per-point integer tensor (batch dims only):
     the result has the broadcast batch dims on the left and `dim` removed."""
-    if n_batch == 0:
-        return value.movedim(dim, 0)[index]
+    if n_batch == 0:  # (dim 0 needs no move: a move would cost an op and its backward)
+        return (value if dim == 0 else value.movedim(dim, 0))[index]
     moved = value.movedim(dim, -1)  # (*vb, *rest, n)
     rest = moved.shape[n_batch:-1]
     batch = torch.broadcast_shapes(moved.shape[:n_batch], index.shape)

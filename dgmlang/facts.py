@@ -45,7 +45,7 @@ class ModelFacts:
 
     Attributes: `ir`, `graph` (the DAG of `dgmlang.graph`), `order` (topological),
     `global_order`, `local_order` (data and latents), `data_order`, `variables`, `draws`,
-    `lets` (by name), `onehot_classes` (K of the first ``onehot(name, K)`` per name) and
+    `lets` (by name), `recurrent_lets`, `onehot_classes` (K of the first ``onehot(name, K)`` per name) and
     `integer_uses` (every bounding use per name).
     """
 
@@ -54,7 +54,9 @@ class ModelFacts:
         self.graph = graph if graph is not None else build_graph(ir)
         self.variables = {v.name: v for v in ir.variables}
         self.draws = {d.target: d for d in ir.draws}
-        self.lets = {let.name: let.value for let in ir.lets}
+        self.lets = {let.name: let.value for let in ir.lets if not let.steps}
+        #: recurrent lets (`let h[t] = ...`) by name, served by `dgmlang.recurrence`
+        self.recurrent_lets = {let.name: let for let in ir.lets if let.steps}
         self.consts = frozenset(v.name for v in ir.variables if v.role == "const")
         self.order = topological_order(self.graph)
         roles = {v.name: v.role for v in ir.variables}
@@ -134,7 +136,8 @@ class ModelFacts:
                 if run.length is not None:  # a sequence's length: 0..T steps
                     steps = self.variables[draw.target].shape[0]
                     self.integer_uses.setdefault(run.length, []).append(IntegerUse("length", steps + 1, draw.span))
-        exprs = [e for d in self.ir.draws for e in d.expressions] + list(self.lets.values())
+        exprs = [e for d in self.ir.draws for e in d.expressions] + list(self.lets.values()) + [
+            run.value for let in self.recurrent_lets.values() for run in let.steps]
         for e in irm.walk(exprs):
             if (isinstance(e, irm.BuiltinCall) and e.func == "onehot"
                     and isinstance(e.args[0], irm.Ref) and isinstance(e.args[1], irm.Lit)):

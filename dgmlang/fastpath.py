@@ -95,6 +95,10 @@ class FastLoss:
         self._model_sites = [(site, site.enumerable and site.name not in sampled)
                              for site in lowered.sites]
         self._enumerates = any(enumerated for _, enumerated in self._model_sites)
+        #: keep every local term per data point and sum them last (the same bound, summed
+        #: in another order): a compiled step then never reduces the batch and event dims
+        #: in one kernel, so inductor's code serves every batch size (`dgmlang.compiling`)
+        self.per_point_terms = False
 
     def loss(self, batch: Mapping[str, torch.Tensor], size: int,
              mask: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -115,19 +119,21 @@ class FastLoss:
             mask = {name: m.to(device) for name, m in mask.items()}
             model_values = {name: env[name] for name in mask}
             env.update(self.guide.filled(model_values, mask))
-        n = len(next(iter(batch.values())))
+        n = next(iter(batch.values())).shape[0]
         iwae = self.objective == "iwae"
         particles = self.num_particles
         global_plates = ((-2, particles),) if particles > 1 and not iwae else ()
         local_plates = ((-2, particles), (-1, n)) if particles > 1 else ((-1, n),)
-        label = next((name for name in self._labels if mask and name in mask), None)
+        label = next((name for name in self._labels if name in mask), None) if mask else None
         if label is not None:
             return self._semi_supervised(env, model_values, mask, label, size, n,
                                          global_plates, local_plates)
         # With latents summed out, or per-point weights to combine, the local terms are kept
         # per particle and data point; otherwise each is summed at once.
-        per_point = iwae or self._enumerates
-        log_p_global = log_p_local = 0.0
+        per_point = iwae or self._enumerates or self.per_point_terms
+        # Sums start from None, not 0.0: adding a Python zero would cost an op and an
+        # autograd node per term for nothing (a small model's step is mostly such overhead).
+        log_p_global = log_p_local = None
         log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, per_point,
                                                      model_values, mask)
         env.update(model_values)  # the model scores the data as given (placeholders masked)
@@ -135,30 +141,58 @@ class FastLoss:
         enumerated = 0
         for model_site, enumerate_it in self._model_sites:
             if model_site.is_global:
-                log_p_global = log_p_global + model_site.log_prob(env, global_plates, False)
+                log_p_global = _plus(log_p_global, model_site.log_prob(env, global_plates, False))
                 continue
-            if enumerate_it:
-                model_site.enumerate(env, len(local_plates) + enumerated)
+            if enumerate_it and model_site.constant and not mask:
+                term = self._constant_enumerated(model_site, env, local_plates, enumerated)
                 enumerated += 1
-            term = model_site.log_prob(env, local_plates, per_point,
-                                       mask.get(model_site.name) if mask else None)
-            if per_point and any(extent > 1 for extent in term.shape[: term.dim() - len(local_plates)]):
-                summed_out = term if summed_out is None else summed_out + term
-            elif per_point:
-                log_p_local = log_p_local + term.reshape(term.shape[term.dim() - len(local_plates):])
             else:
-                log_p_local = log_p_local + term
+                if enumerate_it:
+                    model_site.enumerate(env, len(local_plates) + enumerated)
+                    enumerated += 1
+                term = model_site.log_prob(env, local_plates, per_point,
+                                           mask.get(model_site.name) if mask else None)
+            if per_point and term.dim() > len(local_plates) and any(
+                    extent > 1 for extent in term.shape[: term.dim() - len(local_plates)]):
+                summed_out = _plus(summed_out, term)
+            elif per_point:
+                log_p_local = _plus(log_p_local, term.reshape(term.shape[term.dim() - len(local_plates):]))
+            else:
+                log_p_local = _plus(log_p_local, term)
         if summed_out is not None:  # log-sum-exp over the enumeration dims, left of the plates
-            log_p_local = log_p_local + summed_out.logsumexp(
-                tuple(range(summed_out.dim() - len(local_plates))))
+            log_p_local = _plus(log_p_local, summed_out.logsumexp(
+                tuple(range(summed_out.dim() - len(local_plates)))))
+        log_p_local = 0.0 if log_p_local is None else log_p_local
         if iwae:
-            weights = (log_p_local - log_q_local).logsumexp(0) - math.log(particles)
+            weights = _minus(log_p_local, log_q_local).logsumexp(0) - math.log(particles)
             return -(weights.sum() * (size / n))
-        local = log_p_local - log_q_local
-        if per_point:
+        local = _minus(log_p_local, log_q_local)
+        if per_point and isinstance(local, torch.Tensor):
             local = local.sum()
-        elbo = (log_p_global - log_q_global) + local * (size / n)
+        elbo = local * (size / n)
+        if log_p_global is not None or log_q_global is not None:
+            elbo = _minus(log_p_global, log_q_global) + elbo
         return -elbo / particles if particles > 1 else -elbo
+
+    def _constant_enumerated(self, site, env, local_plates, enumerated: int) -> torch.Tensor:
+        """Enumerate a latent whose distribution is constant (``c ~ Categorical(logits =
+        zeros(3))``): its support goes into `env` and its per-point log-prob term is
+        returned, both computed once (per dtype, device, plates and position among the
+        enumerated latents; `Evaluator.cached` drops them when those change)."""
+        # made over a data plate of one point and expanded to the batch's: the cache does
+        # not depend on the batch size (a compiled step serves every size with one graph)
+        one_point = tuple((dim, 1 if dim == -1 else size) for dim, size in local_plates)
+        key = ("fastpath-enumerated", site.name, one_point, enumerated)
+
+        def make():
+            scratch = dict(env)
+            site.enumerate(scratch, len(local_plates) + enumerated)
+            return scratch[site.name], site.log_prob(scratch, one_point, True)
+
+        support, term = self.lowered.evaluator.cached(key, make)
+        env[site.name] = support
+        left = term.shape[: term.dim() - len(local_plates)]
+        return term.expand(*left, *plate_batch_shape((), local_plates))
 
 
     def _draw_guide(self, env, global_plates, local_plates, per_point: bool,
@@ -168,7 +202,7 @@ class FastLoss:
         imputed data variable in `mask` gets its missing entries drawn before the local
         latents (log q over those entries only), and its filled value goes into `env` and
         `model_values` (the model scores every entry of it: its mask is taken out)."""
-        log_q_global = log_q_local = 0.0
+        log_q_global = log_q_local = None
         imputing = [site for name, site in self._imputations.items() if mask and name in mask]
         for site in [*self._guide_sites, None]:
             if imputing and (site is None or not site.is_global):
@@ -180,7 +214,7 @@ class FastLoss:
                         q = q.expand(target)
                     draw = q.rsample()
                     log_q = q.log_prob(draw)
-                    log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+                    log_q_local = _plus(log_q_local, log_q if per_point else log_q.sum())
                     env[name] = model_values[name] = torch.where(seen, model_values[name], draw)
                 imputing = []
             if site is None:
@@ -193,9 +227,9 @@ class FastLoss:
             value = env[site.name] = q.rsample()
             log_q = q.log_prob(value)
             if site.is_global:
-                log_q_global = log_q_global + log_q.sum()
+                log_q_global = _plus(log_q_global, log_q.sum())
             else:
-                log_q_local = log_q_local + (log_q if per_point else log_q.sum())
+                log_q_local = _plus(log_q_local, log_q if per_point else log_q.sum())
         return log_q_global, log_q_local
 
     def _semi_supervised(self, env, model_values, mask, label, size, n, global_plates,
@@ -229,7 +263,7 @@ class FastLoss:
         log_p_global = 0.0
         log_q_global, log_q_local = self._draw_guide(env, global_plates, local_plates, True,
                                                      model_values, mask)
-        local = -log_q_local
+        local = 0.0 if log_q_local is None else -log_q_local
         for name, value in model_values.items():
             if name != label:
                 env[name] = value
@@ -240,13 +274,25 @@ class FastLoss:
             drop = mask.get(model_site.name) if model_site.name != label else None
             local = local + model_site.log_prob(env, local_plates, True, drop)
         per_point = (weights * (local - entropy_term)).sum(0)  # ([particles,] n)
-        elbo = (log_p_global - log_q_global) + per_point.sum() * (size / n)
+        elbo = _minus(log_p_global, log_q_global) + per_point.sum() * (size / n)
         elbo = elbo / particles if particles > 1 else elbo
         if self.aux_weight:
             log_q_observed = q_label.log_prob(given)
             aux = torch.where(observed, log_q_observed, torch.zeros_like(log_q_observed)).sum()
             elbo = elbo + self.aux_weight * aux * (size / n)
         return -elbo
+
+
+def _plus(total, term):
+    """``total + term``, where a `total` of None is an empty sum (no op for it)."""
+    return term if total is None else total + term
+
+
+def _minus(left, right):
+    """``left - right``, where None is zero on either side (no op for it)."""
+    if right is None:
+        return 0.0 if left is None else left
+    return -right if left is None else left - right
 
 
 def unsupported_reason(ir: irm.ModelIR, plan, *, objective: str = "elbo") -> str | None:

@@ -97,6 +97,8 @@ def _build_graph(ir: irm.ModelIR) -> nx.DiGraph:
                 parents.add(ref.name)
             elif ref.name not in roles:
                 raise DGMNameError(f"unknown name '{ref.name}'", ref.span)
+        if draw.steps:
+            parents.discard(draw.target)  # a sequence reading its own past through a recurrent let
         graph.add_edges_from((p, draw.target) for p in parents)
     cycle = _find_cycle(graph)
     if cycle:
@@ -152,7 +154,9 @@ def _let_references(ir: irm.ModelIR, roles: dict[str, str]) -> dict[str, frozens
     Each let is resolved once (memoized, iteratively: a chain of thousands of lets must not
     hit the recursion limit)."""
     lets = {let.name: let for let in ir.lets}
-    direct = {name: list(_refs([let.value])) for name, let in lets.items()}
+    # a recurrent let reads what all its steps read, less its own earlier steps
+    direct = {name: [r for r in _refs([run.value for run in let.steps] or [let.value])
+                     if not (let.steps and r.name == name)] for name, let in lets.items()}
     resolved: dict[str, frozenset[str]] = {}
     for root in lets:
         if root in resolved:

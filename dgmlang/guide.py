@@ -57,7 +57,7 @@ from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang import statespace
 from dgmlang.facts import ModelFacts
 from dgmlang.inverse import STRUCTURED_CHAIN
-from dgmlang.lower import PLATE_NAME, LoweredModel, safe_attribute
+from dgmlang.lower import PLATE_NAME, LoweredModel, announce_parameters, safe_attribute
 from dgmlang.nets import FlatMLP, seeded
 from dgmlang.sites import (GuideSite, LatentShape, Reference, guide_inputs, latent_shape, missing_site,
                            raw_size)
@@ -147,7 +147,9 @@ class AmortizedGuide(PyroModule):
             self._build(ir, plan, lowered, seed)
 
     def _build(self, ir: irm.ModelIR, plan, lowered: LoweredModel, seed: int) -> None:
-        super().__init__(name=f"{lowered.unique_name}.guide{next(_instance_ids)}")
+        #: the module's name in Pyro's param store, unique per build (``gmm.0.guide1``)
+        self.store_name = f"{lowered.unique_name}.guide{next(_instance_ids)}"
+        super().__init__(name=self.store_name)
         object.__setattr__(self, "_lowered", lowered)  # the model's module, not a submodule
         facts = lowered.facts
         self.ir = ir
@@ -292,6 +294,7 @@ class AmortizedGuide(PyroModule):
         """
         lowered = self._lowered
         lowered.evaluator.refresh()
+        announce_parameters(self, self.store_name)
         batch = dict(batch or {})
         n_batch = lowered.batch_size_of(batch, batch_size)
         total = n_batch if size is None else int(size)

@@ -185,7 +185,7 @@ class Net:
     call of a named net agrees); `output_size` is the flat size it must produce."""
 
     name: str
-    kind: str  # "mlp" | "deconv"
+    kind: str  # "mlp" | "deconv" | "gru" (input_sizes: the state's, then the input's)
     input_sizes: tuple[int, ...]
     output_size: int
     output_shape: Shape
@@ -253,10 +253,25 @@ class Steps:
 
 
 @dataclass(frozen=True)
+class LetSteps:
+    """Steps `first`, ..., `stop - 1` of a recurrent let, each computed as `value` (over one
+    step's shape; it reads other steps, its own earlier ones included, through `StepRef`)."""
+
+    first: int
+    stop: int
+    value: IRExpr
+
+
+@dataclass(frozen=True)
 class LetDef:
+    """`let name = value`; a recurrent let (`let h[0] = ...`, `let h[t] = ...(h[t - 1])`)
+    has `steps`, its runs in time order together covering steps 0 to T - 1 once, and
+    `value` is then its last run's value (one step's shape)."""
+
     name: str
     value: IRExpr
     span: Span | None = _span()
+    steps: tuple[LetSteps, ...] = ()
 
 
 @dataclass(frozen=True)

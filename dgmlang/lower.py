@@ -44,6 +44,7 @@ from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
 from dgmlang.chains import ChainSite, chain_pairs, refuse_gaps
 from dgmlang import statespace
+from dgmlang.recurrence import SequenceSite, autoregressive_data
 from dgmlang.sites import ModelSite, missing_site
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
@@ -68,6 +69,20 @@ def safe_attribute(container: nn.Module, name: str) -> str:
     while hasattr(container, key) or hasattr(container, key + "_unconstrained"):
         key += "_"
     return key
+
+
+def announce_parameters(module: PyroModule, store_name: str) -> None:
+    """Under Pyro's global param store (the default), name the weights of `module`'s plain
+    torch submodules (networks, references) in ``pyro.param`` statements, as
+    ``pyro.module(store_name.child, ...)`` does, so a user's own `pyro.infer.SVI` loop, which
+    optimizes what its traces' param statements name, trains them too. `PyroParam`s announce
+    themselves. Under ``module_local_params`` (how `fit` runs) nothing is announced:
+    ``elbo(model, guide).parameters()`` and `module.parameters()` already hold everything."""
+    if pyro.settings.get("module_local_params"):
+        return
+    for name, child in module.named_children():
+        if not isinstance(child, PyroModule) and any(True for _ in child.parameters()):
+            pyro.module(f"{store_name}${name}", child)
 
 
 class ParamBank(PyroModule):
@@ -110,7 +125,8 @@ class LoweredModel(PyroModule):
     `ParamBank`), `evaluator` (`dgmlang.evaluate.Evaluator`), `sites` (one
     `dgmlang.sites.ModelSite` per random variable: globals, then the rest, each in
     topological order; a data sequence and its latent chain are one
-    `dgmlang.chains.ChainSite`, also in `chains` by the chain's name), `max_plate_nesting`.
+    `dgmlang.chains.ChainSite`, also in `chains` by the chain's name; an autoregressive data
+    sequence is a `dgmlang.recurrence.SequenceSite`), `max_plate_nesting`.
     """
 
     def __init__(self, ir: irm.ModelIR, *, seed: int = 0, facts: ModelFacts | None = None):
@@ -146,12 +162,14 @@ class LoweredModel(PyroModule):
         self.params = params
         self.evaluator = Evaluator(ir, self, facts=facts)
         continuous = statespace.continuous_chains(facts)  # sites of their own, not summed out
+        recurrent = autoregressive_data(facts)
         pairs = {data: chain for data, chain in chain_pairs(facts).items() if chain not in continuous}
         chains = set(pairs.values())
         #: each data sequence's site (`dgmlang.chains.ChainSite`) by its chain's name
         self.chains = {chain: ChainSite(data, chain, facts, self.evaluator, self.net)
                        for data, chain in pairs.items()}
         self.sites = [self.chains[pairs[name]] if name in pairs else
+                      SequenceSite(name, facts, self.evaluator, self.net) if name in recurrent else
                       statespace.sequence_site(name, facts, self.evaluator, self.net)
                       or ModelSite(name, facts, self.evaluator, self.net)
                       for name in (*facts.global_order, *facts.local_order) if name not in chains]
@@ -190,6 +208,7 @@ class LoweredModel(PyroModule):
         anything, NaN included.
         """
         self.evaluator.refresh()
+        announce_parameters(self, self.unique_name)
         batch = dict(batch or {})
         mask = dict(mask or {})
         n_batch = self.batch_size_of(batch, batch_size)
@@ -223,7 +242,7 @@ class LoweredModel(PyroModule):
                                 f"the mask of '{name}' should be shaped {list(obs.shape)}, "
                                 f"not {list(observed.shape)}"
                             )
-                if isinstance(site, ChainSite):  # a data sequence with its chain summed out
+                if isinstance(site, (ChainSite, SequenceSite)):  # a data sequence, scored exactly
                     drawn = site.sample(env, obs, observed, n_batch)
                     values.update(drawn)
                     env.update(drawn)

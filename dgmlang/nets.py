@@ -204,8 +204,51 @@ class Deconv(nn.Module):
         return self.layers(maps).reshape(*batch, self.output_size)
 
 
+class GRUStep(nn.Module):
+    """One step of a gru: its flat input is the state (`hidden` values) followed by the
+    step's input; its output the new state. `cell` is torch's `nn.GRUCell`, so the same
+    weights run as an `nn.GRU` (`weight_ih_l0 = cell.weight_ih`, and so on).
+
+    >>> step = GRUStep(3, 4)
+    >>> step(torch.zeros(2, 5, 4 + 3)).shape
+    torch.Size([2, 5, 4])
+    """
+
+    def __init__(self, input_size: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.cell = nn.GRUCell(input_size, hidden)
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        batch = flat.shape[:-1]
+        flat = flat.reshape(-1, flat.shape[-1])
+        state, given = flat[:, :self.hidden], flat[:, self.hidden:]
+        return self.cell(given, state).reshape(*batch, self.hidden)
+
+    def sequence(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Many steps at once, when the inputs are known beforehand: ``(L, N, input)`` and
+        the state before the first ``(N, hidden)`` give every new state ``(L, N, hidden)``,
+        by an `nn.GRU` that shares the cell's weights (torch's fused loop).
+
+        >>> step = GRUStep(3, 4)
+        >>> inputs, state = torch.randn(5, 2, 3), torch.zeros(2, 4)
+        >>> states = step.sequence(inputs, state)
+        >>> bool(torch.allclose(states[1], step.cell(inputs[1], step.cell(inputs[0], state)), atol=1e-6))
+        True
+        """
+        gru = self.__dict__.get("_gru")
+        if gru is None or gru.weight_ih_l0 is not self.cell.weight_ih:
+            gru = nn.GRU(self.cell.input_size, self.hidden)
+            for mine, theirs in (("weight_ih_l0", "weight_ih"), ("weight_hh_l0", "weight_hh"),
+                                 ("bias_ih_l0", "bias_ih"), ("bias_hh_l0", "bias_hh")):
+                setattr(gru, mine, getattr(self.cell, theirs))
+            self.__dict__["_gru"] = gru  # not a submodule: its weights are the cell's
+        return gru(inputs, state.unsqueeze(0))[0]
+
+
 def build_net(net: irm.Net, *, seed: int | None = None) -> nn.Module:
-    """The torch module for `net` (see `FlatMLP` and `Deconv`), built under `seed` when given.
+    """The torch module for `net` (see `FlatMLP`, `Deconv` and `GRUStep`), built under `seed`
+    when given.
 
     Its input is every argument of a call flattened and concatenated
     (``sum(net.input_sizes)`` features); its output has ``net.output_size`` features.
@@ -215,6 +258,8 @@ def build_net(net: irm.Net, *, seed: int | None = None) -> nn.Module:
         if net.kind == "mlp":
             return FlatMLP(in_features, tuple(net.hidden), net.output_size, net.activation,
                            span=net.span)
+        if net.kind == "gru":
+            return GRUStep(in_features - net.output_size, net.output_size)
         if net.kind == "deconv":
             module = Deconv(in_features, net.output_shape, channels=tuple(net.channels),
                             hidden=tuple(net.hidden), act=net.activation, span=net.span)

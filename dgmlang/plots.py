@@ -161,10 +161,11 @@ def _pyplot():
     return plt
 
 
-def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | None = None,
+def image_grid(images, out: str | Path, *, shape: tuple[int, ...], ncols: int | None = None,
                titles: list[str] | None = None, vmax: float | None = None, vmin: float | None = 0,
                row_labels: list[str] | None = None, title: str | None = None) -> Path:
-    """Write a grid of grey images (an array (n, H*W) or (n, H, W)) to a PNG, dark = high.
+    """Write a grid of grey images (an array (n, H*W) or (n, H, W)) to a PNG, dark = high;
+    with `shape` ``(H, W, 3)``, colour images (RGB, shown as they are: light = high).
 
     `vmin`/`vmax` fix the grey scale (default 0 and the largest value; `vmin=None` uses the
     smallest); `row_labels` name the rows (e.g. the class each row was drawn for).
@@ -187,7 +188,10 @@ def image_grid(images, out: str | Path, *, shape: tuple[int, int], ncols: int | 
         for spine in ax.spines.values():
             spine.set_visible(False)
         if i < n:
-            ax.imshow(images[i], cmap="gray_r", vmin=low, vmax=high)
+            if len(shape) == 3:  # RGB, scaled from [low, high] to [0, 1]
+                ax.imshow(np.clip((images[i] - low) / (high - low), 0, 1))
+            else:
+                ax.imshow(images[i], cmap="gray_r", vmin=low, vmax=high)
             if titles:
                 ax.set_title(titles[i], fontsize=7)
     for r, label in enumerate(row_labels or ()):

@@ -24,6 +24,7 @@ arithmetic over the very same objects, so a new distribution, family or rule is 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -66,6 +67,7 @@ def missing_site(name: str) -> str:
     return f"{name}/missing"
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of a few shapes, asked every step
 def plate_batch_shape(actual: tuple[int, ...], plates: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
     """The batch shape Pyro's `BroadcastMessenger` expands a site's distribution to inside
     `plates` (``(dim, size)`` pairs, dims negative, outermost first).
@@ -115,6 +117,7 @@ class ModelSite:
         self.cls = pyro_class(draw.dist)
         self.outer = tuple(shape[: len(shape) - spec.event_rank])
         self.event_dims = len(self.outer)
+        self._event_axes = tuple(range(-self.event_dims, 0))  # summed for a per-point term
         self.outer_size = math.prod(self.outer)
         self._evaluator = evaluator
         self._params = [
@@ -188,7 +191,7 @@ class ModelSite:
         target = plate_batch_shape(batch[: len(batch) - self.event_dims], plates)
         if per_point:
             if self.event_dims:
-                log_p = log_p.sum(tuple(range(-self.event_dims, 0)))
+                log_p = log_p.sum(self._event_axes)
             full = broadcast_shape(tuple(log_p.shape), target)
             return log_p if tuple(log_p.shape) == full else log_p.expand(full)
         total = log_p.sum()

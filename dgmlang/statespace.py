@@ -278,7 +278,9 @@ def step_info(facts: ModelFacts, chain: str) -> LatentShape:
 class StructuredChainNet(nn.Module):
     """The weights of a chain's guide, shared over time: `summary` runs backward over the
     data, `combine` maps z[t - 1] (in reference units) and the summary at t to the Normal of
-    z[t] (in reference units). `first` stands for z[-1] at step 0. Linear when `linear`."""
+    z[t] (in reference units); `begin` maps the summary at 0 to the Normal of z[0], which
+    the model draws from its own distribution, not the transition (the faithful inverse
+    q(z[0] | x[0:]) reads no earlier step). Linear when `linear`."""
 
     def __init__(self, data_size: int, latent_size: int, width: int, linear: bool, *, mean_field: bool = False):
         super().__init__()
@@ -293,10 +295,11 @@ class StructuredChainNet(nn.Module):
         else:
             self.rnn = nn.GRU(data_size, width, batch_first=True)
         self.start = nn.Parameter(torch.zeros(width))  # the summary past the last step
-        self.first = nn.Parameter(torch.zeros(latent_size))
         self.from_latent = nn.Linear(latent_size, width)
         self.to_loc = nn.Linear(width, latent_size)
         self.to_scale = nn.Linear(width, latent_size)
+        self.first_loc = nn.Linear(width, latent_size)
+        self.first_scale = nn.Linear(width, latent_size)
 
     def summary(self, data: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """``(B, T, F)`` -> ``(B, T, W)``: at t, a summary of data[t:length] (each row's steps
@@ -332,6 +335,10 @@ class StructuredChainNet(nn.Module):
         else:
             hidden = 0.5 * (torch.tanh(self.from_latent(previous)) + summary)
         return self.to_loc(hidden), nn.functional.softplus(self.to_scale(hidden)) + POSITIVE_FLOOR
+
+    def begin(self, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of z[0] from the summary at 0 (reference units)."""
+        return self.first_loc(summary), nn.functional.softplus(self.first_scale(summary)) + POSITIVE_FLOOR
 
 
 class ChainGuideSite(GuideSite):
@@ -375,9 +382,11 @@ class _ChainPosterior(pdist.TorchDistribution):
     def expand(self, batch_shape, _instance=None):
         return _ChainPosterior(self._site, self._summary, self._mask, batch_shape)
 
-    def _parameters(self, previous: torch.Tensor, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _parameters(self, previous: torch.Tensor | None, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of a step given the one before (None: step 0) and its summary."""
         site = self._site
-        loc, scale = site.network.combine(site.reference.standardize(previous), summary)
+        loc, scale = (site.network.begin(summary) if previous is None
+                      else site.network.combine(site.reference.standardize(previous), summary))
         out = site.reference.rescale({"loc": loc, "scale": scale})
         return out["loc"], out["scale"]
 
@@ -385,10 +394,8 @@ class _ChainPosterior(pdist.TorchDistribution):
         site = self._site
         shape = tuple(sample_shape) + tuple(self.batch_shape)
         size = site.info.size
-        previous = site.reference.loc + site.reference.scale * site.network.first
-        previous = previous.expand(*shape, size)
         noise = torch.randn(*shape, site.steps, size, dtype=self._summary.dtype, device=self._summary.device)
-        steps = []
+        steps, previous = [], None
         for t in range(site.steps):
             loc, scale = self._parameters(previous, self._summary[:, t])
             previous = loc + scale * noise[..., t, :]
@@ -402,10 +409,10 @@ class _ChainPosterior(pdist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         site = self._site
         flat = value.reshape(*value.shape[:value.dim() - len(self.event_shape)], site.steps, site.info.size)
-        first = (site.reference.loc + site.reference.scale * site.network.first).expand(*flat.shape[:-2], 1, -1)
-        previous = torch.cat([first, flat[..., :-1, :]], dim=-2)
-        loc, scale = self._parameters(previous, self._summary)
-        log_q = torch.distributions.Normal(loc, scale).log_prob(flat).sum(-1)
+        first_loc, first_scale = self._parameters(None, self._summary[:, :1])
+        loc, scale = self._parameters(flat[..., :-1, :], self._summary[:, 1:])
+        log_q = torch.cat([torch.distributions.Normal(first_loc, first_scale).log_prob(flat[..., :1, :]),
+                           torch.distributions.Normal(loc, scale).log_prob(flat[..., 1:, :])], dim=-2).sum(-1)
         if self._mask is not None:
             log_q = torch.where(self._mask, log_q, torch.zeros((), dtype=log_q.dtype, device=log_q.device))
         total = log_q.sum(-1)

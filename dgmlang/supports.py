@@ -138,6 +138,11 @@ def support_of(ir: ModelIR, var: Variable, *, facts: ModelFacts | None = None) -
         return _input_support(var)
     draw = ir.draw(var.name)
     params = dict(draw.params)
+    if draw.steps:  # a sequence: its steps' arguments, where every run of steps agrees
+        agreed = len({run.draw.params for run in draw.steps}) == 1
+        params = dict(draw.steps[0].draw.params) if agreed else {}
+        if not agreed and draw.dist in ("Binomial", "Uniform"):
+            return _support_of_constraint(constraints.nonnegative_integer) if draw.dist == "Binomial" else _REAL
     if draw.dist == "Categorical":
         classes = (facts if facts is not None else ModelFacts(ir)).classes(var.name)
         return _support_of_constraint(constraints.integer_interval(0, classes - 1),

@@ -27,6 +27,8 @@ import functools
 import math
 import os
 import time
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -35,12 +37,12 @@ from tqdm import tqdm
 
 import pyro
 
-from dgmlang import distributed, fastpath, runstate
+from dgmlang import compiling, distributed, fastpath, runstate
 from dgmlang.calibrate import calibrate
 from dgmlang.checkpoint import save as save_checkpoint
 from dgmlang.data import Dataset, check_marginalizable, positive_int, prepare_data
 from dgmlang.devices import to_device
-from dgmlang.errors import DGMTrainingError, DGMUsageError
+from dgmlang.errors import DGMTrainingError, DGMUsageError, DGMWarning
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
 from dgmlang.runstate import named_parameters
@@ -70,11 +72,13 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
         should_stop: Callable[[], bool] | None = None,
-        aux_weight: float = AUX_WEIGHT) -> list[float]:
+        aux_weight: float = AUX_WEIGHT, compile: Any = False) -> list[float]:
     """Fit `model` (its Pyro model and guide) to `data`; the loss per step, per data point.
-    The options are `CompiledModel.fit`'s. The loss comes from ``model.objective(...)``.
+    The options are `CompiledModel.fit`'s. The loss comes from ``model.objective(...)``;
+    with `compile`, steps after the run's first come from `dgmlang.compiling`.
     The run's state at the last step boundary is left in ``model.training_state``."""
     check_aux_weight(aux_weight)
+    backend = compiling.backend_of(compile)
     given = {"batch_size": batch_size, "lr": lr, "num_particles": num_particles,
              "objective": objective, "seed": seed}
     group = distributed.current()  # [distributed] None outside a process group
@@ -97,6 +101,7 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         check_semi_supervised(model, semi, settings["objective"], purpose="fit")
     loss_fn = (model.objective(settings["objective"], settings["num_particles"], aux_weight=aux_weight)
                if semi else model.objective(settings["objective"], settings["num_particles"]))
+    compiled = None if backend is None else _compiled_loss(model, settings, backend, dataset)
     fingerprints = (_fingerprint(dataset), None if held_out is None else _fingerprint(held_out))
     previous = model.training_state
     if resume:
@@ -151,6 +156,8 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
         return should_stop is not None and should_stop()
 
     between_steps, failed = True, None
+    resident, device = dataset.resident(), model.model.device  # in-memory columns: batches by indexing
+    warmed = False  # whether this fit warmed up its compiled loss
     show = progress and writes  # [distributed] rank 0's bar only
     with random_state, distributed.own_random_stream(group) as restart, distributed.shared_failures(group), \
             tqdm(total=count, disable=not show, desc=f"fit {model.name}", unit="step") as bar:
@@ -172,12 +179,26 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                     sync = functools.partial(group.reduce, rows=counted, stop=should_stop)
                 restart(first + len(losses))  # [distributed] a process other than rank 0: its draws
                 before = torch.random.get_rng_state()
-                picked = dataset.rows(rows)
-                batch = to_device(picked.values, model.model.device)
-                observed = to_device(picked.observed, model.model.device) if dataset.has_missing else None
+                if resident is not None:
+                    batch, observed = {name: v[rows] for name, v in resident.items()}, None
+                else:
+                    picked = dataset.rows(rows)
+                    observed = to_device(picked.observed, device) if dataset.has_missing else None
+                    batch = picked.values
+                batch = to_device(batch, device)
                 between_steps = False
+                number = first + len(losses)
+                stepped = loss_fn
+                if compiled is not None and number > 1:  # the run's first step: eager, validated
+                    if not warmed:  # 0 s when an earlier fit compiled it; NaN: it fell back
+                        with pyro.validation_enabled(False):  # as the steps run (see `step`)
+                            seconds = compiled.warm_up(batch, n, [p for _, p in named])
+                        model.history.setdefault("compile_seconds", []).append(
+                            math.nan if seconds is None else seconds)
+                        warmed = True
+                    stepped = compiled.or_else(loss_fn)
                 try:
-                    loss = step(loss_fn, batch, n, optimizer, named, first + len(losses),
+                    loss = step(stepped, batch, n, optimizer, named, number,
                                 first_update=not model.fitted, model=model, rows=rows, rng_state=before,
                                 sync=sync, mask=observed)
                 except DGMTrainingError:  # nothing moved: the state before the step holds
@@ -188,8 +209,9 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                 model.fitted = True
                 position += taken
                 between_steps = True
-                bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
-                bar.update()
+                if show:  # formatting the postfix costs a small model's step a few percent
+                    bar.set_postfix(loss=f"{loss / n:.4g}", refresh=False)
+                    bar.update()
                 if position >= n:
                     order, position, epochs_done = None, 0, epochs_done + 1
                 if held_out is not None and (position == 0 or len(losses) == count):
@@ -202,6 +224,38 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
             model.training_state = failed or (boundary() if between_steps else None)
             raise
     return losses
+
+
+#: compiled losses kept per model, so later fits reuse what an earlier one compiled
+_COMPILED: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def _compiled_loss(model: Any, settings: Mapping[str, Any], backend: Any,
+                   dataset: Dataset) -> "compiling.CompiledLoss | None":
+    """The model's compiled fast loss for these settings (made once per model), or None
+    with a `DGMWarning` where the step cannot be compiled: a model the fast path does not
+    serve, or data with missing entries."""
+    name, particles = settings["objective"], settings["num_particles"]
+    reason = fastpath.unsupported_reason(model.ir, model.plan, objective=name)
+    if reason is None and dataset.has_missing:
+        reason = "the data has missing entries"
+    fast = None if reason else fastpath.build(model.ir, model.plan, model.model, model.guide,
+                                              objective=name, num_particles=particles)
+    if fast is None:
+        warnings.warn(f"compile=True: the compiled step does not serve this fit "
+                      f"({reason or 'the fast path does not serve the model'}); training eagerly",
+                      DGMWarning, stacklevel=4)
+        return None
+    cache = _COMPILED.setdefault(model, {})
+    key = (name, particles, backend)
+    if key not in cache:
+        fast.per_point_terms = True  # one compiled graph for every batch size
+        cache[key] = compiling.CompiledLoss(fast.loss, backend, prepare=fast.lowered.evaluator.refresh)
+    compiled = cache[key]
+    if compiled.failure is not None:
+        warnings.warn(f"compile=True: torch.compile could not compile the training step "
+                      f"({compiled.failure}); training eagerly", DGMWarning, stacklevel=4)
+    return compiled
 
 
 def _fingerprint(dataset: Dataset) -> dict[str, Any]:
@@ -413,7 +467,7 @@ def step(loss_fn: Loss, batch, size: int, optimizer: torch.optim.Optimizer | Non
             f"({str(err).splitlines()[0]})",
             hint=failure_hint(first_update=first_update),
         ) from None
-    value = float(loss.detach())
+    value = loss.item()  # (no `detach` op first: `item` reads the value alone)
     if not math.isfinite(value):
         raise stop(f"the loss is {value}")
     learns = optimizer is not None and loss.requires_grad
@@ -476,4 +530,8 @@ def _gradients_finite(named: list[tuple[str, torch.nn.Parameter]]) -> bool:
     a gradient holding NaN or an infinity has a non-finite sum. A finite gradient whose sum
     overflows fails it too, so the caller confirms entry by entry before stopping."""
     sums = [param.grad.sum() for _, param in named if param.grad is not None]
-    return not sums or bool(torch.stack(sums).isfinite().all())
+    if not sums:
+        return True
+    # the sum of the sums is NaN or infinite when any is (or when it overflows: see above);
+    # one op and a Python test, where `isfinite` is four ops
+    return math.isfinite(float(sums[0] if len(sums) == 1 else torch.stack(sums).sum()))

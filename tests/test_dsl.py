@@ -41,7 +41,9 @@ def digits_cvae() -> dg.Model:
     y = m.input("y", type="int")
     x = m.data("x", shape=[64])
     z = m.latent("z", shape=[16])
-    m.draw(z, dg.Normal(0, 1))
+    mu = m.param("mu", [10, 16])
+    sd = m.param("sd", [10, 16], type="positive")
+    m.draw(z, dg.Normal(mu[y], sd[y]))
     m.draw(x, dg.Binomial(16, logits=dg.mlp(z, dg.onehot(y, 10), hidden=[256, 256])))
     return m
 

@@ -16,6 +16,11 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 
 #: What each script must print and the pictures it must write.
 PROMISES = {
+    "char_lm": (["bits per character", "sample:"], []),
+    "digits_rows": (["test log-likelihood, nats per image: digits_rows", "digits_vae -87.20"], ["digits_rows.png"]),
+    "imitation": (["demonstrations:", "success over 20 fresh starts: learned policy"], []),
+    "cube": (["shape accuracy", "position error (px)", "colour RMSE", "size error (relative)",
+              "cube rotation error (rad)", "nearest neighbour"], ["cube.png"]),
     "digits_cvae": (["of the generated digits as the class they were drawn for"], ["cvae_classes.png"]),
     "digits_hvae": (["guide plan (sampling order, inputs): [('z1', ['x']), ('z2', ['z1'])]",
                      "test log-likelihood"], ["hvae_samples.png"]),
@@ -30,6 +35,7 @@ PROMISES = {
     "ppca": (["posterior mean of z", "x[2] filled in"], []),
     "semi_supervised": (["test accuracy", "labels: mean test accuracy", "baseline on the labelled rows alone"], []),
     "superres": (["bilinear upsampling"], ["superres.png"]),
+    "colourise": (["grey copied into R, G, B", "china.jpg, held out"], ["colourise.png"]),
 }
 
 

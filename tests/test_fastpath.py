@@ -214,6 +214,9 @@ def _fresh_seed():
 def test_same_elbo_and_gradients_as_pyro(name, particles):
     # In double precision the two paths agree to rounding: same draws, same densities.
     m = _compile(name)
+    if any(step.kind == "enumerated_in_guide" for step in m.plan.steps):
+        pytest.skip("the fast path does not serve guide enumeration (cube's shape); "
+                    "test_every_corpus_model_without_guide_enumeration_is_supported pins which")
     m.model.double()
     m.guide.double()
     batch = {k: v.double() if v.is_floating_point() else v for k, v in _batch(m).items()}

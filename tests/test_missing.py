@@ -257,3 +257,22 @@ def test_the_masked_loss_is_the_loss_of_the_model_of_the_observed_entries_alone(
     # and the complete data's loss is another number: the mask is what made them agree
     torch.manual_seed(1)
     assert not torch.allclose(full.objective("elbo", num_particles)({"x": x}, n), alone)
+
+
+def test_invert_resamples_a_data_variable_left_out_that_nothing_reads(monkeypatch):
+    """A data variable not given at all (super-resolution's x, colourisation's rgb) is
+    missing everywhere; nothing depends on it, so invert resamples (draws it from the model
+    given the latents) instead of running Gibbs chains."""
+    import dgmlang
+    from dgmlang import posterior
+
+    def no_gibbs(*args, **kwargs):
+        raise AssertionError("Gibbs chains for a variable nothing depends on")
+
+    monkeypatch.setattr(posterior, "gibbs", no_gibbs)
+    m = dgmlang.compile("model m { data x\n data lo\n latent z\n z ~ Normal(0, 1)\n"
+                        " x ~ Normal(z, 0.5)\n lo ~ Normal(z, 0.5) }")
+    out = m.invert({"lo": torch.tensor([0.0, 2.0])}, num_samples=200, seed=0, progress=False)
+    assert out["x"].shape == (200, 2) and torch.isfinite(out["x"]).all()
+    # x given lo: z | lo ~ N(0.8 lo, 0.2), x = z + N(0, 0.25): mean 0.8 lo
+    assert abs(float(out["x"][:, 1].mean()) - 1.6) < 0.2

@@ -152,8 +152,9 @@ def test_marginals_refuses_what_is_no_chain(hmm):
      " for t in 2:T { s[t] ~ Categorical(probs = P[s[t - 2]]) }\n for t in 0:T { x[t] ~ Normal(s[t], 1) }",
      "not supported yet: 's' reads s[t - 2]: a chain of order 2"),
     ("s[0] ~ Categorical(logits = zeros(3))\n for t in 1:T { s[t] ~ Categorical(probs = P[s[t - 1]]) }\n"
-     " for t in 0:T { x[t] ~ Normal(s[t], 1) }\n let h[0] = 1",
-     "not supported yet: a let inside a loop or of one step"),
+     " let h[0] = 1\n for t in 1:T { let h[t] = h[t - 1] + 1 }\n x[0] ~ Normal(s[0], 1)\n"
+     " for t in 1:T { x[t] ~ Normal(s[t] + h[t], 1) }",
+     "not supported yet: data sequence 'x' reading both the latent chain 's' and steps of 'h'"),
     ("s[0] ~ Categorical(logits = zeros(3))\n for t in 1:n { s[t] ~ Categorical(probs = P[s[t - 1]]) }\n"
      " for t in 0:T { x[t] ~ Normal(s[t], 1) }",
      "not supported yet: data sequence 'x' reading steps of 's' past its length 'n'"),

@@ -70,14 +70,20 @@ def kl_per_step(model, x: torch.Tensor, draws: int = 2000) -> float:
 @pytest.fixture(scope="module")
 def lgssm_data():
     truth = dgmlang.compile(lgssm_text())
-    return truth.sample(240, seed=0)["x"]
+    return truth.sample(TRAIN + 64, seed=0)["x"]
 
 
-def fitted(data: torch.Tensor, *, naive: bool = False, steps: int = 600) -> dgmlang.CompiledModel:
+TRAIN = 1000
+
+
+def fitted(data: torch.Tensor, *, naive: bool = False) -> dgmlang.CompiledModel:
+    """Fitted on the first `TRAIN` sequences: 1,500 steps at lr 0.02, then 500 at 0.004
+    (the naive guide, far from the posterior at any length, 600 steps at 0.02)."""
     m = dgmlang.compile(lgssm_text())
     if naive:
         statespace.mean_field(m)
-    m.fit({"x": data[:200]}, steps=steps, lr=0.02, batch_size=100, progress=False, seed=0)
+    for steps, lr in ((600, 0.02),) if naive else ((1500, 0.02), (500, 0.004)):
+        m.fit({"x": data[:TRAIN]}, steps=steps, lr=lr, batch_size=100, progress=False, seed=0)
     return m
 
 
@@ -92,40 +98,57 @@ def test_the_plan_is_a_structured_chain(structured):
 
 
 def test_structured_guide_is_close_to_the_kalman_smoother(structured, lgssm_data):
-    kl = kl_per_step(structured, lgssm_data[200:216])
-    assert kl < 0.03, kl  # strict 0.01 nats/step needs longer training (not done)
+    kl = kl_per_step(structured, lgssm_data[TRAIN:], draws=4000)
+    assert kl < 0.01, kl  # issue 14's bar; 0.008 measured (0.017 before z[0] had a head of its own)
 
 
 def test_structured_guide_beats_mean_field(structured, lgssm_data):
     naive = fitted(lgssm_data, naive=True)
-    held_out = lgssm_data[200:216]
+    held_out = lgssm_data[TRAIN:]
     kl_structured, kl_naive = kl_per_step(structured, held_out), kl_per_step(naive, held_out)
     assert kl_naive > 0.05 and kl_naive > 4 * kl_structured, (kl_naive, kl_structured)
 
 
-@pytest.mark.xfail(reason="IS log_prob off vs Kalman by more than 0.1 nats; not yet diagnosed", strict=False)
 def test_log_prob_matches_the_exact_marginal_likelihood(structured, lgssm_data):
-    x = lgssm_data[200:208]
-    got = structured.log_prob({"x": x}, num_samples=500, seed=0, progress=False).double().numpy()
+    """Importance sampling from the fitted guide (KL ~0.6 nats over the sequence) estimates
+    log p(x) without bias: each row's estimate at K = 4,000 is within its Monte Carlo noise
+    (~0.1 nats) of the exact value, and their mean within 0.04."""
+    x = lgssm_data[TRAIN:TRAIN + 16]
+    got = structured.log_prob({"x": x}, num_samples=4000, seed=0, progress=False).double().numpy()
     want, _, _ = exact(x.double().numpy())
-    np.testing.assert_allclose(got, want, atol=0.1)
+    assert abs((got - want).mean()) < 0.04, got - want
+    np.testing.assert_allclose(got, want, atol=0.25)
 
 
-@pytest.mark.xfail(reason="padded vs truncated model differ (padding-invariance part passes); RNG stream or mask bug not yet diagnosed", strict=False)
+def _joint_terms(model, env: dict, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(z, x) from the model's sites and log q(z | x) from the guide's, per row."""
+    sites = {site.name: site for site in model.model.sites}
+    env = {**env, "z": z}
+    log_p = sites["z"].sequence_log_prob(env, z) + sites["x"].sequence_log_prob(env, env["x"])
+    return log_p, model.guide.sites[0].distribution(env).log_prob(z)
+
+
 def test_padding_is_masked_in_model_and_guide():
-    """Rows of length n score as the model of n steps: padding changes nothing."""
+    """Rows of length n score as the model of n steps, in model and guide alike: the same
+    log p(z, x) and log q(z | x) for a given z, whatever the padding holds."""
     ragged = dgmlang.compile(lgssm_text(length="n"))
     short = dgmlang.compile(lgssm_text(steps=10))
     short.guide.load_state_dict(ragged.guide.state_dict())
     x = dgmlang.compile(lgssm_text()).sample(3, seed=2)["x"]
-    n = torch.full((3,), 10)
+    n = torch.tensor([10, 10, 10])
+    with torch.no_grad():
+        z = ragged.guide.sites[0].distribution({"x": x, "n": n}).sample()
+        log_p, log_q = _joint_terms(ragged, {"x": x, "n": n}, z)
+        noisy_x, noisy_z = x.clone(), z.clone()
+        noisy_x[:, 10:], noisy_z[:, 10:] = 100.0, -50.0  # padding: any value
+        padded_p, padded_q = _joint_terms(ragged, {"x": noisy_x, "n": n}, noisy_z)
+        cut_p, cut_q = _joint_terms(short, {"x": x[:, :10]}, z[:, :10])
+    torch.testing.assert_close((padded_p, padded_q), (log_p, log_q))
+    torch.testing.assert_close((cut_p, cut_q), (log_p, log_q))
+    # the estimate log_prob gives is blind to padding too (same seed, same draws)
     full = ragged.log_prob({"x": x, "n": n}, num_samples=50, seed=0, progress=False)
-    noisy = x.clone()
-    noisy[:, 10:] = 100.0  # padding: any value
-    padded = ragged.log_prob({"x": noisy, "n": n}, num_samples=50, seed=0, progress=False)
-    cut = short.log_prob({"x": x[:, :10]}, num_samples=50, seed=0, progress=False)
+    padded = ragged.log_prob({"x": noisy_x, "n": n}, num_samples=50, seed=0, progress=False)
     torch.testing.assert_close(full, padded)
-    torch.testing.assert_close(full, cut, rtol=1e-4, atol=1e-3)
 
 
 def test_invert_and_sample_shapes(structured, lgssm_data):

@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", metavar="DATA",
                    help="held-out data scored after every epoch (with --resume: the run's unless given)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), help="random seed (default: 0)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training step through torch.compile (inductor) after the first step; "
+                        "prints the warm-up time; falls back to eager steps with a warning where it cannot")
     p.add_argument("--threads", type=_whole(1, MAX_THREADS), metavar="N",
                    help="CPU threads torch may use (torch.set_num_threads; default: torch's choice, or the "
                         "resumed run's); a resumed run ends bit-identical to an uninterrupted one with the "

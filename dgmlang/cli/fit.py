@@ -191,7 +191,7 @@ def _fit_without_files(args) -> int:
         options = {"epochs": args.epochs, "steps": args.steps, **_settings(args)}
     with _thread_count(info.get("threads")), stop_on_signals() as signals:
         model.fit(data, mask=masks, validation=validation, progress=False, should_stop=lambda: bool(signals),
-                  **options)
+                  compile=args.compile, **options)
     return EXIT_STATUS[signals[0]] if signals else 0
 
 
@@ -410,7 +410,7 @@ def _fit_and_write(model, data: dict, masks: dict | None, validation, out: Path,
             model.fit(data, mask=masks, **length, validation=validation, progress=not args.quiet, resume=resume,
                       checkpoint=out / CHECKPOINT, checkpoint_every=args.checkpoint_every,
                       checkpoint_seconds=args.checkpoint_seconds, should_stop=lambda: bool(signals),
-                      **({} if resume else {key: info[key] for key in FIT_DEFAULTS}))
+                      compile=args.compile, **({} if resume else {key: info[key] for key in FIT_DEFAULTS}))
     except KeyboardInterrupt:
         at_once = True
     except DGMTrainingError as err:
@@ -439,6 +439,11 @@ def _fit_and_write(model, data: dict, masks: dict | None, validation, out: Path,
     info.update(steps=steps_done, processes=state.settings[PROCESSES], final_loss=model.history["loss"][-1],
                 interrupted=interrupted, stopped=None if stopped is None else stopped.message,
                 status="stopped" if interrupted or stopped is not None else "finished")
+    if args.compile and model.history.get("compile_seconds"):
+        warmup = model.history["compile_seconds"][-1]
+        if warmup == warmup:  # NaN: it fell back (the warning said why)
+            info["compile_seconds"] = warmup
+            say(f"compiled the training step with torch.compile: {warmup:.1f} s of warm-up", file=sys.stderr)
     if interrupted or stopped is not None:
         write_info(out, info)
         say(stopped if stopped is not None else
