@@ -51,13 +51,15 @@ __all__ = ["ChainLikelihood", "ChainSite", "Tables", "chain_pairs", "forward", "
 
 def chain_pairs(facts: ModelFacts) -> dict[str, str]:
     """Each data sequence's latent chain: ``{data name: chain name}`` (the checker makes each
-    chain emit exactly one data sequence)."""
+    chain emit exactly one data sequence). Sequences that read no latent chain (autoregressive
+    data, `dgmlang.recurrence`) have none."""
     pairs = {}
     for name in facts.data_order:
         draw = facts.draws[name]
-        if draw.steps:
-            pairs[name] = next(e.name for e in irm.walk(draw.expressions)
-                               if isinstance(e, irm.StepRef))
+        chain = next((e.name for e in irm.walk(draw.expressions) if isinstance(e, irm.StepRef)
+                      and e.name in facts.variables and facts.variables[e.name].role == "latent"), None)
+        if draw.steps and chain is not None:
+            pairs[name] = chain
     return pairs
 
 

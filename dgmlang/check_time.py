@@ -31,6 +31,7 @@ from dgmlang import check_limits
 from dgmlang import ir
 from dgmlang.check_spans import head_span, line_of, walk_ast
 from dgmlang.check_values import Dep, Skip, Value, VarInfo
+from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.errors import DGMError, DGMModelError, DGMShapeError
 from dgmlang.printer import format_expr
 
@@ -343,8 +344,7 @@ class TimeChecker:
             if role == "latent":
                 dist = runs[name][0][0].draw.dist
                 if dist != "Categorical":
-                    raise not_supported(f"a latent sequence drawn from {dist} (continuous latent chains)",
-                                        where, "a latent sequence is a Categorical chain, summed out exactly")
+                    self.check_continuous_chain(name, dist, where)
                 for other, lag in sorted(reads[name]):
                     if other != name:
                         raise not_supported(f"latent sequence '{name}' reading the sequence '{other}'",
@@ -383,6 +383,30 @@ class TimeChecker:
                 raise not_supported(
                     f"latent chain '{chain}' emitting {'no data sequence' if not data else 'several data sequences'}",
                     where, "a chain emits exactly one data sequence (a vector per step may hold several values)")
+
+    def check_continuous_chain(self, name: str, dist: str, where) -> None:
+        """A continuous latent chain (`z[t] ~ Normal(f(z[t - 1]), s)`): steps on the real line,
+        one value per entry, in a model without globals; its guide is a structured chain
+        (docs/guides.md, "Continuous chains") with one width."""
+        spec = DISTRIBUTIONS[dist]
+        if spec.discrete or spec.support != "real" or spec.event_rank:
+            raise not_supported(f"a latent sequence drawn from {dist}", where,
+                                "a latent sequence is a Categorical chain (summed out exactly) or a chain of "
+                                "real-valued steps such as Normal (guided by a structured chain)")
+        globals_ = [n for n, v in self.vars.items() if v.decl.role == "global"]
+        if globals_:
+            raise not_supported(f"global '{globals_[0]}' in a model with the continuous latent chain '{name}'",
+                                self.vars[globals_[0]].decl.name_span or self.vars[globals_[0]].decl.span,
+                                "make it a param (a point estimate)")
+        options = self.vars[name].guide
+        if options is not None and options.family != "normal":
+            raise not_supported(f"guide family {options.family} on the continuous latent chain '{name}'",
+                                self.vars[name].family_span or where,
+                                "a chain's guide draws each step from a Normal given the step before")
+        if options is not None and options.hidden is not None and len(options.hidden) > 1:
+            raise not_supported(f"{len(options.hidden)} hidden sizes for the guide of the chain '{name}'", where,
+                                "a chain's guide has one width, that of its recurrent summary and combiner "
+                                "(`guide(hidden = [64])`), or `guide(hidden = [])` for a linear guide")
 
     def sequence_draw(self, name: str) -> ir.Draw:
         """The IR of a sequence: its runs of steps in time order."""

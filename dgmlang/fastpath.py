@@ -67,7 +67,7 @@ from dgmlang.sites import plate_batch_shape
 __all__ = ["FastLoss", "build", "unsupported_reason", "plate_batch_shape"]
 
 #: Guide step kinds the fast path handles ("enumerated_in_guide" needs Pyro's Dice estimator).
-SUPPORTED_KINDS = ("global", "amortized", "enumerated_in_model")
+SUPPORTED_KINDS = ("global", "amortized", "enumerated_in_model", "structured_chain")
 OBJECTIVES = ("elbo", "iwae")
 
 

@@ -54,7 +54,9 @@ from pyro.nn import PyroModule, PyroParam
 
 from dgmlang import ir as irm
 from dgmlang.distributions import DISTRIBUTIONS
+from dgmlang import statespace
 from dgmlang.facts import ModelFacts
+from dgmlang.inverse import STRUCTURED_CHAIN
 from dgmlang.lower import PLATE_NAME, LoweredModel, announce_parameters, safe_attribute
 from dgmlang.nets import FlatMLP, seeded
 from dgmlang.sites import (GuideSite, LatentShape, Reference, guide_inputs, latent_shape, missing_site,
@@ -165,6 +167,18 @@ class AmortizedGuide(PyroModule):
                 if step.kind == "enumerated_in_model":
                     continue
                 model_site = lowered.site(step.latent)
+                if step.kind == STRUCTURED_CHAIN:  # a continuous latent chain (dgmlang.statespace)
+                    data = step.inputs[-1]
+                    self.input_encoding.setdefault(data, None)
+                    site = statespace.build_guide_site(
+                        step, facts, lowered,
+                        self._reference(references, self._reference_keys, step.latent,
+                                        (statespace.step_info(facts, step.latent).size,)),
+                        {data: self._reference(input_references, self._input_reference_keys, data, ())},
+                        facts.variables[step.latent].guide and facts.variables[step.latent].guide.hidden)
+                    nets[safe_attribute(nets, step.latent)] = site.network
+                    sites.append(site)
+                    continue
                 if step.kind == "global":  # continuous: the checker refuses discrete globals
                     info = latent_shape(facts, step.latent)
                     family = GlobalFamily(info)

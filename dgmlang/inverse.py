@@ -53,7 +53,10 @@ AMORTIZED = "amortized"
 ENUMERATED_IN_GUIDE = "enumerated_in_guide"
 ENUMERATED_IN_MODEL = "enumerated_in_model"
 IMPUTED = "imputed"
-KINDS = (GLOBAL, AMORTIZED, ENUMERATED_IN_GUIDE, ENUMERATED_IN_MODEL, IMPUTED)
+#: A continuous latent chain (a sequence drawn step by step): one guide step for all its
+#: steps, q(z[t] | z[t - 1], data[t:]) with weights shared over t (`chain_description`).
+STRUCTURED_CHAIN = "structured_chain"
+KINDS = (GLOBAL, AMORTIZED, ENUMERATED_IN_GUIDE, ENUMERATED_IN_MODEL, IMPUTED, STRUCTURED_CHAIN)
 
 NAMI = "nami"
 MIN_FILL = "minfill"
@@ -116,6 +119,7 @@ class GuidePlan:
         return [
             (s.latent, "enumerated in model")
             if s.kind == ENUMERATED_IN_MODEL
+            else (s.latent, chain_description(s)) if s.kind == STRUCTURED_CHAIN
             else (s.latent, list(s.inputs))
             for s in self.steps
         ]
@@ -140,6 +144,20 @@ class GuidePlan:
             if s.latent == latent:
                 return s
         raise KeyError(f"no guide step for {latent!r}")
+
+
+def chain_description(step: GuideStep) -> str:
+    """What the guide of a continuous latent chain reads, as the plan shows it: the step
+    before, and every data sequence from the current step on, summarized by a recurrent
+    network run backward in time (its inputs' other names, lengths, are read to mask).
+
+    >>> chain_description(GuideStep("z", ("n", "x"), STRUCTURED_CHAIN))
+    'structured chain: q(z[t] | z[t-1], x[t:]) via backward rnn, masked past n'
+    """
+    data, lengths = step.inputs[len(step.inputs) - 1:], step.inputs[:len(step.inputs) - 1]
+    read = ", ".join(f"{name}[t:]" for name in data)
+    text = f"structured chain: q({step.latent}[t] | {step.latent}[t-1], {read}) via backward rnn"
+    return text + (f", masked past {', '.join(lengths)}" if lengths else "")
 
 
 def invert(graph: nx.DiGraph, order: str = "nami") -> GuidePlan:
@@ -572,7 +590,9 @@ def _plan(nodes: _Nodes, sampled: Iterable[tuple[str, tuple[str, ...]]]) -> Guid
     summed_out = []
     for latent, inputs in sampled:
         if not nodes.discrete[latent]:
-            steps.append(GuideStep(latent, inputs, AMORTIZED))
+            chain = nodes.attrs[latent].get("steps") is not None  # a continuous latent chain
+            steps.append(GuideStep(latent, _chain_inputs(nodes, inputs) if chain else inputs,
+                                   STRUCTURED_CHAIN if chain else AMORTIZED))
         elif latent in in_guide:
             steps.append(GuideStep(latent, inputs, ENUMERATED_IN_GUIDE))
         else:
@@ -580,6 +600,13 @@ def _plan(nodes: _Nodes, sampled: Iterable[tuple[str, tuple[str, ...]]]) -> Guid
     summed_out.sort(key=nodes.index.get)
     steps.extend(GuideStep(latent, (), ENUMERATED_IN_MODEL) for latent in summed_out)
     return GuidePlan(tuple(steps))
+
+
+def _chain_inputs(nodes: _Nodes, inputs: tuple[str, ...]) -> tuple[str, ...]:
+    """A continuous chain's guide inputs: the lengths (inputs) first, then the data sequence
+    it emits (the checker allows one, and no globals)."""
+    return (tuple(i for i in inputs if nodes.role[i] == "input")
+            + tuple(i for i in inputs if nodes.role[i] != "input"))
 
 
 def _enumerated_in_guide(nodes: _Nodes, inputs_of: dict[str, tuple[str, ...]]) -> set[str]:

@@ -42,7 +42,8 @@ from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
 from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
-from dgmlang.chains import ChainSite, chain_pairs
+from dgmlang.chains import ChainSite, chain_pairs, refuse_gaps
+from dgmlang import statespace
 from dgmlang.recurrence import SequenceSite, autoregressive_data
 from dgmlang.sites import ModelSite, missing_site
 
@@ -160,15 +161,17 @@ class LoweredModel(PyroModule):
         self.nets = nets
         self.params = params
         self.evaluator = Evaluator(ir, self, facts=facts)
+        continuous = statespace.continuous_chains(facts)  # sites of their own, not summed out
         recurrent = autoregressive_data(facts)
-        pairs = {data: chain for data, chain in chain_pairs(facts).items() if data not in recurrent}
+        pairs = {data: chain for data, chain in chain_pairs(facts).items() if chain not in continuous}
         chains = set(pairs.values())
         #: each data sequence's site (`dgmlang.chains.ChainSite`) by its chain's name
         self.chains = {chain: ChainSite(data, chain, facts, self.evaluator, self.net)
                        for data, chain in pairs.items()}
         self.sites = [self.chains[pairs[name]] if name in pairs else
                       SequenceSite(name, facts, self.evaluator, self.net) if name in recurrent else
-                      ModelSite(name, facts, self.evaluator, self.net)
+                      statespace.sequence_site(name, facts, self.evaluator, self.net)
+                      or ModelSite(name, facts, self.evaluator, self.net)
                       for name in (*facts.global_order, *facts.local_order) if name not in chains]
         self._sites_by_name = {site.name: site for site in self.sites}
 
@@ -244,6 +247,8 @@ class LoweredModel(PyroModule):
                     values.update(drawn)
                     env.update(drawn)
                     continue
+                if observed is not None and isinstance(site, statespace.SEQUENCE_SITES):
+                    refuse_gaps(name, observed)  # padding is no gap; gaps in a sequence are refused
                 if observed is not None and site.imputed:
                     values[name] = env[name] = self._impute(site, env, obs, observed)
                 else:

@@ -148,8 +148,6 @@ def test_marginals_refuses_what_is_no_chain(hmm):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("for t in 0:T { s[t] ~ Normal(0, 1) }\n for t in 0:T { x[t] ~ Normal(s[t], 1) }",
-     "not supported yet: a latent sequence drawn from Normal"),
     ("s[0] ~ Categorical(logits = zeros(3))\n s[1] ~ Categorical(logits = zeros(3))\n"
      " for t in 2:T { s[t] ~ Categorical(probs = P[s[t - 2]]) }\n for t in 0:T { x[t] ~ Normal(s[t], 1) }",
      "not supported yet: 's' reads s[t - 2]: a chain of order 2"),
