@@ -33,7 +33,7 @@ import networkx as nx
 from dgmlang import ast
 from dgmlang import ir
 from dgmlang.check_shapes import fmt_shape
-from dgmlang.check_spans import head_span, line_of, walk_ast
+from dgmlang.check_spans import head_span, line_of
 from dgmlang.check_time import not_supported
 from dgmlang.check_values import NO_WANT, Dep, Skip, Value
 from dgmlang.errors import DGMModelError, DGMShapeError
@@ -212,50 +212,11 @@ class RecurrenceChecker:
                                 f"read one step of it inside a loop, e.g. `{e.name}[t]`")
         return super().name(e, want)
 
-    def read_lag(self, e: ast.Index, name: str, steps: int) -> int:
-        """The lag k of `v[t - k]` (or of a fixed step), checked against the future, the
-        step being defined, and both ends of `name`'s `steps` steps."""
-        time = self.time
-        if time is None:
-            raise not_supported(f"reading a step of '{name}' outside the steps of a sequence", e.span,
-                                "read steps only in the steps of other sequences and recurrent lets")
-        item = e.indices[0]
-        if len(e.indices) != 1 or isinstance(item, ast.Slice):
-            raise not_supported(f"indexing '{name}' other than by one step", e.span,
-                                f"write `{name}[t]` or `{name}[t - k]`, then index the step: `{name}[t][0]`")
-        if time.var is not None and any(isinstance(n, ast.Name) and n.name == time.var for n in walk_ast(item)):
-            lag = -self.time_offset(item, time.var)
-        else:
-            fixed = self.const_int(item, "a step", positive=False)
-            if time.first + 1 != time.stop:
-                raise not_supported(f"a fixed step '{name}[{fixed}]' inside a loop", item.span,
-                                    f"read steps relative to the loop index: `{name}[{time.var} - k]`")
-            lag = time.first - fixed
-        written = f"{name}[{format_expr(item)}]"
-        if lag < 0:
-            raise DGMModelError(
-                f"'{written}' reads the future: step {time.first - lag} comes after step {time.first}",
-                item.span, hint="a step may read only the same or earlier steps of other variables "
-                                "and earlier steps of its own (t - 1, t - k)")
-        if lag == 0 and name == time.target:
-            raise DGMModelError(f"'{written}' reads the step it defines", item.span,
-                                hint=f"read an earlier step: `{name}[t - 1]`")
-        if time.first - lag < 0:
-            raise DGMShapeError(
-                f"'{written}' is step {time.first - lag} at the first step {time.first}: "
-                "before the sequence starts", item.span,
-                hint=f"start the loop at {lag} and define the steps before it on their own (`{name}[0] = ...`)")
-        if time.stop - 1 - lag >= steps:
-            raise DGMShapeError(
-                f"'{written}' is step {time.stop - 1 - lag} at the last step {time.stop - 1}, "
-                f"but '{name}' has {steps} steps", item.span, hint=f"steps run from 0 to {steps - 1}")
-        return lag
-
     def let_step_read(self, e: ast.Index) -> Value:
         name = e.value.name
         if name in self.failed_lets or name not in self.let_extent:
             raise Skip  # its mistakes are reported at its steps
-        lag = self.read_lag(e, name, self.let_extent[name])
+        lag = self.read_lag(e, name, self.let_extent[name], let=True)
         known = self.let_shapes.get(name)
         if known is None:
             raise DGMModelError(f"'{name}[{format_expr(e.indices[0])}]' is read before any step of "
@@ -271,7 +232,7 @@ class RecurrenceChecker:
         name = e.value.name
         if info.shape is None:
             raise Skip
-        lag = self.read_lag(e, name, info.shape[0])
+        lag = self.read_lag(e, name, info.shape[0], let=True)
         self.step_reads.append((self.time.target, name, lag, e.span))
         dep = Dep(name, e.span)
         return Value(ir.StepRef(name, lag, info.shape[1:], span=e.span), info.type == "int",

@@ -213,47 +213,59 @@ class TimeChecker:
         info = self.vars[name]
         if info.shape is None:
             raise Skip
+        lag = self.read_lag(e, name, info.shape[0])
+        time = self.time
+        self.step_reads.append((time.target, name, lag, e.span))
+        dep = Dep(name, e.span)
+        return Value(ir.StepRef(name, lag, info.shape[1:], span=e.span), info.type == "int",
+                     self.bounds.get(name), dep, dep, self.variable_range(name))
+
+    def read_lag(self, e: ast.Index, name: str, steps: int, *, let: bool = False) -> int:
+        """The lag k of `v[t - k]` (or of a fixed step) read in the current step, checked
+        against the future, the step being drawn, and both ends of `name`'s `steps` steps.
+        `let`: read by recurrent lets' wording (steps defined, `v[0] = ...`), which inputs'
+        steps share."""
         time = self.time
         if time is None:
+            if let:
+                raise not_supported(f"reading a step of '{name}' outside the steps of a sequence", e.span,
+                                    "read steps only in the steps of other sequences and recurrent lets")
             raise not_supported(f"reading a step of the sequence '{name}' outside its steps", e.span,
                                 "read steps only in the draws of other steps (`x[t] ~ ...(s[t])`)")
         item = e.indices[0]
         if len(e.indices) != 1 or isinstance(item, ast.Slice):
+            then = f", then index the step: `{name}[t][0]`" if let else ""
             raise not_supported(f"indexing '{name}' other than by one step", e.span,
-                                f"write `{name}[t]` or `{name}[t - k]`")
+                                f"write `{name}[t]` or `{name}[t - k]`{then}")
         if time.var is not None and any(isinstance(n, ast.Name) and n.name == time.var
                                         for n in walk_ast(item)):
-            offset = self.time_offset(item, time.var)
-            lag = -offset
+            lag = -self.time_offset(item, time.var)
         else:
             fixed = self.const_int(item, "a step", positive=False)
             if time.first + 1 != time.stop:
                 raise not_supported(f"a fixed step '{name}[{fixed}]' inside a loop", item.span,
                                     f"read steps relative to the loop index: `{name}[{time.var} - k]`")
             lag = time.first - fixed
-        written = f"{name}[{_source(item)}]"
+        written = f"{name}[{format_expr(item)}]"
+        verb, first_step = ("define", f"`{name}[0] = ...`") if let else ("draw", f"`{name}[0] ~ ...`")
         if lag < 0:
             raise DGMModelError(
                 f"'{written}' reads the future: step {time.first - lag} comes after step {time.first}",
                 item.span, hint="a step may read only the same or earlier steps of other variables "
                                 "and earlier steps of its own (t - 1, t - k)")
         if lag == 0 and name == time.target:
-            raise DGMModelError(f"'{written}' reads the step it draws", item.span,
+            raise DGMModelError(f"'{written}' reads the step it {verb}s", item.span,
                                 hint=f"read an earlier step: `{name}[t - 1]`")
-        steps = info.shape[0]
         if time.first - lag < 0:
             raise DGMShapeError(
                 f"'{written}' is step {time.first - lag} at the first step {time.first}: "
                 "before the sequence starts", item.span,
-                hint=f"start the loop at {lag} and draw the steps before it on their own (`{name}[0] ~ ...`)")
+                hint=f"start the loop at {lag} and {verb} the steps before it on their own ({first_step})")
         if time.stop - 1 - lag >= steps:
             raise DGMShapeError(
                 f"'{written}' is step {time.stop - 1 - lag} at the last step {time.stop - 1}, "
                 f"but '{name}' has {steps} steps", item.span, hint=f"steps run from 0 to {steps - 1}")
-        self.step_reads.append((time.target, name, lag, e.span))
-        dep = Dep(name, e.span)
-        return Value(ir.StepRef(name, lag, info.shape[1:], span=e.span), info.type == "int",
-                     self.bounds.get(name), dep, dep, self.variable_range(name))
+        return lag
 
     def time_offset(self, item: ast.Expr, var: str) -> int:
         """k for a step index `t`, `t + k`, `t - k` or `k + t` (k a constant integer)."""
@@ -265,7 +277,7 @@ class TimeChecker:
                 return k if item.op == "+" else -k
             if item.op == "+" and isinstance(item.right, ast.Name) and item.right.name == var:
                 return self.const_int(item.left, "a step offset", positive=False)
-        raise DGMModelError(f"'{_source(item)}' is not a step index", item.span,
+        raise DGMModelError(f"'{format_expr(item)}' is not a step index", item.span,
                             hint=f"a step is read as `{var}`, `{var} - k` or `{var} + k` with k a constant")
 
     # -------------------------------------------------------------- whole sequences
@@ -446,5 +458,3 @@ def _never_drawn(name: str, first: int, stop: int, info: VarInfo) -> DGMError:
                                                       f"`for t in {first}:{stop} {{ {name}[t] ~ ... }}`"))
 
 
-def _source(expr: ast.Expr) -> str:
-    return format_expr(expr)
