@@ -211,7 +211,7 @@ class TimeChecker:
         """`v[t - k]` (or `v[c]` in one fixed step) as the `StepRef` of lag k."""
         name = e.value.name
         info = self.vars[name]
-        if info.shape is None:
+        if not info.shape:  # unknown, or a scalar declared twice: reported at its declarations
             raise Skip
         lag = self.read_lag(e, name, info.shape[0])
         time = self.time

@@ -450,12 +450,24 @@ def mixture_rounds(model: Any, batch: Mapping[str, torch.Tensor], observed: Mapp
     without a usable weight in a middle round draws uniformly; its last weights show it)."""
     fills = prior_fills(model, batch, MIXTURE_FILLS)
     for _ in range(IMPUTE_PASSES - 1):
-        proposals, log_w = mixture_weights(model, batch, observed, fills, PROPOSALS_PER_FILL)
+        proposals, log_w = unchecked_on_failure(
+            functools.partial(mixture_weights, model, batch, observed, fills, PROPOSALS_PER_FILL))
         usable = torch.isfinite(log_w).any(0) & ~(torch.isnan(log_w) | (log_w == math.inf)).any(0)
         log_w = torch.where(usable, torch.nan_to_num(log_w, nan=-math.inf), torch.zeros_like(log_w))
         chosen = _resample_filled(model, batch, observed, proposals, log_w, globals_, MIXTURE_FILLS)
         fills = {name: chosen[name] for name in model.roles.data}
-    return mixture_weights(model, batch, observed, fills, per_fill)
+    return unchecked_on_failure(functools.partial(mixture_weights, model, batch, observed, fills, per_fill))
+
+
+def unchecked_on_failure(weigh: Callable[[], Any]) -> Any:
+    """`weigh()`, or where a distribution's argument or support check fails (a value
+    overflowing at some rows: a proposal of 0 for a positive latent, say), `weigh()` again
+    without the checks: those rows get non-finite weights, which the caller names."""
+    try:
+        return weigh()
+    except ValueError:
+        with pyro.validation_enabled(False):
+            return weigh()
 
 
 def _resample_filled(model: Any, batch, observed, proposals, log_w: torch.Tensor, globals_, n: int) -> dict:
@@ -590,11 +602,7 @@ def choose_proposals(model: Any, batch: Mapping[str, torch.Tensor], globals_: di
                  for g, v in globals_.items()}
         weigh = functools.partial(importance_weights, model, batch, particles=n_groups * n,
                                   given=given, mask=mask, guide_batch=guide_batch)
-        try:
-            weights = weigh()
-        except ValueError:  # a distribution's argument checks: an overflow at some rows?
-            with pyro.validation_enabled(False):
-                weights = weigh()
+        weights = unchecked_on_failure(weigh)
         log_w = weights.local.reshape(n_groups, n, rows).permute(0, 2, 1)  # (groups, rows, n)
         if unreliable is not None and not globals_ and n == per_group:  # all of a point's proposals
             unreliable.append(importance.unreliable_points(
