@@ -43,7 +43,7 @@ from dgmlang import ir as irm
 from dgmlang.errors import DGMDataError
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
-from dgmlang.sites import ModelSite, plate_batch_shape
+from dgmlang.sites import ModelSite, WholeSequenceSite, plate_batch_shape
 
 __all__ = ["ChainLikelihood", "ChainSite", "Tables", "chain_pairs", "forward", "marginals",
            "posterior_paths", "sample_path", "smoothing"]
@@ -152,19 +152,11 @@ class ChainLikelihood(pdist.TorchDistribution):
         return total.expand(broadcast_shape(tuple(total.shape), tuple(self.batch_shape)))
 
 
-class ChainSite:
+class ChainSite(WholeSequenceSite):
     """The data sequence `name` with its latent chain `chain` summed out: one site of the
     model, with `ModelSite`'s interface (`distribution`, `log_prob`), and `tables`, `sample`
     for the queries. `runs` are the chain's runs of steps, `emissions` the data's, each a
     `ModelSite` over one step."""
-
-    is_global = False
-    enumerable = False
-    constant = False
-    event_rank = 0
-    event_dims = 0
-    outer: tuple[int, ...] = ()
-    outer_size = 1
 
     def __init__(self, name: str, chain: str, facts: ModelFacts, evaluator, net: Callable[[str], nn.Module]):
         self.name = name

@@ -43,7 +43,7 @@ from dgmlang import ir as irm
 from dgmlang.chains import refuse_gaps
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
-from dgmlang.sites import ModelSite, plate_batch_shape
+from dgmlang.sites import ModelSite, WholeSequenceSite, plate_batch_shape
 from dgmlang.supports import support_of
 
 __all__ = ["SequenceLikelihood", "SequenceSite", "autoregressive_data"]
@@ -101,21 +101,12 @@ class SequenceLikelihood(pdist.TorchDistribution):
         return total.expand(broadcast_shape(tuple(total.shape), tuple(self.batch_shape)))
 
 
-class SequenceSite:
+class SequenceSite(WholeSequenceSite):
     """The autoregressive data sequence `name` with the recurrent lets it reads: one site of
     the model, with `ModelSite`'s interface (`distribution`, `log_prob`) and `sample` (as
     `dgmlang.chains.ChainSite`). `runs` are the data's runs of steps, each a `ModelSite`
     over one step; `lets` the recurrent lets it reads (through each other too), `order`
     these lets and `name` in the order one step computes them."""
-
-    is_global = False
-    enumerable = False
-    imputed = False
-    constant = False
-    event_rank = 0
-    event_dims = 0
-    outer: tuple[int, ...] = ()
-    outer_size = 1
 
     def __init__(self, name: str, facts: ModelFacts, evaluator, net: Callable[[str], nn.Module]):
         self.name = name

@@ -48,7 +48,7 @@ from dgmlang.nets import POSITIVE_FLOOR, to_constraint
 __all__ = [
     "GuideInput", "GuideSite", "LatentShape", "ModelSite", "Reference", "family_distribution",
     "latent_shape", "lower_triangular", "missing_site", "plate_batch_shape", "pyro_class",
-    "raw_size", "split_raw",
+    "raw_size", "split_raw", "WholeSequenceSite",
 ]
 
 
@@ -90,6 +90,22 @@ def plate_batch_shape(actual: tuple[int, ...], plates: tuple[tuple[int, int], ..
 
 
 # ---------------------------------------------------------------- the model's sites
+
+
+class WholeSequenceSite:
+    """What a model site of all the steps of one sequence (`dgmlang.chains.ChainSite`,
+    `dgmlang.recurrence.SequenceSite`, `dgmlang.statespace`'s sites) answers where
+    `ModelSite` is asked: a local site, never enumerated in the model, imputed or
+    constant, with no dims beside the data plate's."""
+
+    is_global = False
+    enumerable = False
+    imputed = False
+    constant = False
+    event_rank = 0
+    event_dims = 0
+    outer: tuple[int, ...] = ()
+    outer_size = 1
 
 
 class ModelSite:

@@ -53,7 +53,8 @@ from dgmlang.chains import chain_pairs, refuse_gaps
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
 from dgmlang.nets import POSITIVE_FLOOR
-from dgmlang.sites import GuideInput, GuideSite, LatentShape, ModelSite, plate_batch_shape
+from dgmlang.sites import (GuideInput, GuideSite, LatentShape, ModelSite, WholeSequenceSite,
+                           plate_batch_shape)
 
 __all__ = ["ChainGuideSite", "EmissionSite", "LatentChainSite", "StructuredChainNet", "continuous_chains",
            "sequence_site", "step_info", "DEFAULT_WIDTH", "LINEAR_WIDTH"]
@@ -111,17 +112,8 @@ def _batch_of(env: Env, variables) -> tuple[int, ...]:
                  if k in variables and variables[k].role != "global" and torch.is_tensor(v)), ())
 
 
-class _SequenceSite:
+class _SequenceSite(WholeSequenceSite):
     """What a model site of all the steps of one sequence shares (`ModelSite`'s interface)."""
-
-    is_global = False
-    enumerable = False
-    imputed = False
-    constant = False
-    event_rank = 0
-    event_dims = 0
-    outer: tuple[int, ...] = ()
-    outer_size = 1
 
     def __init__(self, name: str, facts: ModelFacts, evaluator, net):
         self.name = name
