@@ -312,11 +312,15 @@ def dmm_elbo_loss(nets: DMMNetworks, x_batch: torch.Tensor) -> torch.Tensor:
         q = td.Normal(loc, scale)
         zs.append(q.rsample())
         log_q = log_q + q.log_prob(zs[-1]).sum(-1)
-    z = torch.stack(zs, dim=1)  # (B, T, D)
+    return -(dmm_log_joint(nets, x_batch, torch.stack(zs, dim=1)) - log_q).mean()
+
+
+def dmm_log_joint(nets: DMMNetworks, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x, z) per row of the deep Markov model, x ``(B, T, F)``, z ``(B, T, D)``: the
+    terms of all steps at once."""
     p_rest = td.Normal(*nets.trans(z[:, :-1]))
-    log_p = (td.Normal(0.0, 1.0).log_prob(z[:, 0]).sum(-1) + p_rest.log_prob(z[:, 1:]).sum((-2, -1))
-             + td.Binomial(TOTAL_COUNT, logits=nets.emit(z)).log_prob(x_batch).sum((-2, -1)))
-    return -(log_p - log_q).mean()
+    return (td.Normal(0.0, 1.0).log_prob(z[:, 0]).sum(-1) + p_rest.log_prob(z[:, 1:]).sum((-2, -1))
+            + td.Binomial(TOTAL_COUNT, logits=nets.emit(z)).log_prob(x).sum((-2, -1)))
 
 
 def gmm_loss(mu: torch.Tensor, x_batch: torch.Tensor) -> torch.Tensor:
