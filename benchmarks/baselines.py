@@ -16,6 +16,15 @@ the output and its scale through softplus from the second half):
   z2 ~ Normal(mlp(z1, 128)) (the faithful inverse of z2 -> z1 -> x).
 * ``gmm``: param mu[3, 2]; c ~ Categorical(logits=zeros(3)); x[2] ~ Normal(mu[c], 0.5);
   c is summed out exactly, the guide has no latents.
+* ``dmm`` (``digits_dmm``, a deep Markov model): each digit is a sequence of 8 rows x[t] of 8
+  pixels; z[0][8] ~ Normal(0, 1), z[t] ~ Normal(trans(z[t - 1])) with trans an mlp(64),
+  x[t] ~ Binomial(16, logits=emit(z[t])) with emit an mlp(128). The guide is Krishnan et al.'s
+  structured inference network in the layout of Pyro's ``examples/dmm.py``: a GRU (width 64,
+  learned initial state) run over the reversed rows summarizes x[t:], a combiner
+  ``0.5 * (tanh(W z[t - 1]) + h[t])`` gives q(z[t] | z[t - 1], x[t:]) through a linear loc and a
+  softplus scale; z[0] has heads of its own on h[0] (dgmlang's derived guide does the same).
+  The Pyro version samples step by step, ``z_t`` and ``x_t`` per t inside the plate and
+  ``pyro.markov``, as dmm.py does (every row is 8 long, so no ``poutine.mask``).
 
 **The loss of one step**, the same in every style: the single-sample reparameterized ELBO of a
 minibatch of B points drawn at random from N (without replacement, as Pyro's plate draws them),
@@ -69,6 +78,13 @@ GMM_COMPONENTS = 3
 GMM_SCALE = 0.5
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
+# The deep Markov model (``dmm``): each digit read as DMM_STEPS rows of DMM_FEATURES pixels.
+DMM_STEPS = 8
+DMM_FEATURES = 8
+DMM_LATENT = 8
+DMM_TRANS_HIDDEN = (64,)
+DMM_EMIT_HIDDEN = (128,)
+DMM_RNN = 64
 
 Step = Callable[[], float]
 _instance_ids = itertools.count()
@@ -145,6 +161,81 @@ class HVAENetworks(nn.Module):
             self.encoder_z2 = NormalHead(LATENT_DIM, HVAE_TOP_HIDDEN, HVAE_TOP_DIM)
 
 
+class DMMNetworks(nn.Module):
+    """The deep Markov model's networks: model ``trans`` (z[t - 1] -> loc, scale of z[t]) and
+    ``emit`` (z[t] -> logits of x[t]); guide ``rnn`` (backward over the rows, initial state
+    ``h_0``), the combiner (``from_latent``, ``to_loc``, ``to_scale``) and the first step's
+    heads (``first_loc``, ``first_scale``). Sizes as dgmlang's ``digits_dmm`` and its guide."""
+
+    def __init__(self, *, seed: int = 0):
+        super().__init__()
+        with _seeded(seed):
+            self.trans = NormalHead(DMM_LATENT, DMM_TRANS_HIDDEN, DMM_LATENT)
+            self.emit = mlp(DMM_LATENT, DMM_EMIT_HIDDEN, DMM_FEATURES)
+            self.rnn = nn.GRU(DMM_FEATURES, DMM_RNN, batch_first=True)
+            self.h_0 = nn.Parameter(torch.zeros(DMM_RNN))
+            self.from_latent = nn.Linear(DMM_LATENT, DMM_RNN)
+            self.to_loc = nn.Linear(DMM_RNN, DMM_LATENT)
+            self.to_scale = nn.Linear(DMM_RNN, DMM_LATENT)
+            self.first_loc = nn.Linear(DMM_RNN, DMM_LATENT)
+            self.first_scale = nn.Linear(DMM_RNN, DMM_LATENT)
+
+    def summary(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, F)`` -> ``(B, T, W)``: the GRU run over the reversed rows, put back in order
+        (at t it has read x[T - 1], ..., x[t]), as dmm.py's ``rnn`` and ``pad_and_reverse``."""
+        h_0 = self.h_0.expand(1, x.shape[0], DMM_RNN).contiguous()
+        out, _ = self.rnn(x.flip(1), h_0)
+        return out.flip(1)
+
+    def first(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of q(z[0] | x[0:]) from the summary at 0."""
+        return self.first_loc(h), nn.functional.softplus(self.first_scale(h))
+
+    def combine(self, z_prev: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of q(z[t] | z[t - 1], x[t:]): dmm.py's ``Combiner``."""
+        hidden = 0.5 * (torch.tanh(self.from_latent(z_prev)) + h)
+        return self.to_loc(hidden), nn.functional.softplus(self.to_scale(hidden))
+
+    def copy_from(self, compiled) -> "DMMNetworks":
+        """Take every weight from dgmlang's compiled ``digits_dmm`` (`DMM_TEXT`), whose
+        references must be neutral (loc 0, scale 1, as calibration leaves them on the digits):
+        then this and dgmlang compute one loss (used to compare the two estimates)."""
+        nets, guide = compiled.model.nets, compiled.guide.nets["z"]
+        for reference in (compiled.guide.reference("z"), compiled.guide.input_reference("x")):
+            if bool((reference.loc != 0).any() or (reference.scale != 1).any()):
+                raise ValueError("dgmlang's guide references are not neutral: the weights alone do not give its loss")
+        pairs = [(self.trans.net, nets["trans"].layers), (self.emit, nets["emit"].layers),
+                 (self.rnn, guide.rnn)]
+        pairs += [(getattr(self, name), getattr(guide, name))
+                  for name in ("from_latent", "to_loc", "to_scale", "first_loc", "first_scale")]
+        with torch.no_grad():
+            for mine, theirs in pairs:
+                for a, b in zip(mine.parameters(), theirs.parameters(), strict=True):
+                    a.copy_(b)
+            self.h_0.copy_(guide.start)
+        return self
+
+
+#: The same model in dgmlang (`step_time.py`'s dmm row; the data: digits as (N, 8, 8)).
+DMM_TEXT = f"""
+model digits_dmm {{
+    data   x[{DMM_STEPS}, {DMM_FEATURES}]
+    latent z[{DMM_STEPS}, {DMM_LATENT}] guide(hidden = [{DMM_RNN}])
+    net trans = mlp(hidden = [{", ".join(map(str, DMM_TRANS_HIDDEN))}])
+    net emit  = mlp(hidden = [{", ".join(map(str, DMM_EMIT_HIDDEN))}])
+
+    z[0] ~ Normal(0, 1)
+    for t in 1:{DMM_STEPS} {{ z[t] ~ Normal(trans(z[t - 1])) }}
+    for t in 0:{DMM_STEPS} {{ x[t] ~ Binomial({TOTAL_COUNT}, logits = emit(z[t])) }}
+}}
+"""
+
+
+def dmm_data(x: torch.Tensor) -> torch.Tensor:
+    """Digits ``(N, 64)`` as sequences of rows ``(N, DMM_STEPS, DMM_FEATURES)``."""
+    return x.reshape(len(x), DMM_STEPS, DMM_FEATURES)
+
+
 def gmm_initial_means(*, seed: int = 0) -> torch.Tensor:
     """A seeded standard-Normal draw for the mixture's means (zeros could not separate)."""
     with _seeded(seed):
@@ -210,6 +301,28 @@ def hvae_elbo_loss(nets: HVAENetworks, x_batch: torch.Tensor) -> torch.Tensor:
     return -elbo.mean()
 
 
+def dmm_elbo_loss(nets: DMMNetworks, x_batch: torch.Tensor) -> torch.Tensor:
+    """The negative single-sample ELBO per data point of the deep Markov model: the guide
+    drawn step by step (the same draws, in the same order, as the Pyro version), the model's
+    terms of all steps at once."""
+    h = nets.summary(x_batch)
+    zs, log_q = [], 0.0
+    for t in range(DMM_STEPS):
+        loc, scale = nets.first(h[:, 0]) if t == 0 else nets.combine(zs[-1], h[:, t])
+        q = td.Normal(loc, scale)
+        zs.append(q.rsample())
+        log_q = log_q + q.log_prob(zs[-1]).sum(-1)
+    return -(dmm_log_joint(nets, x_batch, torch.stack(zs, dim=1)) - log_q).mean()
+
+
+def dmm_log_joint(nets: DMMNetworks, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """log p(x, z) per row of the deep Markov model, x ``(B, T, F)``, z ``(B, T, D)``: the
+    terms of all steps at once."""
+    p_rest = td.Normal(*nets.trans(z[:, :-1]))
+    return (td.Normal(0.0, 1.0).log_prob(z[:, 0]).sum(-1) + p_rest.log_prob(z[:, 1:]).sum((-2, -1))
+            + td.Binomial(TOTAL_COUNT, logits=nets.emit(z)).log_prob(x).sum((-2, -1)))
+
+
 def gmm_loss(mu: torch.Tensor, x_batch: torch.Tensor) -> torch.Tensor:
     """The exact negative log-likelihood per data point, the component summed out."""
     component_log_prob = td.Normal(mu, GMM_SCALE).log_prob(x_batch.unsqueeze(-2)).sum(-1)  # (B, 3)
@@ -247,6 +360,12 @@ def plain_hvae_step(nets: HVAENetworks, x: torch.Tensor, *, batch_size: int = BA
                     lr: float = LEARNING_RATE) -> Step:
     """A plain-PyTorch training step of the two-level VAE."""
     return _plain_step(lambda xb: hvae_elbo_loss(nets, xb), nets.parameters(), x, batch_size, lr)
+
+
+def plain_dmm_step(nets: DMMNetworks, x: torch.Tensor, *, batch_size: int = BATCH_SIZE,
+                   lr: float = LEARNING_RATE) -> Step:
+    """A plain-PyTorch training step of the deep Markov model; `x` is ``(N, T, F)``."""
+    return _plain_step(lambda xb: dmm_elbo_loss(nets, xb), nets.parameters(), x, batch_size, lr)
 
 
 def plain_gmm_step(mu_init: torch.Tensor, x: torch.Tensor, *, batch_size: int = BATCH_SIZE,
@@ -319,6 +438,45 @@ class PyroHVAE:
             pyro.sample("z2", dist.Normal(*self.nets.encoder_z2(z1)).to_event(1))
 
 
+class PyroDMM:
+    """The deep Markov model in hand-written Pyro, laid out as Pyro's ``examples/dmm.py``: one
+    ``pyro.module`` for every network, a subsampled plate, and a ``pyro.markov`` loop over t
+    with one ``pyro.sample`` per step for z (model and guide) and for x (model)."""
+
+    def __init__(self, nets: DMMNetworks, *, batch_size: int = BATCH_SIZE):
+        self.nets = nets
+        self.batch_size = batch_size
+        self.prefix = f"dmm{next(_instance_ids)}"
+        self.device = next(nets.parameters()).device
+        self.prior_loc = torch.zeros(DMM_LATENT, device=self.device)
+        self.prior_scale = torch.ones(DMM_LATENT, device=self.device)
+
+    def model(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+        pyro.module(self.prefix, self.nets)
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
+            x_batch = x[idx]
+            z_prev = None
+            for t in pyro.markov(range(DMM_STEPS)):
+                loc, scale = ((self.prior_loc, self.prior_scale) if z_prev is None
+                              else self.nets.trans(z_prev))
+                z_t = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
+                pyro.sample(f"x_{t}", dist.Binomial(TOTAL_COUNT, logits=self.nets.emit(z_t)).to_event(1),
+                            obs=x_batch[:, t])
+                z_prev = z_t
+
+    def guide(self, x: torch.Tensor, subsample: torch.Tensor | None = None) -> None:
+        pyro.module(self.prefix, self.nets)
+        with pyro.plate("data", x.shape[0], subsample_size=self.batch_size, subsample=subsample,
+                        device=self.device) as idx:
+            h = self.nets.summary(x[idx])
+            z_prev = None
+            for t in pyro.markov(range(DMM_STEPS)):
+                loc, scale = (self.nets.first(h[:, 0]) if z_prev is None
+                              else self.nets.combine(z_prev, h[:, t]))
+                z_prev = pyro.sample(f"z_{t}", dist.Normal(loc, scale).to_event(1))
+
+
 class PyroGMM:
     """The mixture in hand-written Pyro: ``c`` enumerated in the model, an empty guide."""
 
@@ -380,6 +538,13 @@ def pyro_hvae_step(nets: HVAENetworks, x: torch.Tensor, *, batch_size: int = BAT
     """A hand-written Pyro training step of the two-level VAE."""
     hvae = PyroHVAE(nets, batch_size=batch_size)
     return _svi_step(hvae.model, hvae.guide, _trace_elbo(jit), x, lr, jit=jit)
+
+
+def pyro_dmm_step(nets: DMMNetworks, x: torch.Tensor, *, batch_size: int = BATCH_SIZE,
+                  lr: float = LEARNING_RATE, jit: bool = False) -> Step:
+    """A hand-written Pyro training step of the deep Markov model (`PyroDMM`); `x` is ``(N, T, F)``."""
+    dmm = PyroDMM(nets, batch_size=batch_size)
+    return _svi_step(dmm.model, dmm.guide, _trace_elbo(jit), x, lr, jit=jit)
 
 
 def pyro_gmm_step(mu_init: torch.Tensor, x: torch.Tensor, *, batch_size: int = BATCH_SIZE,

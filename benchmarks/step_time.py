@@ -23,6 +23,14 @@ compiled with ``device="cuda"`` and given the data on the CPU, as a user would, 
 steps includes copying the minibatch over (`dgmlang.devices.to_device`). Times on a GPU are
 taken after ``torch.cuda.synchronize()``.
 
+``dmm`` (issue 14): a deep Markov model of the digits read as 8 rows of 8 pixels
+(``baselines.DMM_TEXT``: z[8, 8], trans an mlp(64), emit an mlp(128), x[t] ~ Binomial(16);
+dgmlang's derived guide, a GRU of width 64 run backward and a combiner), against the same model
+and guide written by hand in Pyro in the layout of Pyro's ``examples/dmm.py`` (a ``pyro.markov``
+loop over t, one site per step; ``baselines.PyroDMM``) and in plain PyTorch. Before the timing
+its loss is checked against the plain-PyTorch one on the same weights (copied from dgmlang's):
+the mean over 300 draws of each per-point loss on 256 rows, which must agree in expectation.
+
 ``compile`` (issue 15): ``digits_vae_bench`` trained by ``m.fit(..., compile=True)`` (the fast
 path's step through ``torch.compile``, inductor) against the same eager plain-PyTorch step and
 dgmlang's eager ``fit``, per step after the warm-up (whose seconds are printed). Before the
@@ -30,8 +38,9 @@ timing, one model is trained 200 steps eagerly and, from the same initial parame
 200 steps compiled: the mean loss per point over those steps must agree within 0.5%
 (compiled random draws differ, so they are not equal).
 
-Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae,compile]
-[--device cpu|cuda|cuda:N]``
+Usage: ``python benchmarks/step_time.py [--steps 200] [--repeats 5] [--models vae,gmm,hvae,dmm,compile]
+[--device cpu|cuda|cuda:N] [--quick]`` (``--quick``: 3 rounds of 50 steps after 5 warm-up steps,
+a smoke run whose ratios are rougher).
 """
 from __future__ import annotations
 
@@ -123,6 +132,12 @@ def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Be
     def hvae():
         return hand.HVAENetworks(seed=seed).to(device)
 
+    def dmm():
+        return hand.DMMNetworks(seed=seed).to(device)
+
+    dmm_x = hand.dmm_data(train_x)
+    dmm_on = dmm_x.to(device)
+
     builders = {
         "vae": lambda: Benchmark("vae", VAE_TEXT, train_x, "Pyro Trace_ELBO", (
             Implementation("plain PyTorch", _repeat(hand.plain_vae_step(vae(), x_on))),
@@ -144,6 +159,12 @@ def _benchmarks(selected: list[str], seed: int, device: torch.device) -> list[Be
             Implementation("Pyro JitTrace_ELBO",
                            _repeat(hand.pyro_hvae_step(hvae(), x_on, jit=True))),
         )),
+        "dmm": lambda: Benchmark("dmm", hand.DMM_TEXT, dmm_x, "Pyro Trace_ELBO", (
+            Implementation("plain PyTorch", _repeat(hand.plain_dmm_step(dmm(), dmm_on))),
+            Implementation("Pyro Trace_ELBO", _repeat(hand.pyro_dmm_step(dmm(), dmm_on))),
+            Implementation("Pyro JitTrace_ELBO",
+                           _repeat(hand.pyro_dmm_step(dmm(), dmm_on, jit=True))),
+        )),
     }
     return [builders[name]() for name in selected]
 
@@ -162,6 +183,8 @@ def _dgmlang_runner(text: str, data: torch.Tensor, device: torch.device, *,
         return None, f"not available (compile failed: {type(error).__name__}: {error})"
     if compiled:
         _compile_agreement(model, data)
+    if text == hand.DMM_TEXT:
+        _dmm_agreement(model, data)
 
     def run(steps: int) -> list:
         # a fresh Adam each round, as before fit kept the optimizer's state across calls
@@ -190,6 +213,28 @@ def _compile_agreement(model, data: torch.Tensor, steps: int = 200, seed: int = 
     print(f"  compile warm-up {warmup:.1f} s; mean loss per point over {steps} steps from the same "
           f"start: eager {means[False]:.3f}, compiled {means[True]:.3f} ({100 * apart:.2f}% apart; "
           f"bar 0.5%: {'met' if apart <= 0.005 else 'NOT met'})")
+
+
+def _dmm_agreement(model, data: torch.Tensor, rows: int = 256, draws: int = 300, seed: int = 0) -> None:
+    """Print dgmlang's loss per point on `rows` rows (the fast path's `fit` computes, with the
+    single-sample bound) and plain PyTorch's on the same weights (`DMMNetworks.copy_from`), each
+    the mean of `draws` draws with its standard error: one estimator, so they agree in
+    expectation (their draws differ: dgmlang draws the guide's noise for all steps at once)."""
+    from dgmlang import fastpath
+
+    model.fit({"x": data}, steps=1, batch_size=hand.BATCH_SIZE, progress=False)  # calibrated, built
+    nets = hand.DMMNetworks().to(model.device).copy_from(model)
+    fast = fastpath.build(model.ir, model.plan, model.model, model.guide)
+    batch = data[:rows].to(model.device)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ours = torch.stack([fast.loss({"x": batch}, rows) / rows for _ in range(draws)])
+        theirs = torch.stack([hand.dmm_elbo_loss(nets, batch) for _ in range(draws)])
+    apart = float(ours.mean() - theirs.mean())
+    error = float((ours.var() / draws + theirs.var() / draws).sqrt())
+    print(f"  dmm loss per point on the same weights ({rows} rows, mean of {draws} draws): dgmlang "
+          f"{float(ours.mean()):.3f}, plain PyTorch {float(theirs.mean()):.3f}; apart {apart:+.3f} "
+          f"= {apart / error:+.1f} standard errors")
 
 
 def _warm_up(implementations: list[Implementation], steps: int) -> list[Implementation]:
@@ -242,15 +287,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="training steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per implementation")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (JIT, lazy building)")
-    parser.add_argument("--models", default="vae,gmm,hvae,compile",
-                        help="comma-separated: vae, gmm, hvae, compile")
+    parser.add_argument("--models", default="vae,gmm,hvae,dmm,compile",
+                        help="comma-separated: vae, gmm, hvae, dmm, compile")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where every implementation computes")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 3 rounds of 50 steps after 5 warm-up steps")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats, args.warmup = 50, 3, 5
     selected = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = sorted(set(selected) - {"vae", "gmm", "hvae", "compile"})
+    unknown = sorted(set(selected) - {"vae", "gmm", "hvae", "dmm", "compile"})
     if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from vae, gmm, hvae, compile")
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from vae, gmm, hvae, dmm, compile")
 
     from dgmlang.devices import device_of
     from dgmlang.errors import DGMError

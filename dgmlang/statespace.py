@@ -126,18 +126,23 @@ class _SequenceSite(WholeSequenceSite):
         self.runs = [(run, ModelSite(name, facts, evaluator, net, steps=run)) for run in facts.draws[name].steps]
 
     def _run_log_prob(self, site: ModelSite, local: Env, value: torch.Tensor) -> torch.Tensor:
-        """log p of `value` ``(L, *batch, *step)`` under one run's distribution, ``(*batch, L)``."""
+        """log p of `value` ``(L, *batch, *step)`` under one run's distribution, ``(L, *batch)``."""
         log_p = site.distribution(local).log_prob(value)
         if site.event_dims:
             log_p = log_p.sum(tuple(range(-site.event_dims, 0)))
-        return log_p.movedim(0, -1)
+        return log_p
 
     def _total(self, parts: list[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
-        """Per-step terms of every run joined in time order, padding dropped, summed over time."""
-        shape = torch.broadcast_shapes(*(p.shape[:-1] for p in parts))
-        steps = torch.cat([p.expand(*shape, p.shape[-1]) for p in parts], dim=-1)
-        if mask is not None:
-            steps = torch.where(mask, steps, torch.zeros((), dtype=steps.dtype, device=steps.device))
+        """The per-step terms of every run (each ``(L, *batch)``, in time order) summed over
+        time, padding dropped; without padding each run is summed on its own."""
+        if mask is None:
+            total = None
+            for part in parts:
+                total = part.sum(0) if total is None else total + part.sum(0)
+            return total
+        shape = torch.broadcast_shapes(*(p.shape[1:] for p in parts))
+        steps = torch.cat([p.expand(p.shape[0], *shape) for p in parts], dim=0).movedim(0, -1)
+        steps = torch.where(mask, steps, torch.zeros((), dtype=steps.dtype, device=steps.device))
         return steps.sum(-1)
 
     def distribution(self, env: Env) -> "_WholeSequence":
@@ -300,13 +305,13 @@ class StructuredChainNet(nn.Module):
         if self.mean_field:
             hidden = self.read(data)
             return hidden if self.linear else torch.tanh(hidden)
-        t = torch.arange(steps, device=data.device)
-        if lengths is None:
-            order = (steps - 1 - t).expand(rows, steps)
+        if lengths is None:  # every row reversed whole: a flip (cheaper than a gather, both ways)
+            backward, order = data.flip(1), None
         else:
+            t = torch.arange(steps, device=data.device)
             n = lengths.long().unsqueeze(-1)
             order = torch.where(t < n, n - 1 - t, t)
-        backward = data.gather(1, order.unsqueeze(-1).expand_as(data))
+            backward = data.gather(1, order.unsqueeze(-1).expand_as(data))
         if self.linear:
             state, states = self.start.expand(rows, -1), []
             inputs = self.read(backward)
@@ -316,6 +321,8 @@ class StructuredChainNet(nn.Module):
             out = torch.stack(states, dim=1)
         else:
             out, _ = self.rnn(backward, self.start.expand(1, rows, -1).contiguous())
+        if order is None:
+            return out.flip(1)
         return out.gather(1, order.unsqueeze(-1).expand(rows, steps, out.shape[-1]))
 
     def combine(self, previous: torch.Tensor, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +365,14 @@ class ChainGuideSite(GuideSite):
 
 
 class _ChainPosterior(pdist.TorchDistribution):
-    """q(z | x) of a `ChainGuideSite`: batch ``(*batch,)``, event the chain's shape."""
+    """q(z | x) of a `ChainGuideSite`: batch ``(*batch,)``, event the chain's shape.
+
+    `rsample` draws in the reference's units (each step's combiner reads the step before as
+    drawn, which is what standardizing the rescaled value gives back) and rescales the whole
+    path once. It keeps each step's scale and standard-normal noise: `log_prob` of the very
+    tensor it returned is then ``-noise² / 2 - log scale - log √(2π)`` summed, the same
+    function of the parameters as scoring the value afresh (so the same gradient), without
+    running the combiner over the path a second time. Any other value is scored afresh."""
 
     arg_constraints: dict = {}
     support = constraints.real  # every step's entries are real (validation is off)
@@ -368,6 +382,7 @@ class _ChainPosterior(pdist.TorchDistribution):
         self._site = site
         self._summary = summary
         self._mask = mask
+        self._drawn = None  # (value, noise, scales, made with grad) of the last rsample
         shape = site.model_site.shape
         super().__init__(torch.Size(batch_shape), torch.Size(shape), validate_args=False)
 
@@ -384,15 +399,19 @@ class _ChainPosterior(pdist.TorchDistribution):
 
     def rsample(self, sample_shape=torch.Size()):
         site = self._site
+        network, summary = site.network, self._summary
         shape = tuple(sample_shape) + tuple(self.batch_shape)
-        size = site.info.size
-        noise = torch.randn(*shape, site.steps, size, dtype=self._summary.dtype, device=self._summary.device)
-        steps, previous = [], None
-        for t in range(site.steps):
-            loc, scale = self._parameters(previous, self._summary[:, t])
-            previous = loc + scale * noise[..., t, :]
-            steps.append(previous)
-        return torch.stack(steps, dim=-2).reshape(*shape, *self.event_shape)
+        noise = torch.randn(*shape, site.steps, site.info.size, dtype=summary.dtype, device=summary.device)
+        steps, scales, raw = [], [], None
+        for t in range(site.steps):  # in reference units throughout
+            loc, scale = network.begin(summary[:, 0]) if t == 0 else network.combine(raw, summary[:, t])
+            raw = loc + scale * noise[..., t, :]
+            steps.append(raw)
+            scales.append(scale if scale.shape == raw.shape else scale.expand(raw.shape))
+        reference = site.reference
+        value = (reference.loc + reference.scale * torch.stack(steps, dim=-2)).reshape(*shape, *self.event_shape)
+        self._drawn = (value, noise, scales, torch.is_grad_enabled())
+        return value
 
     def sample(self, sample_shape=torch.Size()):
         with torch.no_grad():
@@ -400,15 +419,25 @@ class _ChainPosterior(pdist.TorchDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         site = self._site
-        flat = value.reshape(*value.shape[:value.dim() - len(self.event_shape)], site.steps, site.info.size)
-        first_loc, first_scale = self._parameters(None, self._summary[:, :1])
-        loc, scale = self._parameters(flat[..., :-1, :], self._summary[:, 1:])
-        log_q = torch.cat([torch.distributions.Normal(first_loc, first_scale).log_prob(flat[..., :1, :]),
-                           torch.distributions.Normal(loc, scale).log_prob(flat[..., 1:, :])], dim=-2).sum(-1)
+        drawn = self._drawn
+        if drawn is not None and value is drawn[0] and (drawn[3] or not torch.is_grad_enabled()):
+            _, noise, scales, _ = drawn
+            scale = torch.stack(scales, dim=-2) * site.reference.scale
+            log_q = (-0.5 * noise.square() - _HALF_LOG_TWO_PI) - scale.log()
+            log_q = log_q.sum(-1)
+        else:
+            flat = value.reshape(*value.shape[:value.dim() - len(self.event_shape)], site.steps, site.info.size)
+            first_loc, first_scale = self._parameters(None, self._summary[:, :1])
+            loc, scale = self._parameters(flat[..., :-1, :], self._summary[:, 1:])
+            log_q = torch.cat([torch.distributions.Normal(first_loc, first_scale).log_prob(flat[..., :1, :]),
+                               torch.distributions.Normal(loc, scale).log_prob(flat[..., 1:, :])], dim=-2).sum(-1)
         if self._mask is not None:
             log_q = torch.where(self._mask, log_q, torch.zeros((), dtype=log_q.dtype, device=log_q.device))
         total = log_q.sum(-1)
         return total.expand(broadcast_shape(tuple(total.shape), tuple(self.batch_shape)))
+
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 def build_guide_site(step, facts: ModelFacts, lowered, reference, input_references, hidden) -> ChainGuideSite:

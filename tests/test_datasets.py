@@ -143,6 +143,48 @@ def test_plain_and_pyro_gmm_give_the_same_exact_loss(baselines):
     assert baselines.gmm_loss(mu, x[batch]).item() == pytest.approx(total / len(x), rel=1e-5)
 
 
+def test_plain_and_pyro_dmm_give_the_same_loss_and_gradients_with_the_same_noise(baselines, data):
+    from pyro.infer import Trace_ELBO
+
+    nets = baselines.DMMNetworks(seed=5)
+    x = baselines.dmm_data(data.train_x)
+    batch = torch.arange(20, 52)
+    torch.manual_seed(6)  # the guide's draws, one step after the other, are the only noise
+    plain = baselines.dmm_elbo_loss(nets, x[batch])
+    plain.backward()
+    plain_grads = _gradients(nets)
+    nets.zero_grad()
+    dmm = baselines.PyroDMM(nets, batch_size=32)
+    torch.manual_seed(6)
+    total = Trace_ELBO().differentiable_loss(dmm.model, dmm.guide, x, subsample=batch)
+    total.backward()
+    assert plain.item() == pytest.approx(total.item() / len(x), rel=1e-5)
+    for g_plain, p in zip(plain_grads, nets.parameters()):
+        torch.testing.assert_close(p.grad / len(x), g_plain, rtol=1e-4, atol=1e-6)
+
+
+def test_the_dmm_baselines_compute_dgmlangs_densities_on_its_weights(baselines, data):
+    """`DMMNetworks.copy_from` a compiled `DMM_TEXT`: for any z, the same log p(x, z) as
+    dgmlang's model and the same log q(z | x) as its derived guide."""
+    import dgmlang
+
+    m = dgmlang.compile(baselines.DMM_TEXT)
+    nets = baselines.DMMNetworks().copy_from(m)
+    x = baselines.dmm_data(data.train_x[:16])
+    torch.manual_seed(0)
+    z = torch.randn(16, baselines.DMM_STEPS, baselines.DMM_LATENT)
+    with torch.no_grad():
+        sites = {site.name: site for site in m.model.sites}
+        env = {"x": x, "z": z}
+        log_p = sites["z"].sequence_log_prob(env, z) + sites["x"].sequence_log_prob(env, x)
+        log_q = m.guide.sites[0].distribution({"x": x}).log_prob(z)
+        h = nets.summary(x)
+        params = [nets.first(h[:, 0])] + [nets.combine(z[:, t - 1], h[:, t]) for t in range(1, baselines.DMM_STEPS)]
+        hand_q = sum(torch.distributions.Normal(*p).log_prob(z[:, t]).sum(-1) for t, p in enumerate(params))
+        torch.testing.assert_close(log_p, baselines.dmm_log_joint(nets, x, z), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(log_q, hand_q, rtol=1e-5, atol=1e-3)
+
+
 def test_training_steps_lower_the_loss(baselines, data):
     torch.manual_seed(0)
     x = data.train_x[:256]

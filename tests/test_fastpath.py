@@ -129,6 +129,29 @@ model images {
     img ~ Normal(deconv(z, channels = [4, 2]), 0.2)
 }
 """,
+    # a deep Markov model (dgmlang.statespace): the structured chain guide, drawn step by step
+    "dmm": """
+model dmm {
+    data   x[5, 3]
+    latent z[5, 2] guide(hidden = [6])
+    net trans = mlp(hidden = [4])
+    net emit  = mlp(hidden = [4])
+    z[0] ~ Normal(0, 1)
+    for t in 1:5 { z[t] ~ Normal(trans(z[t - 1])) }
+    for t in 0:5 { x[t] ~ Binomial(4, logits = emit(z[t])) }
+}
+""",
+    # a linear chain whose rows end at their lengths (padding masked in model and guide)
+    "chain_lengths": """
+model chain_lengths {
+    input  n : int
+    data   x[6]
+    latent z[6] guide(hidden = [])
+    z[0] ~ Normal(0, 1)
+    for t in 1:6 { z[t] ~ Normal(0.9 * z[t - 1], 0.5) }
+    for t in 0:n { x[t] ~ Normal(z[t], 0.3) }
+}
+""",
 }
 
 GUIDE_ENUMERATED = """

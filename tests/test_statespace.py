@@ -151,6 +151,30 @@ def test_padding_is_masked_in_model_and_guide():
     torch.testing.assert_close(full, padded)
 
 
+def test_a_drawn_path_scores_as_scoring_it_afresh():
+    """log q of the very path `rsample` returned (from its own scales and noise) has the value
+    and the gradients of scoring a copy of the path afresh (the combiner run over it), here
+    with references away from neutral, particles and padding; a path drawn without gradients
+    and scored with them is scored afresh, so its log q has gradients."""
+    m = dgmlang.compile(lgssm_text(length="n", guide="guide(hidden = [8])")).to(dtype=torch.float64)
+    m.guide.reference("z").set(torch.tensor([3.0]), torch.tensor([4.0]))
+    m.guide.input_reference("x").set(torch.tensor(1.0), torch.tensor(2.0))
+    x = dgmlang.compile(lgssm_text()).sample(4, seed=1)["x"].double()
+    q = m.guide.sites[0].distribution({"x": x, "n": torch.tensor([STEPS, 10, 3, 1])}).expand((3, 4))
+    torch.manual_seed(0)
+    z = q.rsample()
+    drawn, fresh = q.log_prob(z), q.log_prob(z.clone())
+    torch.testing.assert_close(drawn, fresh, rtol=1e-10, atol=1e-10)
+    params = [p for p in m.guide.parameters() if p.requires_grad]
+    by_draw = torch.autograd.grad(drawn.sum(), params, retain_graph=True, allow_unused=True)
+    afresh = torch.autograd.grad(fresh.sum(), params, allow_unused=True)
+    for a, b in zip(by_draw, afresh):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    assert q.log_prob(q.sample()).requires_grad
+
+
 def test_invert_and_sample_shapes(structured, lgssm_data):
     draws = structured.invert({"x": lgssm_data[:2]}, num_samples=20, seed=0, progress=False)
     assert draws["z"].shape == (20, 2, STEPS)
