@@ -28,7 +28,6 @@ tensor([1., 1.])
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,10 +39,9 @@ import pyro.distributions as pdist
 from pyro.distributions import constraints
 
 from dgmlang import ir as irm
-from dgmlang.errors import DGMDataError
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
-from dgmlang.sites import ModelSite, WholeSequenceSite, plate_batch_shape
+from dgmlang.sites import ModelSite, WholeSequenceSite, refuse_gaps
 
 __all__ = ["ChainLikelihood", "ChainSite", "Tables", "chain_pairs", "forward", "marginals",
            "posterior_paths", "sample_path", "smoothing"]
@@ -231,20 +229,12 @@ class ChainSite(WholeSequenceSite):
 
     def distribution(self, env: Env) -> ChainLikelihood:
         """p(x) with the chain summed out, batch shape the plate's (before any `.to_event`)."""
-        batch = next((tuple(v.shape[:v.dim() - len(self._variables[k].shape)]) for k, v in env.items()
-                      if k in self._variables and self._variables[k].role != "global" and torch.is_tensor(v)), ())
         env = dict(env)
-        return ChainLikelihood(lambda value: self.tables(env, value), batch, self.shape)
+        return ChainLikelihood(lambda value: self.tables(env, value), self.plate_batch(env), self.shape)
 
-    def log_prob(self, env: Env, plates, per_point: bool, observed: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x) of the data in `env` (as `ModelSite.log_prob`: summed over the plates, or
-        per data point when `per_point`)."""
-        refuse_gaps(self.name, observed)
-        total = forward(self.tables(env, env[self.name]))
-        target = plate_batch_shape((), plates)
-        if per_point:
-            return total.expand(broadcast_shape(tuple(total.shape), target))
-        return total.sum() * (math.prod(target) / max(1, total.numel()))
+    def sequence_log_prob(self, env: Env, value: torch.Tensor) -> torch.Tensor:
+        """log p(x) per row, the chain summed out (the forward algorithm)."""
+        return forward(self.tables(env, value))
 
     def sample(self, env: Env, obs: torch.Tensor | None, observed: torch.Tensor | None, rows: int) -> dict:
         """The Pyro site(s): x observed, its density with the chain summed out; else the chain
@@ -281,15 +271,6 @@ class ChainSite(WholeSequenceSite):
             value = value.expand(run.stop - run.first, *batch, *self.shape[1:])
             pieces.append(value.movedim(0, len(batch)))
         return path, torch.cat(pieces, dim=len(batch))
-
-
-def refuse_gaps(name: str, observed: torch.Tensor | None) -> None:
-    """Missing entries (NaN, or False in a mask) in a data sequence are refused, padding
-    past a sequence's length included: padding is not missing data."""
-    if observed is not None and not bool(observed.all()):
-        raise DGMDataError(f"'{name}' has missing entries: missing steps of a sequence are not supported yet",
-                           hint="give every step of every sequence; pad a sequence shorter than its "
-                                "length input with any valid value (such as 0): steps past the length are ignored")
 
 
 #: Rows `marginals` computes at once.

@@ -42,10 +42,10 @@ from dgmlang.evaluate import Evaluator
 from dgmlang.facts import ModelFacts
 from dgmlang.marginals import ObservedPart, redraw
 from dgmlang.nets import build_net, seeded
-from dgmlang.chains import ChainSite, chain_pairs, refuse_gaps
+from dgmlang.chains import ChainSite, chain_pairs
 from dgmlang import statespace
 from dgmlang.recurrence import SequenceSite, autoregressive_data
-from dgmlang.sites import ModelSite, missing_site
+from dgmlang.sites import ModelSite, missing_site, refuse_gaps
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
 MAX_PLATE_NESTING = 1

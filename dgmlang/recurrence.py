@@ -27,7 +27,6 @@ True
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,10 +39,9 @@ import pyro.distributions as pdist
 from pyro.distributions import constraints
 
 from dgmlang import ir as irm
-from dgmlang.chains import refuse_gaps
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
-from dgmlang.sites import ModelSite, WholeSequenceSite, plate_batch_shape
+from dgmlang.sites import ModelSite, WholeSequenceSite, refuse_gaps
 from dgmlang.supports import support_of
 
 __all__ = ["SequenceLikelihood", "SequenceSite", "autoregressive_data"]
@@ -270,20 +268,12 @@ class SequenceSite(WholeSequenceSite):
 
     def distribution(self, env: Env) -> SequenceLikelihood:
         """p(x), exact, batch shape the plate's (before any `.to_event`)."""
-        batch = next((tuple(v.shape[:v.dim() - len(self._variables[k].shape)]) for k, v in env.items()
-                      if k in self._variables and self._variables[k].role != "global" and torch.is_tensor(v)), ())
         env = dict(env)
-        return SequenceLikelihood(lambda value: self.score(env, value), batch, self.shape)
+        return SequenceLikelihood(lambda value: self.score(env, value), self.plate_batch(env), self.shape)
 
-    def log_prob(self, env: Env, plates, per_point: bool, observed: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x) of the data in `env` (as `ModelSite.log_prob`: summed over the plates, or
-        per data point when `per_point`)."""
-        refuse_gaps(self.name, observed)
-        total = self.score(env, env[self.name])
-        target = plate_batch_shape((), plates)
-        if per_point:
-            return total.expand(broadcast_shape(tuple(total.shape), target))
-        return total.sum() * (math.prod(target) / max(1, total.numel()))
+    def sequence_log_prob(self, env: Env, value: torch.Tensor) -> torch.Tensor:
+        """log p(x) per row, exact."""
+        return self.score(env, value)
 
     def sample(self, env: Env, obs: torch.Tensor | None, observed: torch.Tensor | None, rows: int) -> dict:
         """The Pyro site: x observed, its exact density; else x drawn step by step (recorded

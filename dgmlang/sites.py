@@ -48,7 +48,7 @@ from dgmlang.nets import POSITIVE_FLOOR, to_constraint
 __all__ = [
     "GuideInput", "GuideSite", "LatentShape", "ModelSite", "Reference", "family_distribution",
     "latent_shape", "lower_triangular", "missing_site", "plate_batch_shape", "pyro_class",
-    "raw_size", "split_raw", "WholeSequenceSite",
+    "raw_size", "refuse_gaps", "split_raw", "WholeSequenceSite",
 ]
 
 
@@ -96,7 +96,9 @@ class WholeSequenceSite:
     """What a model site of all the steps of one sequence (`dgmlang.chains.ChainSite`,
     `dgmlang.recurrence.SequenceSite`, `dgmlang.statespace`'s sites) answers where
     `ModelSite` is asked: a local site, never enumerated in the model, imputed or
-    constant, with no dims beside the data plate's."""
+    constant, with no dims beside the data plate's; `log_prob` from the subclass's
+    `sequence_log_prob(env, value)` (per row). Subclasses set `name`, `shape` and
+    `_variables` (the model's variables by name)."""
 
     is_global = False
     enumerable = False
@@ -106,6 +108,33 @@ class WholeSequenceSite:
     event_dims = 0
     outer: tuple[int, ...] = ()
     outer_size = 1
+
+    def sequence_log_prob(self, env: Env, value: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def plate_batch(self, env: Env) -> tuple[int, ...]:
+        """The batch dims of the local values in `env` (the plate's, with any particle dims)."""
+        return next((tuple(v.shape[:v.dim() - len(self._variables[k].shape)]) for k, v in env.items()
+                     if k in self._variables and self._variables[k].role != "global" and torch.is_tensor(v)), ())
+
+    def log_prob(self, env: Env, plates, per_point: bool, observed: torch.Tensor | None = None) -> torch.Tensor:
+        """log p of the sequence's value in `env` (as `ModelSite.log_prob`: summed over the
+        plates, or per data point when `per_point`)."""
+        refuse_gaps(self.name, observed)
+        total = self.sequence_log_prob(env, env[self.name])
+        target = plate_batch_shape((), plates)
+        if per_point:
+            return total.expand(broadcast_shape(tuple(total.shape), target))
+        return total.sum() * (math.prod(target) / max(1, total.numel()))
+
+
+def refuse_gaps(name: str, observed: torch.Tensor | None) -> None:
+    """Missing entries (NaN, or False in a mask) in a data sequence are refused, padding
+    past a sequence's length included: padding is not missing data."""
+    if observed is not None and not bool(observed.all()):
+        raise DGMDataError(f"'{name}' has missing entries: missing steps of a sequence are not supported yet",
+                           hint="give every step of every sequence; pad a sequence shorter than its "
+                                "length input with any valid value (such as 0): steps past the length are ignored")
 
 
 class ModelSite:

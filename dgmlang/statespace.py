@@ -49,12 +49,11 @@ import pyro.distributions as pdist
 from pyro.distributions import constraints
 
 from dgmlang import ir as irm
-from dgmlang.chains import chain_pairs, refuse_gaps
+from dgmlang.chains import chain_pairs
 from dgmlang.evaluate import Env, broadcast_shape
 from dgmlang.facts import ModelFacts
 from dgmlang.nets import POSITIVE_FLOOR
-from dgmlang.sites import (GuideInput, GuideSite, LatentShape, ModelSite, WholeSequenceSite,
-                           plate_batch_shape)
+from dgmlang.sites import GuideInput, GuideSite, LatentShape, ModelSite, WholeSequenceSite
 
 __all__ = ["ChainGuideSite", "EmissionSite", "LatentChainSite", "StructuredChainNet", "continuous_chains",
            "sequence_site", "step_info", "DEFAULT_WIDTH", "LINEAR_WIDTH"]
@@ -107,11 +106,6 @@ def _step_mask(env: Env, length: str | None, steps: int, device) -> torch.Tensor
     return torch.arange(steps, device=device) < n.unsqueeze(-1)
 
 
-def _batch_of(env: Env, variables) -> tuple[int, ...]:
-    return next((tuple(v.shape[:v.dim() - len(variables[k].shape)]) for k, v in env.items()
-                 if k in variables and variables[k].role != "global" and torch.is_tensor(v)), ())
-
-
 class _SequenceSite(WholeSequenceSite):
     """What a model site of all the steps of one sequence shares (`ModelSite`'s interface)."""
 
@@ -147,16 +141,7 @@ class _SequenceSite(WholeSequenceSite):
 
     def distribution(self, env: Env) -> "_WholeSequence":
         """The distribution of the whole sequence given the values in `env`."""
-        return _WholeSequence(self, dict(env), _batch_of(env, self._variables))
-
-    def log_prob(self, env: Env, plates, per_point: bool, observed: torch.Tensor | None = None) -> torch.Tensor:
-        """log p of the sequence's value in `env` (as `ModelSite.log_prob`)."""
-        refuse_gaps(self.name, observed)
-        total = self.sequence_log_prob(env, env[self.name])
-        target = plate_batch_shape((), plates)
-        if per_point:
-            return total.expand(broadcast_shape(tuple(total.shape), target))
-        return total.sum() * (math.prod(target) / max(1, total.numel()))
+        return _WholeSequence(self, dict(env), self.plate_batch(env))
 
 
 class LatentChainSite(_SequenceSite):
