@@ -47,9 +47,11 @@ def test_every_script_has_its_promises_listed():
 
 
 def test_every_new_model_file_is_used_by_a_script():
-    used = " ".join(p.read_text() for p in SCRIPTS)
+    # an example script's or a benchmark's (examples/digits_best.dgm is benchmarks/digits_best.py's)
+    benchmarks = sorted((EXAMPLES.parent / "benchmarks").glob("*.py"))
+    used = " ".join(p.read_text() for p in [*SCRIPTS, *benchmarks])
     for model_file in EXAMPLES.glob("*.dgm"):
-        assert model_file.name in used, f"no example script uses {model_file.name}"
+        assert model_file.name in used, f"no example script or benchmark uses {model_file.name}"
 
 
 @pytest.fixture(scope="module")
