@@ -199,7 +199,9 @@ class EmissionSite(_SequenceSite):
         return self._total(parts, mask)
 
     def draw(self, env: Env, shape: tuple[int, ...], reparameterized: bool) -> torch.Tensor:
-        """Every step given the chain, ``(*shape, T, *step)``."""
+        """Every step given the chain, ``(*shape, T, *step)``, contiguous (as every other
+        site's draw is: a caller's ``.view`` or a mask made by ``ones_like`` and written
+        through ``.reshape`` would otherwise miss it)."""
         chain = _time_major(env[self.chain], self._chain_rank)
         pieces = []
         for run, site in self.runs:
@@ -207,7 +209,7 @@ class EmissionSite(_SequenceSite):
             full = (run.stop - run.first, *shape, *self.shape[1:])
             base = base.expand(torch.broadcast_shapes(tuple(base.batch_shape), full))
             pieces.append(base.rsample() if reparameterized else base.sample())
-        return torch.cat(pieces).movedim(0, len(shape))
+        return torch.cat(pieces).movedim(0, len(shape)).contiguous()
 
 
 #: The model sites of continuous chains and the data they emit.

@@ -38,20 +38,29 @@ def options(description: str, *, epochs: int, quick_epochs: int = 2,
     return args
 
 
-def fitted(model_file: str, data, args, *, cache: bool = True, **fit_options) -> dgmlang.CompiledModel:
+def fitted(model_file: str, data, args, *, cache: bool = True, prepare=None, label: str | None = None,
+           **fit_options) -> dgmlang.CompiledModel:
     """Load `model_file` from examples/ and fit it to `data` for ``args.epochs`` epochs, or
-    load the model an earlier run fitted the same way (kept in ``args.out``)."""
+    load the model an earlier run fitted the same way (kept in ``args.out``).
+
+    `prepare(model)` runs on the compiled model before it is fitted (e.g.
+    `dgmlang.statespace.mean_field`, which swaps in another guide); such a fit is neither
+    cached nor saved, since its checkpoint's source would compile to the guide it replaced.
+    `label` names the fit in what is printed (default: the file's stem)."""
     name = Path(model_file).stem
     checkpoint = args.out / f"{name}-{args.epochs}ep{'-quick' if args.quick else ''}.dgmfit"
-    if cache and checkpoint.exists():
+    if prepare is None and cache and checkpoint.exists():
         print(f"loading {checkpoint} (delete it to fit again)")
         return dgmlang.load_fitted(checkpoint)
     model = dgmlang.load(HERE / model_file)
+    if prepare is not None:
+        prepare(model)
     start = time.perf_counter()
     losses = model.fit(data, epochs=args.epochs, seed=args.seed, progress=not args.quick, **fit_options)
-    print(f"fitted {name} for {args.epochs} epochs in {time.perf_counter() - start:.0f} s; "
+    print(f"fitted {label or name} for {args.epochs} epochs in {time.perf_counter() - start:.0f} s; "
           f"final loss {losses[-1]:.2f} nats per data point")
-    model.save(checkpoint)
+    if prepare is None:
+        model.save(checkpoint)
     return model
 
 

@@ -18,6 +18,9 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 PROMISES = {
     "char_lm": (["bits per character", "sample:"], []),
     "digits_rows": (["test log-likelihood, nats per image: digits_rows", "digits_vae -87.20"], ["digits_rows.png"]),
+    "dmm": (["guide plan: [('z', 'structured chain", "fitted dmm with the naive guide",
+             "test log-likelihood, nats per image (K = 20): dmm structured guide", "dmm naive guide",
+             "digits_vae -87.20", "digits_rows -134.97"], ["dmm.png"]),
     "imitation": (["demonstrations:", "success over 20 fresh starts: learned policy"], []),
     "cube": (["shape accuracy", "position error (px)", "colour RMSE", "size error (relative)",
               "cube rotation error (rad)", "nearest neighbour"], ["cube.png"]),

@@ -181,6 +181,23 @@ def test_invert_and_sample_shapes(structured, lgssm_data):
     assert structured.sample(3, seed=0)["z"].shape == (3, STEPS)
 
 
+def test_samples_are_contiguous():
+    """The emitted sequence was drawn time-first and moved behind the batch dim: its draws
+    came back non-contiguous, so a mask made with ``ones_like`` and written through
+    ``.reshape(n, -1)`` (a copy) stayed all True, and ``.view`` failed."""
+    m = dgmlang.compile('''
+model vec {
+    data   x[5, 3]
+    latent z[5, 2]
+    z[0] ~ Normal(0, 1)
+    for t in 1:5 { z[t] ~ Normal(z[t - 1], 0.5) }
+    for t in 0:5 { x[t] ~ Normal(mlp(z[t], hidden = [4]), 0.3) }
+}''')
+    draws = m.sample(4, seed=0)
+    assert all(v.is_contiguous() for v in draws.values())
+    assert draws["x"].view(4, -1).shape == (4, 15)
+
+
 @pytest.mark.parametrize("body, message", [
     ("latent z[T] guide(family = mvn)\n z[0] ~ Normal(0, 1)\n for t in 1:T { z[t] ~ Normal(z[t - 1], 1) }",
      "not supported yet: guide family mvn on the continuous latent chain 'z'"),
