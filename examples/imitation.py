@@ -19,9 +19,13 @@ read). We print the success rate of the learned policy and of the demonstrator o
     python examples/imitation.py            # full scale: 400 demonstrations, about 2 minutes
     python examples/imitation.py --quick
 """
+import matplotlib
 import numpy as np
 import torch
-from _common import HERE, options
+from _common import HERE, options, wrote
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 import dgmlang
 
@@ -99,7 +103,25 @@ losses = model.fit({"obs": obs[keep], "action": forces[keep], "n": length[keep]}
 print(f"fitted the policy for {steps} steps; final loss {losses[-1]:.1f} nats per demonstration")
 
 fresh = starts(np.random.default_rng(args.seed + 1), trials)
-_, _, _, by_hand = roll_out(*fresh, demonstrator, np.random.default_rng(args.seed + 2))
-_, _, _, by_model = roll_out(*fresh, learned(model), np.random.default_rng(args.seed + 2))
+hand_obs, _, hand_length, by_hand = roll_out(*fresh, demonstrator, np.random.default_rng(args.seed + 2))
+model_obs, _, model_length, by_model = roll_out(*fresh, learned(model), np.random.default_rng(args.seed + 2))
 print(f"success over {trials} fresh starts: learned policy {by_model.mean():.1%}, "
       f"demonstrator {by_hand.mean():.1%}")
+
+# the first fresh starts: each run's path up to the goal, the demonstrator's beside the policy's
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True, sharey=True)
+for ax, (title, paths, lengths, ok) in zip(axes, [("demonstrator", hand_obs, hand_length, by_hand),
+                                                   ("learned policy, closed loop", model_obs, model_length, by_model)]):
+    ax.add_patch(plt.Circle((0, 0), RADIUS, color="0.75"))
+    for i in range(min(12, trials)):
+        path = paths[i, :lengths[i], :2]
+        ax.plot(path[:, 0], path[:, 1], color="tab:blue" if ok[i] else "tab:red", lw=1)
+        ax.plot(*fresh[1][i], "k+", ms=6)
+    ax.set_title(f"{title}: {ok.mean():.0%} of {trials} succeed", fontsize=9)
+    ax.set_aspect("equal")
+axes[0].set_xlim(-4, 4)
+axes[0].set_ylim(-2.5, 2.5)
+fig.tight_layout()
+fig.savefig(args.out / "imitation.png", dpi=110)
+plt.close(fig)
+wrote(args.out / "imitation.png")

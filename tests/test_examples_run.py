@@ -21,7 +21,7 @@ PROMISES = {
     "dmm": (["guide plan: [('z', 'structured chain", "fitted dmm with the naive guide",
              "test log-likelihood, nats per image (K = 20): dmm structured guide", "dmm naive guide",
              "digits_vae -87.20", "digits_rows -134.97"], ["dmm.png"]),
-    "imitation": (["demonstrations:", "success over 20 fresh starts: learned policy"], []),
+    "imitation": (["demonstrations:", "success over 20 fresh starts: learned policy"], ["imitation.png"]),
     "cube": (["shape accuracy", "position error (px)", "colour RMSE", "size error (relative)",
               "cube rotation error (rad)", "nearest neighbour"], ["cube.png"]),
     "digits_cvae": (["of the generated digits as the class they were drawn for"], ["cvae_classes.png"]),
