@@ -54,9 +54,11 @@ def chain_pairs(facts: ModelFacts) -> dict[str, str]:
     pairs = {}
     for name in facts.data_order:
         draw = facts.draws[name]
+        if not draw.steps:
+            continue
         chain = next((e.name for e in irm.walk(draw.expressions) if isinstance(e, irm.StepRef)
                       and e.name in facts.variables and facts.variables[e.name].role == "latent"), None)
-        if draw.steps and chain is not None:
+        if chain is not None:
             pairs[name] = chain
     return pairs
 

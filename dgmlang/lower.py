@@ -170,7 +170,7 @@ class LoweredModel(PyroModule):
                        for data, chain in pairs.items()}
         self.sites = [self.chains[pairs[name]] if name in pairs else
                       SequenceSite(name, facts, self.evaluator, self.net) if name in recurrent else
-                      statespace.sequence_site(name, facts, self.evaluator, self.net)
+                      statespace.sequence_site(name, facts, self.evaluator, self.net, continuous)
                       or ModelSite(name, facts, self.evaluator, self.net)
                       for name in (*facts.global_order, *facts.local_order) if name not in chains]
         self._sites_by_name = {site.name: site for site in self.sites}

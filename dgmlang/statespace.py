@@ -76,9 +76,10 @@ def chain_length(facts: ModelFacts, chain: str, data: str) -> str | None:
                  if run.length is not None), None)
 
 
-def sequence_site(name: str, facts: ModelFacts, evaluator, net: Callable[[str], nn.Module]):
-    """The model site of `name` when it is a continuous chain or the data it emits, else None."""
-    chains = continuous_chains(facts)
+def sequence_site(name: str, facts: ModelFacts, evaluator, net: Callable[[str], nn.Module],
+                  chains: dict[str, str]):
+    """The model site of `name` when it is a continuous chain or the data it emits, else None;
+    `chains` is `continuous_chains(facts)`."""
     if name in chains:
         return LatentChainSite(name, facts, evaluator, net, chain_length(facts, name, chains[name]))
     emitted = {data: chain for chain, data in chains.items()}
