@@ -45,7 +45,7 @@ from dgmlang.nets import build_net, seeded
 from dgmlang.chains import ChainSite, chain_pairs
 from dgmlang import statespace
 from dgmlang.recurrence import SequenceSite, autoregressive_data
-from dgmlang.sites import ModelSite, missing_site, refuse_gaps
+from dgmlang.sites import ModelSite, WholeSequenceSite, missing_site, refuse_gaps
 
 #: The data plate is the only plate: enumeration dimensions go left of it.
 MAX_PLATE_NESTING = 1
@@ -247,7 +247,7 @@ class LoweredModel(PyroModule):
                     values.update(drawn)
                     env.update(drawn)
                     continue
-                if observed is not None and isinstance(site, statespace.SEQUENCE_SITES):
+                if observed is not None and isinstance(site, WholeSequenceSite):
                     refuse_gaps(name, observed)  # padding is no gap; gaps in a sequence are refused
                 if observed is not None and site.imputed:
                     values[name] = env[name] = self._impute(site, env, obs, observed)

@@ -206,7 +206,7 @@ class SequenceSite(WholeSequenceSite):
 
     # ------------------------------------------------------------------ the likelihood
 
-    def score(self, env: Env, value: torch.Tensor) -> torch.Tensor:
+    def sequence_log_prob(self, env: Env, value: torch.Tensor) -> torch.Tensor:
         """log p(x) of the sequences `value` ``(*batch, T, *step)``, shaped ``(*batch,)``:
         the lets step by step, then every step of the data at once."""
         rank = value.dim() - len(self.shape)
@@ -269,11 +269,7 @@ class SequenceSite(WholeSequenceSite):
     def distribution(self, env: Env) -> SequenceLikelihood:
         """p(x), exact, batch shape the plate's (before any `.to_event`)."""
         env = dict(env)
-        return SequenceLikelihood(lambda value: self.score(env, value), self.plate_batch(env), self.shape)
-
-    def sequence_log_prob(self, env: Env, value: torch.Tensor) -> torch.Tensor:
-        """log p(x) per row, exact."""
-        return self.score(env, value)
+        return SequenceLikelihood(lambda value: self.sequence_log_prob(env, value), self.plate_batch(env), self.shape)
 
     def sample(self, env: Env, obs: torch.Tensor | None, observed: torch.Tensor | None, rows: int) -> dict:
         """The Pyro site: x observed, its exact density; else x drawn step by step (recorded

@@ -110,7 +110,9 @@ class WholeSequenceSite:
     outer_size = 1
 
     def sequence_log_prob(self, env: Env, value: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """log p of the whole sequence `value` per row, ``(*batch,)``: each kind of sequence
+        site computes it its own way (forward algorithm, recurrence, chain of steps)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define sequence_log_prob")
 
     def plate_batch(self, env: Env) -> tuple[int, ...]:
         """The batch dims of the local values in `env` (the plate's, with any particle dims)."""

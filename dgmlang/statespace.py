@@ -213,9 +213,6 @@ class EmissionSite(_SequenceSite):
         return torch.cat(pieces).movedim(0, len(shape)).contiguous()
 
 
-#: The model sites of continuous chains and the data they emit.
-SEQUENCE_SITES = (LatentChainSite, EmissionSite)
-
 
 class _WholeSequence(pdist.TorchDistribution):
     """A sequence site's distribution: event shape the whole sequence's, `sample` step by step
