@@ -17,6 +17,8 @@ from text to the first step, and KL to the exact posterior, side by side in one 
 from __future__ import annotations
 
 import argparse
+import gc
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,17 +54,28 @@ def random_network(rng: np.random.Generator, *, latents: int, max_parents: int, 
     return LinearGaussianModel(name, tuple(nodes), "normal")
 
 
-def size_table(sizes: list[int]) -> None:
+def size_table(sizes: list[int], threads: int) -> None:
+    """Each cell in a process of its own, as a user's `dgm fit` is: a model built before in
+    the same process (NaMI's 1,023-latent one holds half a million inputs) leaves the heap
+    and the allocator in another state, which alone moves the next one by 0.2-0.3 s."""
     print("binary tree observed at its leaves: guide inputs and CPU seconds from text to first step")
     print(f"{'latents':>8s}" + "".join(f" {o + ' inputs':>15s} {o + ' time':>13s}" for o in ORDERS))
-    run_pipeline(tree(3), Timing())  # imports and one-time set-up
     for n in sizes:
         cells = []
         for order in ORDERS:
-            timing = Timing()
-            run_pipeline(tree(n), timing, order)
-            cells.append(f" {timing.guide_inputs:15,d} {sum(timing.cpu.values()):12.2f}s")
-        print(f"{n:8d}" + "".join(cells))
+            out = subprocess.run([sys.executable, __file__, "--cell", order, str(n), "--threads", str(threads)],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            cells.append(f" {int(out[-2]):15,d} {float(out[-1]):12.2f}s")
+        print(f"{n:8d}" + "".join(cells), flush=True)
+
+
+def cell(order: str, n: int) -> None:
+    """One cell of `size_table`, after a warm-up (imports and one-time set-up): the guide's
+    inputs and the CPU seconds."""
+    run_pipeline(tree(3), Timing())
+    timing = Timing()
+    run_pipeline(tree(n), timing, order)
+    print(timing.guide_inputs, sum(timing.cpu.values()))
 
 
 def kl_table(models: int, steps: int, points: int) -> None:
@@ -110,10 +123,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--points", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cell", nargs=2, metavar=("ORDER", "LATENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cell:
+        cell(args.cell[0], int(args.cell[1]))
+        return
     start = time.perf_counter()
-    size_table([int(n) for n in args.sizes.split(",")])
+    size_table([int(n) for n in args.sizes.split(",")], args.threads)
     kl_table(args.models, args.steps, args.points)
     print(f"\n{time.perf_counter() - start:.0f} s in all; torch {torch.__version__}, {args.threads} thread(s)")
 

@@ -337,21 +337,36 @@ class Reference(nn.Module):
         super().__init__()
         self.register_buffer("loc", torch.zeros(shape))
         self.register_buffer("scale", torch.ones(shape))
+        #: loc 0 and scale 1 everywhere: `standardize` is then the identity, and skipped
+        #: (a guide with thousands of inputs near unit scale builds no graph for them)
+        self.neutral = True
 
     def set(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """Make `loc` and `scale` (broadcastable to the buffers' shape) the reference."""
         with torch.no_grad():
             self.loc.copy_(torch.as_tensor(loc, device=self.loc.device).expand_as(self.loc))
             self.scale.copy_(torch.as_tensor(scale, device=self.scale.device).expand_as(self.scale))
+        self._note_neutral()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._note_neutral()
+
+    def _note_neutral(self) -> None:
+        self.neutral = bool((self.loc == 0).all() and (self.scale == 1).all())
 
     def standardize(self, value: torch.Tensor) -> torch.Tensor:
         """`value` in reference units: ``(value - loc) / scale``."""
+        if self.neutral:
+            return value
         return (value - self.loc) / self.scale
 
     def rescale(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A family's parameters in reference units (over the flat unconstrained value) as
         parameters of the value itself: ``loc + scale * raw_loc``, ``scale * raw_scale``,
         ``diag(scale) @ raw_scale_tril``."""
+        if self.neutral:
+            return raw
         out = {"loc": self.loc + self.scale * raw["loc"]}
         if "scale" in raw:
             out["scale"] = self.scale * raw["scale"]
@@ -461,7 +476,7 @@ class GuideSite:
                 return self.input_references[self.inputs[0].name].standardize(value)
         if not self.inputs:
             return torch.zeros(0, dtype=self._evaluator.dtype, device=self._evaluator.device)
-        parts = []
+        values, ranks = [], []
         for item in self.inputs:
             value = env.get(item.name)
             if value is None:
@@ -473,8 +488,13 @@ class GuideSite:
                 value, rank = nn.functional.one_hot(value.long(), item.classes), rank + 1
             else:
                 value = self.input_references[item.name].standardize(value)
-            parts.append(flatten_event(value, rank))
-        return concat_features(parts, self._evaluator.dtype)
+            values.append(value)
+            ranks.append(rank)
+        dtype = self._evaluator.dtype
+        first = values[0].shape
+        if not any(ranks) and all(v.shape == first and v.dtype == dtype for v in values):
+            return torch.stack(values, dim=-1)  # scalars alike: one op, not one per input
+        return concat_features([flatten_event(v, r) for v, r in zip(values, ranks)], dtype)
 
     def support(self, env: Env):
         """The support the latent's values lie in (read from the model when it depends on

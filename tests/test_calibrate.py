@@ -155,3 +155,53 @@ def test_log_prob_and_invert_warn_when_the_guide_misses_and_not_when_it_fits(m, 
     fixed.fit(data, steps=steps, lr=5e-3, seed=0, progress=False)
     fixed.log_prob(data, seed=0)  # the suite turns warnings into errors
     fixed.invert(data, seed=0)
+
+
+def test_a_loaded_reference_is_applied_and_a_neutral_one_skipped():
+    """`standardize` and `rescale` skip a neutral reference; one loaded from a state dict
+    (a checkpoint) is applied, and loading 0 and 1 makes it neutral again."""
+    far = Reference((2,))
+    far.set(torch.tensor([8.0, -4.0]), torch.tensor([2.0, 0.5]))
+    loaded = Reference((2,))
+    assert loaded.neutral
+    loaded.load_state_dict(far.state_dict())
+    assert not loaded.neutral
+    assert loaded.standardize(torch.tensor([10.0, -3.0])).tolist() == [1.0, 2.0]
+    assert loaded.rescale({"loc": torch.tensor([1.0, 2.0])})["loc"].tolist() == [10.0, -3.0]
+    loaded.load_state_dict(Reference((2,)).state_dict())
+    value = torch.tensor([10.0, -3.0])
+    assert loaded.neutral and loaded.standardize(value) is value
+
+
+def test_quantiles_from_one_sort_match_torch():
+    from dgmlang.calibrate import _nan_quantiles
+    generator = torch.Generator().manual_seed(0)
+    for rows in (1, 2, 5, 64, 1000):
+        values = torch.randn(rows, 30, generator=generator, dtype=torch.float64)
+        values[torch.rand(rows, 30, generator=generator) < 0.3] = float("nan")
+        values[:, 0] = float("nan")
+        median, low, high = _nan_quantiles(values)
+        quartiles = values.nanquantile(torch.tensor([0.25, 0.75], dtype=torch.float64), dim=0)
+        torch.testing.assert_close(median, values.nanmedian(0).values, equal_nan=True, rtol=0, atol=0)
+        torch.testing.assert_close(low, quartiles[0], equal_nan=True)
+        torch.testing.assert_close(high, quartiles[1], equal_nan=True)
+
+
+def test_a_latent_read_as_an_input_is_estimated_once_and_alike():
+    """The values of a latent with real support are also its unconstrained values: one
+    column serves its own reference and the references of the guides reading it."""
+    model = dgmlang.compile("""
+    model deep {
+        latent a
+        latent b
+        data   x
+        a ~ Normal(100000, 1000)
+        b ~ Normal(a, 1)
+        x ~ Normal(b, 1)
+    }""", guide_order="minfill")
+    data = {"x": model.sample(64, seed=0)["x"]}
+    calibrate(model, prepare_data(model.ir, data, purpose="fit", facts=model.facts))
+    assert any("b" in site.input_references for site in model.guide.sites)
+    as_input, as_latent = model.guide.input_reference("b"), model.guide.reference("b")
+    assert as_input.scale.item() == as_latent.scale.item() == 1024.0
+    assert as_input.loc.item() == as_latent.loc.item() == 100352.0

@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as pdist
 from pyro import poutine
 
+import dgmlang
 from dgmlang.errors import DGMDataError
 from dgmlang.frontend import check_source
 from dgmlang.guide import DECONV_GUIDE_HIDDEN, DEFAULT_HIDDEN, build_guide, guide_hidden
@@ -370,3 +371,29 @@ def test_a_discrete_latent_enumerated_before_its_continuous_parent_is_exact():
     vectorized = elbo_for(model.ir, model.plan, num_particles=2, vectorize_particles=True)
     with pyro.settings.context(module_local_params=True):
         assert math.isfinite(vectorized.differentiable_loss(lowered, guide, {"x": x}).item())
+
+
+def test_scalar_inputs_are_stacked_in_reading_order_and_standardized():
+    model = dgmlang.compile("""
+    model scalars {
+        latent a
+        latent b
+        data   x
+        data   y[2]
+        a ~ Normal(100000, 1000)
+        b ~ Normal(a, 1)
+        x ~ Normal(b, 1)
+        y ~ Normal(a, 1)
+    }""", guide_order="minfill")
+    model.fit({name: value for name, value in model.sample(64, seed=0).items() if name in ("x", "y")},
+              steps=1, progress=False)
+    env = {name: torch.randn(5, *shape) + 100000 for name, shape in (("a", ()), ("b", ()), ("x", ()), ("y", (2,)))}
+    for site in model.guide.sites:
+        parts = []
+        for item in site.inputs:
+            reference = model.guide.input_reference(item.name)
+            value = (env[item.name] - reference.loc) / reference.scale
+            parts.append(value.reshape(5, -1))
+        torch.testing.assert_close(site.features(env), torch.cat(parts, dim=-1))
+    assert any(not model.guide.input_reference(item.name).neutral
+               for site in model.guide.sites for item in site.inputs)

@@ -649,3 +649,18 @@ model scaled {
     with pytest.raises(DGMDataError) as info:
         m.log_prob({"s": np.array([1.0, 1e19, 1.0]), "g": np.ones(3)}, num_samples=4)
     assert str(info.value).startswith("log_prob: the log-likelihood of row 1 is ") and info.value.rows == [1]
+
+
+def test_compiling_leaves_the_cycle_collector_as_it_found_it():
+    """The collector is paused while a model's modules are built, and restored after."""
+    import gc
+    source = "model m { data x\n latent z\n z ~ Normal(0, 1)\n x ~ Normal(z, 1) }"
+    assert gc.isenabled()
+    dgmlang.compile(source)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        dgmlang.compile(source)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
