@@ -35,6 +35,7 @@ from dgmlang.errors import DGMDataError, DGMModelError, DGMUsageError, rows_phra
 from dgmlang.gibbs import gibbs
 from dgmlang.imputation import draw_missing, mixture_weights, prior_fills, supports_mixture
 from dgmlang.nets import seeded
+from dgmlang.refine import check_refinable, installed, row_offsets
 from dgmlang import weights as importance
 from dgmlang.weights import check_importance_weighting, importance_weights, in_particles
 
@@ -327,13 +328,19 @@ def class_posterior(model: Any, data: Any, name: str, *,
 
 def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
            num_samples: int = 100, seed: int | None = None,
-           progress: bool = True, method: str = "resample") -> dict[str, torch.Tensor]:
+           progress: bool = True, method: str = "resample", refine: int = 0,
+           refine_loss: Callable | None = None) -> dict[str, torch.Tensor]:
     """Posterior samples given `data` (see `CompiledModel.invert`): the globals drawn from
-    the guide, fully observed points resampled (`resample`), points with missing entries
-    resampled too where the model can marginalize them (`resample_missing`), else — or
-    with ``method="gibbs"`` — run as chains (`dgmlang.gibbs.gibbs`). `progress` shows a
+    the guide, fully observed points resampled (`resample`) — from a guide refined row by
+    row first where `refine` steps are asked for (`dgmlang.refine`; `refine_loss` is the
+    model's one-particle ELBO loss, `dgmlang.training.objective`) — points with missing
+    entries resampled too where the model can marginalize them (`resample_missing`), else —
+    or with ``method="gibbs"`` — run as chains (`dgmlang.gibbs.gibbs`). `progress` shows a
     bar over the rows when the call takes more than `PROGRESS_DELAY` seconds."""
     positive_int("num_samples", num_samples)
+    if refine:
+        positive_int("refine", refine)
+        check_refinable(model)
     if method not in INVERT_METHODS:
         raise DGMUsageError(f"invert: method={method!r} is not one of {', '.join(map(repr, INVERT_METHODS))}",
                             hint="'resample' (importance resampling from the guide, the default) or "
@@ -354,8 +361,9 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
             part = dataset.rows(rows)  # read on the CPU; resample and gibbs move what they read
             try:
                 if bool(complete[rows[0]]):
+                    offsets = row_offsets(model, part, refine, refine_loss) if refine else None
                     samples = resample(model, part, globals_, num_samples, unreliable=unreliable,
-                                       on_rows=bar.update)
+                                       on_rows=bar.update, offsets=offsets)
                 elif method == "resample" and marginalizable(model, part):
                     samples = resample_missing(model, part, globals_, num_samples,
                                                unreliable=unreliable, on_rows=bar.update)
@@ -489,9 +497,11 @@ def _resample_filled(model: Any, batch, observed, proposals, log_w: torch.Tensor
 def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws: int, *,
              unreliable: list[torch.Tensor] | None = None,
              on_rows: Callable[[int], Any] | None = None,
-             fill: Mapping[str, torch.Tensor] | None = None) -> dict:
+             fill: Mapping[str, torch.Tensor] | None = None,
+             offsets: Mapping[str, torch.Tensor] | None = None) -> dict:
     """Sampling/importance resampling for fully observed points: proposals from the guide,
-    one resampled per posterior draw in proportion to p(x, z | g) / q(z | x, g).
+    one resampled per posterior draw in proportion to p(x, z | g) / q(z | x, g); the guide
+    refined per row by `offsets` (`dgmlang.refine.row_offsets` of `part`) where given.
 
     Without globals each point has `SIR_PROPOSALS` proposals and `draws` are resampled
     from them; with globals, each posterior draw of the globals gets its own
@@ -528,7 +538,7 @@ def resample(model: Any, part: Dataset, globals_: dict[str, torch.Tensor], draws
             guide_batch = {**batch, **{name: torch.where(seen, batch[name], fill[name][start:start + points].to(device))
                                        for name, seen in observed.items()}}
         try:
-            with checked_once(start):
+            with checked_once(start), installed(model.guide, offsets, slice(start, start + points)):
                 chosen = choose_proposals(model, batch, globals_, draws, per_group, per_chunk,
                                           unreliable=unreliable, mask=observed, guide_batch=guide_batch)
         except DGMDataError as err:

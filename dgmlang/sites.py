@@ -445,7 +445,13 @@ class GuideSite:
     model's (its ``dtype`` and ``device`` are those values are computed in). `reference` is
     what a continuous latent's q is relative to, `input_references` (by input name) what the
     network's inputs are standardized by (`Reference`; inputs one-hot encoded have none).
+    `offset`, while `dgmlang.refine` installs one (rows of ``(n, out_features)``), is added to
+    the network's output: a row's q refined on its own.
     """
+
+    #: whether `offset` applies (a site whose network is not one output per row says False)
+    refinable = True
+    offset: torch.Tensor | None = None
 
     def __init__(self, step, model_site: ModelSite, *, info: LatentShape | None,
                  inputs: list[GuideInput], evaluator: Evaluator,
@@ -510,6 +516,8 @@ class GuideSite:
             raw = self.variational.parameters_of(self.info)
             return family_distribution(self.info, self.support(env), raw, self.flow, self.reference)
         out = self.network(self.features(env))
+        if self.offset is not None:
+            out = out + self.offset
         if self.enumerated:
             return self._discrete(out, env)
         return family_distribution(self.info, self.support(env), split_raw(self.info, out),

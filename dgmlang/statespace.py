@@ -330,6 +330,8 @@ class ChainGuideSite(GuideSite):
     q(z | x) over all steps, drawn forward step by step, scored every step at once. Its
     `inputs` are the data sequence; `length` the int input that masks its padding."""
 
+    refinable = False
+
     def __init__(self, step, model_site, *, info: LatentShape, evaluator, network: StructuredChainNet,
                  reference, input_references, facts: ModelFacts):
         data = step.inputs[-1]

@@ -246,6 +246,20 @@ def test_invert_method_gibbs_runs_chains_and_keeps_observed_entries(tiny_run, wo
         assert np.isfinite(completed).all() and not observed[:, 10:].any()
 
 
+def test_invert_refine_refines_complete_rows_and_refuses_a_negative_count(tiny_run, workdir, tmp_path, capsys):
+    with np.load(workdir / "tiny.npz") as archive:
+        np.savez(tmp_path / "rows.npz", x=archive["x"][:4], y=archive["y"][:4])
+    outs = {steps: tmp_path / f"post{steps}.npz" for steps in (0, 20)}
+    for steps, out in outs.items():
+        assert dgm("invert", tiny_run, "--data", tmp_path / "rows.npz", "--refine", steps, "--num-samples", 5,
+                   "-q", "-o", out) == 0
+    with np.load(outs[0]) as plain, np.load(outs[20]) as refined:
+        assert refined["z:mean"].shape == (4, 2) and np.isfinite(refined["z:mean"]).all()
+        assert not np.array_equal(plain["z:mean"], refined["z:mean"])
+    assert status("invert", tiny_run, "--data", tmp_path / "rows.npz", "--refine", -1, "-o", outs[0]) == 2
+    assert "--refine" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- score
 
 

@@ -15,7 +15,7 @@ from dgmlang.cli.runs import REFERENCE_SCORES, RUN_INFO, SCORE_SAMPLES, THRESHOL
 from dgmlang.cli.sample import cmd_sample
 from dgmlang.cli.score import cmd_score
 from dgmlang.cli.shared import (MAX_EPOCHS, MAX_INPUT_CHARS, MAX_INPUT_DEPTH, MAX_NUM_PARTICLES, MAX_NUM_SAMPLES,
-                                MAX_ROWS, MAX_SEED, MAX_STEPS, OUTPUT_FORMATS)
+                                MAX_REFINE, MAX_ROWS, MAX_SEED, MAX_STEPS, OUTPUT_FORMATS)
 
 GRAPH_FORMATS = (".dot", ".png", ".svg")
 MAX_THREADS = 1024  # --threads
@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("resample", "gibbs"), default="resample",
                    help="for rows with missing entries: importance resampling from the guide (fast) or "
                         "Metropolis-within-Gibbs chains (slow; see docs/missing-data.md)")
+    p.add_argument("--refine", type=_whole(0, MAX_REFINE), default=0, metavar="STEPS",
+                   help="first refine the guide row by row: STEPS Adam steps on each fully observed row's "
+                        "ELBO, the networks fixed (for posteriors sharper than the guide; see docs/inference.md)")
     p.add_argument("--seed", type=_whole(0, MAX_SEED), default=0, help="random seed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_placement(p, saved=True)

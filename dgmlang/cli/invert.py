@@ -54,7 +54,7 @@ def cmd_invert(args) -> int:
         ok = ~np.isnan(values[name]) if values[name].dtype.kind == "f" else np.ones(values[name].shape, dtype=bool)
         observed[name] = ok & masks[name] if name in masks else ok
     samples = _invert_chunks(model, values, masks, num_samples=args.num_samples, seed=args.seed, quiet=args.quiet,
-                             method=args.method)
+                             method=args.method, refine=args.refine)
 
     summary = {}
     for name in ir.names("latent", "global") + data_names:
@@ -92,7 +92,7 @@ def cmd_invert(args) -> int:
 
 
 def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: int | None, quiet: bool,
-                   method: str) -> dict:
+                   method: str, refine: int) -> dict:
     """`model.invert` over chunks of rows under one progress bar (in one call when the model
     has globals, so all rows share the same posterior draws of them)."""
     import numpy as np
@@ -106,7 +106,8 @@ def _invert_chunks(model, values: dict, masks: dict, *, num_samples: int, seed: 
         for start in range(0, n, step):
             chunk = {k: v[start:start + step] for k, v in values.items()}
             chunk_mask = {k: v[start:start + step] for k, v in masks.items()} or None
-            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples, progress=False, method=method)
+            result = model.invert(chunk, mask=chunk_mask, num_samples=num_samples, progress=False, method=method,
+                                  refine=refine)
             pieces.append({k: to_numpy(v) for k, v in result.items()})
             bar.update(len(next(iter(chunk.values()))))
     globals_ = set(model.ir.names("global"))

@@ -18,6 +18,7 @@ OUTPUT_FORMATS = (".png", ".npz", ".csv")
 #: is a usage error (status 2), before anything is read.
 MAX_ROWS = 10**7            # -n, --batch-size
 MAX_NUM_SAMPLES = 10**5     # --num-samples (per row)
+MAX_REFINE = 10**5          # --refine (Adam steps per row)
 MAX_NUM_PARTICLES = 10**4   # --num-particles
 MAX_STEPS = 10**9           # --steps
 MAX_EPOCHS = 10**6          # --epochs
