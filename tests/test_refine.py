@@ -114,3 +114,23 @@ def test_a_structured_chain_guide_is_refused_with_a_hint():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # (an untrained guide's weights are uneven)
         assert np.isfinite(model.invert(data, num_samples=5, progress=False)["z"].numpy()).all()
+
+
+def test_a_model_with_globals_refines_its_locals_given_the_guides_globals():
+    model = dgmlang.compile("""
+    model shared {
+        data   x[10]
+        global mu
+        latent z
+        mu ~ Normal(0, 3)
+        z ~ Normal(mu, 1)
+        x ~ Normal(z, 0.3)
+    }""")
+    data = {"x": model.sample(20, seed=0)["x"]}
+    model.fit(data, steps=100, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        draws = model.invert(data, num_samples=10, seed=0, progress=False, refine=100)
+    assert draws["mu"].shape == (10,) and draws["z"].shape == (10, 20)
+    # z is pinned by its 10 observations (sd 0.3 / sqrt(10) ~ 0.1), whatever mu's draw
+    assert float((draws["z"].mean(0) - data["x"].mean(-1)).abs().max()) < 0.3
