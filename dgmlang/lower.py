@@ -175,23 +175,26 @@ class LoweredModel(PyroModule):
                       for name in (*facts.global_order, *facts.local_order) if name not in chains]
         self._sites_by_name = {site.name: site for site in self.sites}
 
+    # These run several times a training step: they read the module's own dicts, not
+    # attributes, which PyroModule's __getattr__ serves at about 5 microseconds each.
     @property
     def dtype(self) -> torch.dtype:
         """The float dtype values are computed in (follows `.double()`, `.to(...)`)."""
-        return self._anchor.dtype
+        return self._buffers["_anchor"].dtype
 
     @property
     def device(self) -> torch.device:
         """The device values are computed on."""
-        return self._anchor.device
+        return self._buffers["_anchor"].device
 
     def net(self, name: str) -> nn.Module:
         """The module of the network called `name` in the model."""
-        return self.nets[self._net_keys[name]]
+        return self._modules["nets"][self._net_keys[name]]
 
     def param(self, name: str) -> torch.Tensor | None:
         """The current value of the `param` called `name` (None when there is none)."""
-        return self.params.value(name) if name in self.params else None
+        params = self._modules["params"]
+        return params.value(name) if name in params else None
 
     def site(self, name: str) -> ModelSite:
         """The description of the random variable `name`."""
