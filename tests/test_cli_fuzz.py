@@ -419,6 +419,8 @@ class Case:
                 options.append(["--keep-samples"])
             if rng.random() < 0.15:
                 options.append(["--method", rng.choice(["resample", "gibbs", "gibbs", "mcmc", ""])])
+            if rng.random() < 0.1:
+                options.append(["--refine", _number(rng, 0, 3)])
             options.append(["-q"])
         else:
             argv.append(self.run_folder())
