@@ -346,13 +346,16 @@ class Reference(nn.Module):
         with torch.no_grad():
             self.loc.copy_(torch.as_tensor(loc, device=self.loc.device).expand_as(self.loc))
             self.scale.copy_(torch.as_tensor(scale, device=self.scale.device).expand_as(self.scale))
-        self._note_neutral()
+        self.refresh()
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._note_neutral()
+        self.refresh()
 
-    def _note_neutral(self) -> None:
+    def refresh(self) -> None:
+        """Re-read whether the reference is neutral: `set` and loading a state dict do it;
+        whoever writes the buffers in place otherwise (a broadcast from another process)
+        calls it after."""
         self.neutral = bool((self.loc == 0).all() and (self.scale == 1).all())
 
     def standardize(self, value: torch.Tensor) -> torch.Tensor:

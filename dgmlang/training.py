@@ -46,6 +46,7 @@ from dgmlang.errors import DGMTrainingError, DGMUsageError, DGMWarning
 from dgmlang.lower import elbo_for
 from dgmlang.nets import seeded
 from dgmlang.runstate import named_parameters
+from dgmlang.sites import Reference
 from dgmlang.diagnose import argument_check_failed, explain_failure
 from dgmlang.weights import check_importance_weighting, iwae_bound
 
@@ -133,6 +134,9 @@ def fit(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     named = named_parameters(model)
     if group is not None:  # [distributed] every process starts from rank 0's parameters
         group.share_parameters([p for _, p in named] + list(model.guide.buffers()))
+        for module in model.guide.modules():
+            if isinstance(module, Reference):
+                module.refresh()  # its buffers may now hold rank 0's values
     # a model with nothing to learn (fixed distributions only) is scored, not updated
     optimizer = torch.optim.Adam([p for _, p in named], lr=settings["lr"]) if named else None
     if optimizer is not None and previous is not None and not fresh_optimizer:

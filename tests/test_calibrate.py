@@ -171,6 +171,11 @@ def test_a_loaded_reference_is_applied_and_a_neutral_one_skipped():
     loaded.load_state_dict(Reference((2,)).state_dict())
     value = torch.tensor([10.0, -3.0])
     assert loaded.neutral and loaded.standardize(value) is value
+    with torch.no_grad():  # written in place (as a broadcast from rank 0 does), then refreshed
+        loaded.loc.copy_(far.loc)
+        loaded.scale.copy_(far.scale)
+    loaded.refresh()
+    assert not loaded.neutral and loaded.standardize(value).tolist() == [1.0, 2.0]
 
 
 def test_quantiles_from_one_sort_match_torch():
