@@ -153,7 +153,7 @@ def _placeholder_batch(model: Any) -> dict[str, torch.Tensor]:
 
 def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
              num_samples: int = 1000, seed: int | None = None,
-             progress: bool = True) -> torch.Tensor:
+             progress: bool = True, refine: int = 0, refine_loss: Callable | None = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x_i | inputs_i) per data point, shape (n,),
     of the observed entries where some are missing (NaN, or False in `mask`; what
     `dgmlang.data.check_marginalizable` accepts: entries nothing depends on, whose terms are
@@ -163,11 +163,21 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
     in chunks of at most `CHUNK_CELLS` (particles x points) and `CHUNK_VALUES` values
     (`dgmlang.weights.chunk_plan`). Never silently -inf: rows whose
     estimate is not finite (data the checks accept but the model's density overflows at)
-    are a `DGMDataError` naming them, its ``rows`` attribute listing them counted from 0."""
+    are a `DGMDataError` naming them, its ``rows`` attribute listing them counted from 0.
+    With `refine` steps (complete data only) the guide is refined row by row first, as in
+    `invert` (`dgmlang.refine`; `refine_loss` is the model's one-particle ELBO loss): the
+    estimate stays unbiased for p(x), from a better proposal."""
     positive_int("num_samples", num_samples)
+    if refine:
+        positive_int("refine", refine)
+        check_refinable(model, "log_prob")
     check_importance_weighting(model, "log_prob")
     dataset = prepare_data(model.ir, data, purpose="log_prob", allow_missing=True, mask=mask,
                            facts=model.facts, dtype=model.model.dtype)
+    if refine and dataset.has_missing:
+        raise DGMUsageError("log_prob: refine serves rows without missing entries, and these data have some",
+                            hint="score the rows with gaps without refine (their proposals are mixtures over "
+                                 "fillings already), or give complete rows")
     labels = [step.latent for step in model.plan.labels]
     check_marginalizable(model.ir, dataset, purpose="log_prob", facts=model.facts, labels=labels)
     gaps = [name for name in labels if name in dataset.columns and dataset.columns[name].has_missing]
@@ -233,19 +243,21 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                 torch.where(seen, flags_k[0], flags_k.gather(0, best)[0]))
 
     with seeded(seed), torch.no_grad(), progress_bar(f"log_prob {model.name}", dataset.n, progress) as bar:
+        offsets = row_offsets(model, dataset, refine, refine_loss) if refine else None
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
             chunk = dataset.rows(slice(start, start + points))
             batch = to_device(chunk.values, model.model.device)
             observed = to_device(chunk.observed, model.model.device) if dataset.has_missing else None
-            try:
-                with checked_once(start):
-                    scores, flags = estimate(batch, observed)
-            except ValueError:  # a distribution's argument checks: an overflow at some rows?
-                with pyro.validation_enabled(False):
-                    scores, flags = estimate(batch, observed)
-                if bool(torch.isfinite(scores).all()):
-                    raise
+            with installed(model.guide, offsets, slice(start, start + points)):
+                try:
+                    with checked_once(start):
+                        scores, flags = estimate(batch, observed)
+                except ValueError:  # a distribution's argument checks: an overflow at some rows?
+                    with pyro.validation_enabled(False):
+                        scores, flags = estimate(batch, observed)
+                    if bool(torch.isfinite(scores).all()):
+                        raise
             result.append(scores)  # non-finite rows are named below
             unreliable.append(flags)
             bar.update(chunk.n)

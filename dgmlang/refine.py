@@ -49,15 +49,15 @@ SETTLE = 0.3
 REFINE_ROWS = 256
 
 
-def check_refinable(model: Any) -> None:
+def check_refinable(model: Any, what: str = "invert") -> None:
     """Refuse a model whose local guide includes a site that takes no offset (a structured
     chain's guide: its network runs over the whole sequence)."""
     for site in model.guide.sites:
         if not site.is_global and not site.refinable:
             raise DGMUsageError(
-                f"invert: refine does not serve latent '{site.name}': its guide ({site.kind}) is "
+                f"{what}: refine does not serve latent '{site.name}': its guide ({site.kind}) is "
                 "not one network output per row",
-                hint="call invert without refine for this model")
+                hint=f"call {what} without refine for this model")
 
 
 def row_offsets(model: Any, part: Dataset, steps: int, loss_fn: Callable[[Mapping, int], torch.Tensor]
