@@ -17,7 +17,6 @@ from text to the first step, and KL to the exact posterior, side by side in one 
 from __future__ import annotations
 
 import argparse
-import gc
 import subprocess
 import sys
 import time
@@ -54,28 +53,38 @@ def random_network(rng: np.random.Generator, *, latents: int, max_parents: int, 
     return LinearGaussianModel(name, tuple(nodes), "normal")
 
 
+#: One cell of `size_table`, run as its own process: a warm-up (imports and one-time set-up),
+#: then the pipeline; prints the guide's inputs and the CPU seconds. It imports what a
+#: user's script does (dgmlang, and `scale` for the model text and the clock), not this
+#: benchmark's numpy, scikit-learn and testing helpers: a bigger heap makes every full
+#: collection of the cycle collector slower, and one falls in the first step.
+CELL = """
+import sys
+sys.path.insert(0, sys.argv[4])
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from scale import Timing, run_pipeline, tree
+run_pipeline(tree(3), Timing())
+timing = Timing()
+run_pipeline(tree(int(sys.argv[2])), timing, sys.argv[1])
+print(timing.guide_inputs, sum(timing.cpu.values()))
+"""
+
+
 def size_table(sizes: list[int], threads: int) -> None:
     """Each cell in a process of its own, as a user's `dgm fit` is: a model built before in
     the same process (NaMI's 1,023-latent one holds half a million inputs) leaves the heap
     and the allocator in another state, which alone moves the next one by 0.2-0.3 s."""
     print("binary tree observed at its leaves: guide inputs and CPU seconds from text to first step")
     print(f"{'latents':>8s}" + "".join(f" {o + ' inputs':>15s} {o + ' time':>13s}" for o in ORDERS))
+    here = str(Path(__file__).resolve().parent)
     for n in sizes:
         cells = []
         for order in ORDERS:
-            out = subprocess.run([sys.executable, __file__, "--cell", order, str(n), "--threads", str(threads)],
+            out = subprocess.run([sys.executable, "-c", CELL, order, str(n), str(threads), here],
                                  check=True, capture_output=True, text=True).stdout.split()
             cells.append(f" {int(out[-2]):15,d} {float(out[-1]):12.2f}s")
         print(f"{n:8d}" + "".join(cells), flush=True)
-
-
-def cell(order: str, n: int) -> None:
-    """One cell of `size_table`, after a warm-up (imports and one-time set-up): the guide's
-    inputs and the CPU seconds."""
-    run_pipeline(tree(3), Timing())
-    timing = Timing()
-    run_pipeline(tree(n), timing, order)
-    print(timing.guide_inputs, sum(timing.cpu.values()))
 
 
 def kl_table(models: int, steps: int, points: int) -> None:
@@ -123,12 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--points", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cell", nargs=2, metavar=("ORDER", "LATENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.cell:
-        cell(args.cell[0], int(args.cell[1]))
-        return
     start = time.perf_counter()
     size_table([int(n) for n in args.sizes.split(",")], args.threads)
     kl_table(args.models, args.steps, args.points)

@@ -12,7 +12,8 @@ The estimator is Pyro's, draw for draw, and the sites are the model's and the gu
 loops are generated from). The guide samples the globals, then the local latents in plan
 order, each from its site's distribution, broadcast over the plates (particles at dim -2,
 data at dim -1) exactly as Pyro's `BroadcastMessenger` would, so the same random numbers are
-drawn in the same order. The model's densities are its sites' distributions. A discrete
+drawn in the same order — except in a model with long runs of alike local latents (16 or
+more, a wide tree's nodes at one depth), which `dgmlang.batched` draws as one, in one call. The model's densities are its sites' distributions. A discrete
 latent the model sums out takes its
 whole support along its own dim left of the plates (as Pyro's parallel enumeration places
 it), and the local terms that depend on it are log-sum-exp'ed over those dims per data point
@@ -59,6 +60,7 @@ from typing import Mapping
 import torch
 
 from dgmlang import ir as irm
+from dgmlang.batched import alike_runs, draw_run
 from dgmlang.distributions import DISTRIBUTIONS
 from dgmlang.guide import AmortizedGuide
 from dgmlang.lower import LoweredModel
@@ -90,6 +92,8 @@ class FastLoss:
         self._labels = dict(getattr(guide, "label_sites", {}))
         self._imputations = dict(getattr(guide, "imputation_sites", {}))
         self._guide_sites = list(guide.sites)
+        #: the guide's sites in plan order, long runs of alike ones gathered (`dgmlang.batched`)
+        self._guide_items = alike_runs(self._guide_sites)
         sampled = {site.name for site in guide.sites}
         # every model site the guide does not sample is data or summed out in the model
         self._model_sites = [(site, site.enumerable and site.name not in sampled)
@@ -204,8 +208,11 @@ class FastLoss:
         `model_values` (the model scores every entry of it: its mask is taken out)."""
         log_q_global = log_q_local = None
         imputing = [site for name, site in self._imputations.items() if mask and name in mask]
-        for site in [*self._guide_sites, None]:
-            if imputing and (site is None or not site.is_global):
+        items = [*self._guide_items, None]
+        while items:
+            site = items.pop(0)
+            run = site if isinstance(site, tuple) else None  # alike local sites (`alike_runs`)
+            if imputing and (site is None or run is not None or not site.is_global):
                 for imputed in imputing:
                     name, seen = imputed.name, mask.pop(imputed.name)
                     q = imputed.missing_distribution(env, seen)
@@ -219,6 +226,13 @@ class FastLoss:
                 imputing = []
             if site is None:
                 break
+            if run is not None:
+                log_q = draw_run(run, env, local_plates, per_point)
+                if log_q is None:
+                    items[:0] = run  # site by site after all
+                else:
+                    log_q_local = _plus(log_q_local, log_q)
+                continue
             q = site.distribution(env)
             target = plate_batch_shape(tuple(q.batch_shape),
                                        global_plates if site.is_global else local_plates)
