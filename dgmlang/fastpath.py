@@ -94,6 +94,7 @@ class FastLoss:
         self._guide_sites = list(guide.sites)
         #: the guide's sites in plan order, long runs of alike ones gathered (`dgmlang.batched`)
         self._guide_items = alike_runs(self._guide_sites)
+        self._guide_items_then_end = (*self._guide_items, None)
         sampled = {site.name for site in guide.sites}
         # every model site the guide does not sample is data or summed out in the model
         self._model_sites = [(site, site.enumerable and site.name not in sampled)
@@ -208,11 +209,9 @@ class FastLoss:
         `model_values` (the model scores every entry of it: its mask is taken out)."""
         log_q_global = log_q_local = None
         imputing = [site for name, site in self._imputations.items() if mask and name in mask]
-        items = [*self._guide_items, None]
-        while items:
-            site = items.pop(0)
-            run = site if isinstance(site, tuple) else None  # alike local sites (`alike_runs`)
-            if imputing and (site is None or run is not None or not site.is_global):
+        for item in self._guide_items_then_end:
+            run = item if isinstance(item, tuple) else None  # alike local sites (`alike_runs`)
+            if imputing and (item is None or run is not None or not item.is_global):
                 for imputed in imputing:
                     name, seen = imputed.name, mask.pop(imputed.name)
                     q = imputed.missing_distribution(env, seen)
@@ -224,26 +223,25 @@ class FastLoss:
                     log_q_local = _plus(log_q_local, log_q if per_point else log_q.sum())
                     env[name] = model_values[name] = torch.where(seen, model_values[name], draw)
                 imputing = []
-            if site is None:
+            if item is None:
                 break
             if run is not None:
                 log_q = draw_run(run, env, local_plates, per_point)
-                if log_q is None:
-                    items[:0] = run  # site by site after all
-                else:
+                if log_q is not None:
                     log_q_local = _plus(log_q_local, log_q)
-                continue
-            q = site.distribution(env)
-            target = plate_batch_shape(tuple(q.batch_shape),
-                                       global_plates if site.is_global else local_plates)
-            if tuple(q.batch_shape) != target:
-                q = q.expand(target)
-            value = env[site.name] = q.rsample()
-            log_q = q.log_prob(value)
-            if site.is_global:
-                log_q_global = _plus(log_q_global, log_q.sum())
-            else:
-                log_q_local = _plus(log_q_local, log_q if per_point else log_q.sum())
+                    continue
+            for site in run or (item,):  # (a run draw_run declined: site by site)
+                q = site.distribution(env)
+                target = plate_batch_shape(tuple(q.batch_shape),
+                                           global_plates if site.is_global else local_plates)
+                if tuple(q.batch_shape) != target:
+                    q = q.expand(target)
+                value = env[site.name] = q.rsample()
+                log_q = q.log_prob(value)
+                if site.is_global:
+                    log_q_global = _plus(log_q_global, log_q.sum())
+                else:
+                    log_q_local = _plus(log_q_local, log_q if per_point else log_q.sum())
         return log_q_global, log_q_local
 
     def _semi_supervised(self, env, model_values, mask, label, size, n, global_plates,

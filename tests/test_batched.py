@@ -82,3 +82,13 @@ def test_fitting_a_wide_model_with_runs_learns_each_posterior():
     for i in range(20):
         exact = 8 / 9 * probe[f"x{i}"].mean(-1)
         assert float((draws[f"z{i}"].mean(0) - exact).abs().max()) < 0.12, i
+
+
+def test_refine_draws_a_run_site_by_site_with_its_offsets():
+    model = dgmlang.compile(wide(20))
+    sample = model.sample(8, seed=3)
+    data = {name: sample[name] for name in model.ir.names("data")}
+    draws = model.invert(data, num_samples=50, seed=0, progress=False, refine=150)
+    for i in range(20):
+        exact = 8 / 9 * data[f"x{i}"].mean(-1)  # posterior sd 1/3
+        assert float((draws[f"z{i}"].mean(0) - exact).abs().max()) < 0.25, i
