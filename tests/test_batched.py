@@ -53,6 +53,20 @@ def test_a_run_gives_the_loss_and_gradients_of_its_sites_one_by_one(mean, object
         torch.testing.assert_close(grad, grad_one, rtol=1e-4, atol=1e-4)
 
 
+def test_vector_latents_in_a_run(monkeypatch):
+    text = wide(20).replace("[2]", "[2, 3]")
+    for i in range(20):
+        text = text.replace(f"latent z{i}\n", f"latent z{i}[3]\n")
+    model = dgmlang.compile(text)
+    sample = model.sample(32, seed=1)
+    batch = {name: sample[name] for name in model.ir.names("data")}
+    loss, grads = losses_and_grads(model, batch, monkeypatch, runs=True)
+    loss_one, grads_one = losses_and_grads(model, batch, monkeypatch, runs=False)
+    torch.testing.assert_close(loss, loss_one, rtol=1e-5, atol=1e-3)
+    for grad, grad_one in zip(grads, grads_one):
+        torch.testing.assert_close(grad, grad_one, rtol=1e-4, atol=1e-4)
+
+
 def test_runs_form_only_where_sites_are_alike_and_independent():
     model = dgmlang.compile(wide(20))
     assert [len(item) for item in batched.alike_runs(model.guide.sites)] == [20]
