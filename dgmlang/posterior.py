@@ -243,7 +243,10 @@ def log_prob(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
                 torch.where(seen, flags_k[0], flags_k.gather(0, best)[0]))
 
     with seeded(seed), torch.no_grad(), progress_bar(f"log_prob {model.name}", dataset.n, progress) as bar:
-        offsets = row_offsets(model, dataset, refine, refine_loss) if refine else None
+        offsets = None
+        if refine:
+            bar.total += dataset.n  # (each row counts twice: refined, then scored)
+            offsets = row_offsets(model, dataset, refine, refine_loss, on_rows=bar.update)
         rng_state = torch.random.get_rng_state()
         for start in range(0, dataset.n, points):
             chunk = dataset.rows(slice(start, start + points))
@@ -373,7 +376,10 @@ def invert(model: Any, data: Any, *, mask: Mapping[str, Any] | None = None,
             part = dataset.rows(rows)  # read on the CPU; resample and gibbs move what they read
             try:
                 if bool(complete[rows[0]]):
-                    offsets = row_offsets(model, part, refine, refine_loss) if refine else None
+                    offsets = None
+                    if refine:
+                        bar.total += part.n  # (each refined row counts twice: refined, then weighed)
+                        offsets = row_offsets(model, part, refine, refine_loss, on_rows=bar.update)
                     samples = resample(model, part, globals_, num_samples, unreliable=unreliable,
                                        on_rows=bar.update, offsets=offsets)
                 elif method == "resample" and marginalizable(model, part):

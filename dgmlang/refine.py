@@ -60,13 +60,14 @@ def check_refinable(model: Any, what: str = "invert") -> None:
                 hint=f"call {what} without refine for this model")
 
 
-def row_offsets(model: Any, part: Dataset, steps: int, loss_fn: Callable[[Mapping, int], torch.Tensor]
-                ) -> dict[str, torch.Tensor]:
+def row_offsets(model: Any, part: Dataset, steps: int, loss_fn: Callable[[Mapping, int], torch.Tensor],
+                *, on_rows: Callable[[int], Any] | None = None) -> dict[str, torch.Tensor]:
     """Per local guide site, the offsets ``(part.n, out_features)`` that `steps` Adam steps
     on each row's ELBO found for the fully observed rows of `part` (on the model's device).
     `loss_fn(batch, size)` is the model's negative ELBO (`dgmlang.training.objective`'s
     "elbo" with one particle). A row whose gradient stops being finite keeps offset 0 (the
-    guide as trained)."""
+    guide as trained). `on_rows(k)` is called after each `REFINE_ROWS` rows (a progress
+    bar's update)."""
     sites = [site for site in model.guide.sites if not site.is_global]
     device = model.model.device
     offsets = {site.name: torch.zeros(part.n, site.network.out_features, dtype=model.model.dtype, device=device)
@@ -96,6 +97,8 @@ def row_offsets(model: Any, part: Dataset, steps: int, loss_fn: Callable[[Mappin
                     optimizer.step()
             for name, offset in chunk.items():
                 offsets[name][rows] = torch.where(diverged.unsqueeze(-1), 0.0, offset.detach())
+            if on_rows is not None:
+                on_rows(n)
     return offsets
 
 

@@ -34,7 +34,9 @@ def test_refined_offsets_take_an_untrained_guide_to_each_rows_posterior():
     data = {"x": model.sample(6, seed=0)["x"]}
     part = prepare_data(model.ir, data, purpose="invert", facts=model.facts)
     torch.manual_seed(0)
-    offsets = row_offsets(model, part, 300, objective(model, "elbo", 1))
+    counted = []
+    offsets = row_offsets(model, part, 300, objective(model, "elbo", 1), on_rows=counted.append)
+    assert sum(counted) == 6
     assert offsets["z"].shape == (6, 6)
     site = model.guide.sites[0]
     mean, sd = exact_posterior(data["x"])
