@@ -49,9 +49,10 @@ def alike_runs(sites: Sequence[GuideSite]) -> list[GuideSite | tuple[GuideSite, 
         run.clear()
 
     names: set[str] = set()
+    run_signature = None
     for site in sites:
         signature = _signature(site)
-        if run and (signature is None or signature != _signature(run[0])
+        if run and (signature is None or signature != run_signature
                     or any(item.name in names for item in site.inputs)):
             close()
             names.clear()
@@ -59,6 +60,7 @@ def alike_runs(sites: Sequence[GuideSite]) -> list[GuideSite | tuple[GuideSite, 
             items.append(site)
             continue
         run.append(site)
+        run_signature = signature
         names.add(site.name)
     close()
     return items

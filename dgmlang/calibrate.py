@@ -95,16 +95,10 @@ def calibrate(model: Any, dataset: Dataset) -> None:
     for name, reference in shared.values():
         if name in estimates:
             loc, scale = estimates[name]
-            _set(reference, loc[0], scale[0])
+            reference.set(loc[0], scale[0])
     for site in sites:
         if site in estimates:
-            _set(site.reference, *estimates[site])
-
-
-def _set(reference: Any, loc: torch.Tensor, scale: torch.Tensor) -> None:
-    """`reference.set(loc, scale)`, skipped where both are neutral already (most are)."""
-    if not (reference.neutral and bool((loc == 0).all() and (scale == 1).all())):
-        reference.set(loc, scale)
+            site.reference.set(*estimates[site])
 
 
 def _coarse_references(wanted: dict[Any, torch.Tensor]) -> dict[Any, tuple[torch.Tensor, torch.Tensor]]:

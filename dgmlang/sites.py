@@ -342,10 +342,15 @@ class Reference(nn.Module):
         self.neutral = True
 
     def set(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
-        """Make `loc` and `scale` (broadcastable to the buffers' shape) the reference."""
+        """Make `loc` and `scale` (broadcastable to the buffers' shape) the reference. A
+        neutral reference given 0 and 1 (what calibration gives most of them) is left as it is."""
+        loc = torch.as_tensor(loc, device=self.loc.device)
+        scale = torch.as_tensor(scale, device=self.scale.device)
+        if self.neutral and bool((loc == 0).all() and (scale == 1).all()):
+            return
         with torch.no_grad():
-            self.loc.copy_(torch.as_tensor(loc, device=self.loc.device).expand_as(self.loc))
-            self.scale.copy_(torch.as_tensor(scale, device=self.scale.device).expand_as(self.scale))
+            self.loc.copy_(loc.expand_as(self.loc))
+            self.scale.copy_(scale.expand_as(self.scale))
         self.refresh()
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
